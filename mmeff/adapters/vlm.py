@@ -1,0 +1,178 @@
+"""Shared adapter for LLaVA-style VLMs: vision tower -> projector -> decoder-only LM.
+
+Modules are resolved through transformers' accessors (``get_decoder``) so the 5.x
+layout (``model.model.language_model``) and older layouts both work.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar
+
+import numpy as np
+import torch
+import torch.nn as nn
+from PIL import Image
+
+from ..errors import InputError, UnsupportedModelError
+from .base import Adapter
+
+SUPPORTED_ATTENTION = ("sdpa", "eager")
+
+
+@dataclass(frozen=True)
+class QKParts:
+    """What is needed to recompute one decoder layer's rotary queries and keys."""
+
+    norm: nn.Module
+    q_proj: nn.Linear
+    k_proj: nn.Linear
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    apply_rotary: Callable
+
+
+class VLMAdapter(Adapter):
+    family = "vlm"
+    model_types: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, obj: nn.Module, processor: Any = None) -> None:
+        super().__init__(obj, processor)
+        self.model = obj
+        self.language_model = self._resolve_language_model(obj)
+        self.layers: nn.ModuleList = self.language_model.layers
+        self.rotary_emb: nn.Module = self.language_model.rotary_emb
+
+    @classmethod
+    def matches(cls, obj: Any) -> bool:
+        config = getattr(obj, "config", None)
+        return isinstance(obj, nn.Module) and getattr(config, "model_type", None) in cls.model_types
+
+    @staticmethod
+    def _resolve_language_model(model: nn.Module) -> nn.Module:
+        decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
+        for candidate in (decoder, getattr(model, "language_model", None)):
+            if candidate is not None and hasattr(candidate, "layers"):
+                return candidate
+            inner = getattr(candidate, "model", None)  # older layouts: language_model is a *ForCausalLM
+            if inner is not None and hasattr(inner, "layers"):
+                return inner
+        raise UnsupportedModelError(f"cannot find the decoder layers of {type(model).__name__}")
+
+    def hook_roots(self) -> list[nn.Module]:
+        return [self.model]
+
+    # -- facts ---------------------------------------------------------------------------
+    @property
+    def text_config(self):
+        return self.model.config.get_text_config()
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def image_token_id(self) -> int:
+        cfg = self.model.config
+        return int(getattr(cfg, "image_token_id", None) or cfg.image_token_index)
+
+    @property
+    def attn_implementation(self) -> str:
+        return self.text_config._attn_implementation or "eager"
+
+    def image_token_mask(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return input_ids == self.image_token_id
+
+    def qk_parts(self, layer_idx: int) -> QKParts:
+        layer = self.layers[layer_idx]
+        attn = layer.self_attn
+        cfg = self.text_config
+        rotary = getattr(sys.modules[type(attn).__module__], "apply_rotary_pos_emb", None)
+        if rotary is None:
+            raise UnsupportedModelError(f"{type(attn).__name__} exposes no apply_rotary_pos_emb")
+        return QKParts(
+            norm=layer.input_layernorm,
+            q_proj=attn.q_proj,
+            k_proj=attn.k_proj,
+            num_heads=cfg.num_attention_heads,
+            num_kv_heads=getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads,
+            head_dim=attn.head_dim,
+            apply_rotary=rotary,
+        )
+
+    def rotary(self, hidden: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.rotary_emb(hidden, position_ids=position_ids)
+
+    def describe(self) -> dict[str, Any]:
+        cfg = self.text_config
+        return {
+            "adapter": self.key,
+            "model": type(self.model).__name__,
+            "layers": self.num_layers,
+            "hidden_size": cfg.hidden_size,
+            "attention": self.attn_implementation,
+        }
+
+    # -- inputs --------------------------------------------------------------------------
+    def check_token_counts(self, input_ids: torch.Tensor, model_inputs: dict[str, Any]) -> None:
+        """Raise :class:`InputError` if image placeholders and images disagree (subclasses refine)."""
+        n_tokens = int(self.image_token_mask(input_ids).sum())
+        if model_inputs.get("pixel_values") is None and n_tokens:
+            raise InputError(f"the prompt holds {n_tokens} image tokens but no pixel_values were given")
+
+    def build_inputs(self, images: Sequence[Any], prompts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Chat template + processor, left padded, one image per prompt."""
+        if self.processor is None:
+            raise InputError("generate() needs a processor: mmeff.wrap(model, processor)")
+        if len(images) != len(prompts):
+            raise InputError(f"got {len(images)} images for {len(prompts)} prompts; give one image per prompt")
+        if not prompts:
+            raise InputError("no prompts given")
+        for i, p in enumerate(prompts):
+            if not isinstance(p, str) or not p.strip():
+                raise InputError(f"prompt {i} is empty; every prompt must contain text")
+        pil = [to_pil(im, i) for i, im in enumerate(images)]
+        texts = [self.chat_prompt(p) for p in prompts]
+        tokenizer = getattr(self.processor, "tokenizer", self.processor)
+        old_side = tokenizer.padding_side
+        tokenizer.padding_side = "left"
+        try:
+            inputs = self.processor(images=pil, text=texts, return_tensors="pt", padding=True)
+        finally:
+            tokenizer.padding_side = old_side
+        return dict(inputs)
+
+    def chat_prompt(self, prompt: str) -> str:
+        conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+        if getattr(self.processor, "chat_template", None):
+            return self.processor.apply_chat_template(conversation, add_generation_prompt=True)
+        return f"USER: <image>\n{prompt} ASSISTANT:"
+
+    def decode(self, token_ids: torch.Tensor) -> list[str]:
+        return self.processor.batch_decode(token_ids, skip_special_tokens=True)
+
+
+def to_pil(image: Any, index: int = 0) -> Image.Image:
+    """Accept PIL images, HWC uint8/float arrays and CHW tensors; reject anything else clearly."""
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    if isinstance(image, torch.Tensor):
+        image = image.detach().cpu()
+        if image.ndim == 3 and image.shape[0] in (1, 3):
+            image = image.permute(1, 2, 0)
+        image = image.numpy()
+    if isinstance(image, np.ndarray):
+        if image.ndim == 2:
+            image = np.stack([image] * 3, -1)
+        if image.ndim != 3 or image.shape[-1] not in (1, 3, 4) or min(image.shape[:2]) < 1:
+            raise InputError(f"image {index} has shape {image.shape}; expected HxWx3 (or HxW) pixels")
+        if image.dtype != np.uint8:
+            scale = 255.0 if image.max() <= 1.0 else 1.0
+            image = np.clip(image * scale, 0, 255).astype(np.uint8)
+        if image.shape[-1] == 1:
+            image = np.repeat(image, 3, -1)
+        return Image.fromarray(image[..., :3])
+    raise InputError(f"image {index} is a {type(image).__name__}; expected a PIL image, numpy array or tensor")

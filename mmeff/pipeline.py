@@ -1,0 +1,253 @@
+"""The wrapper users hold: ``mmeff.load``/``mmeff.wrap`` -> :class:`MMPipeline`."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import registry
+from .adapters.base import Adapter
+from .errors import ConfigError, InputError, UnsupportedModelError
+from .plugin import Plugin, PluginConfig, PluginContext
+
+
+@dataclass
+class GenerationOutput:
+    """Decoded answers plus the token ids that produced them."""
+
+    texts: list[str]
+    sequences: torch.Tensor  # prompt + new tokens, left padded
+    new_tokens: torch.Tensor  # only the generated part
+
+
+class MMPipeline:
+    """A model (or diffusers pipeline) with a stack of named, removable plugins."""
+
+    def __init__(self, obj: Any, processor: Any = None, adapter: Adapter | None = None) -> None:
+        self.adapter = adapter or registry.find_adapter(obj)(obj, processor)
+        self.obj = obj
+        self.processor = processor
+        self._plugins: OrderedDict[str, Plugin] = OrderedDict()
+        self.last_stats: dict[str, Any] = {}
+
+    @property
+    def model(self) -> Any:
+        return self.obj
+
+    # -- plugins -------------------------------------------------------------------------
+    @property
+    def plugins(self) -> OrderedDict[str, Plugin]:
+        return OrderedDict(self._plugins)
+
+    def add_plugin(self, plugin: str | PluginConfig, **options: Any) -> Plugin:
+        """Attach a plugin by registered name (``add_plugin("pyramid_drop", ratio=0.5)``)
+        or by config object (``add_plugin(PyramidDropConfig(ratio=0.5))``).
+
+        Re-adding a name replaces the earlier instance. On any error nothing is attached.
+        """
+        cls, config = self._resolve(plugin, options)
+        if not registry.supported(cls.name, self.adapter.key):
+            raise UnsupportedModelError(
+                f"plugin {cls.name!r} does not support {self.adapter.key!r} models "
+                f"({type(self.obj).__name__}); it supports: {registry.supported_adapters(cls.name)}"
+            )
+        if cls.changes_seq_len:
+            clash = [n for n, p in self._plugins.items() if p.changes_seq_len and n != cls.name]
+            if clash:
+                raise ConfigError(f"{cls.name!r} and {clash} both change the sequence length; use one at a time")
+        instance = cls(config)
+        ctx = self._context(cls.name)
+        instance.check(ctx)
+        if cls.name in self._plugins:
+            self.remove_plugin(cls.name)
+        try:
+            instance.attach(ctx)
+        except BaseException:
+            ctx.remove_hooks()
+            raise
+        instance.ctx = ctx
+        self._plugins[cls.name] = instance
+        return instance
+
+    def remove_plugin(self, name: str) -> None:
+        if name not in self._plugins:
+            raise KeyError(f"no plugin {name!r} attached; attached: {list(self._plugins)}")
+        plugin = self._plugins.pop(name)
+        plugin.detach(plugin.ctx)
+        plugin.ctx = None
+
+    def remove_all_plugins(self) -> None:
+        for name in reversed(list(self._plugins)):
+            self.remove_plugin(name)
+
+    @contextlib.contextmanager
+    def plugins_disabled(self) -> Iterator[MMPipeline]:
+        """Run the unmodified model on the same object; plugins come back afterwards."""
+        detached = list(self._plugins.values())
+        for plugin in reversed(detached):
+            plugin.detach(plugin.ctx)
+        try:
+            yield self
+        finally:
+            for plugin in detached:
+                plugin.attach(plugin.ctx)
+
+    def _resolve(self, plugin: str | PluginConfig, options: dict[str, Any]) -> tuple[type[Plugin], PluginConfig]:
+        if isinstance(plugin, PluginConfig):
+            if options:
+                raise ConfigError("pass options either in the config object or as keywords, not both")
+            matches = [registry.get_plugin(n) for n in registry.list_plugins()]
+            for cls in matches:
+                if type(plugin) is cls.config_cls:
+                    return cls, plugin
+            raise KeyError(f"no registered plugin uses {type(plugin).__name__}")
+        if not isinstance(plugin, str):
+            raise TypeError(f"add_plugin takes a plugin name or a PluginConfig, got {type(plugin).__name__}")
+        cls = registry.get_plugin(plugin)
+        return cls, cls.config_cls.from_kwargs(**options)
+
+    def _context(self, name: str) -> PluginContext:
+        return PluginContext(roots=self.adapter.hook_roots(), adapter=self.adapter, namespace=name)
+
+    def _reset_plugins(self) -> None:
+        for plugin in self._plugins.values():
+            plugin.reset()
+
+    def _collect_stats(self, base: dict[str, Any]) -> dict[str, Any]:
+        stats = dict(base)
+        for name, plugin in self._plugins.items():
+            stats[name] = plugin.stats()
+        self.last_stats = stats
+        return stats
+
+    # -- running -------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(
+        self,
+        images: Any,
+        prompts: str | Sequence[str],
+        *,
+        max_new_tokens: int = 32,
+        return_ids: bool = False,
+        **generate_kwargs: Any,
+    ) -> str | list[str] | GenerationOutput:
+        """Answer ``prompts`` about ``images`` (one image per prompt), batched with left padding.
+
+        A single prompt string returns a single string. ``return_ids=True`` returns a
+        :class:`GenerationOutput` with the token ids too. Extra keywords go to
+        ``model.generate`` (``do_sample``, ``use_cache``, ``logits_processor``, ...).
+        """
+        if self.adapter.family != "vlm":
+            raise UnsupportedModelError(f"generate() is for vision-language models; call {self.adapter.key} pipelines")
+        single = isinstance(prompts, str)
+        prompt_list = [prompts] if single else list(prompts)
+        if isinstance(images, (list, tuple)):
+            image_list = list(images)
+        else:
+            image_list = [images]
+        if max_new_tokens < 1:
+            raise InputError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        inputs = self.adapter.build_inputs(image_list, prompt_list)
+        device = _module_device(self.obj)
+        dtype = next(self.obj.parameters()).dtype
+        inputs = {k: _to(v, device, dtype) for k, v in inputs.items()}
+        self.adapter.check_token_counts(inputs["input_ids"], inputs)
+
+        self._reset_plugins()
+        generate_kwargs.setdefault("do_sample", False)
+        pad_id = getattr(self.processor, "tokenizer", self.processor).pad_token_id
+        generate_kwargs.setdefault("pad_token_id", pad_id)
+        start = time.perf_counter()
+        sequences = self.obj.generate(**inputs, max_new_tokens=max_new_tokens, **generate_kwargs)
+        wall = time.perf_counter() - start
+        prompt_len = inputs["input_ids"].shape[1]
+        new_tokens = sequences[:, prompt_len:]
+        texts = [t.strip() for t in self.adapter.decode(new_tokens)]
+        self._collect_stats(
+            {
+                "wall_time_s": wall,
+                "batch_size": len(prompt_list),
+                "prompt_tokens": prompt_len,
+                "new_tokens": int(new_tokens.shape[1]),
+            }
+        )
+        if return_ids:
+            return GenerationOutput(texts=texts, sequences=sequences, new_tokens=new_tokens)
+        return texts[0] if single else texts
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Diffusers pipelines: run the wrapped pipeline with every plugin's call-time changes."""
+        if self.adapter.family != "t2i":
+            raise UnsupportedModelError("calling the pipeline is for text-to-image models; use generate() for VLMs")
+        self._reset_plugins()
+        for plugin in self._plugins.values():
+            kwargs = plugin.pre_call(self, kwargs) if hasattr(plugin, "pre_call") else kwargs
+        start = time.perf_counter()
+        out = self.obj(*args, **kwargs)
+        self._collect_stats({"wall_time_s": time.perf_counter() - start})
+        return out
+
+    def __repr__(self) -> str:
+        return f"MMPipeline({self.adapter.key}: {type(self.obj).__name__}, plugins={list(self._plugins)})"
+
+
+def _module_device(model: Any) -> torch.device:
+    device = getattr(model, "device", None)
+    if isinstance(device, torch.device):
+        return device
+    return next(model.parameters()).device
+
+
+def _to(value: Any, device: torch.device, dtype: torch.dtype) -> Any:
+    if not isinstance(value, torch.Tensor):
+        return value
+    if value.is_floating_point():
+        return value.to(device=device, dtype=dtype)
+    return value.to(device)
+
+
+def wrap(obj: Any, processor: Any = None) -> MMPipeline:
+    """Wrap an already-loaded model (+ processor) or diffusers pipeline."""
+    return MMPipeline(obj, processor)
+
+
+def load(
+    name_or_path: str | Path,
+    *,
+    torch_dtype: Any = None,
+    device_map: Any = None,
+    attn_implementation: str | None = None,
+    **from_pretrained_kwargs: Any,
+) -> MMPipeline:
+    """``from_pretrained`` under the hood, for a hub id or a local folder.
+
+    Folders with a ``model_index.json`` load as diffusers pipelines; everything else as a
+    transformers image-text-to-text model plus its processor.
+    """
+    path = Path(name_or_path)
+    kwargs = dict(from_pretrained_kwargs)
+    if torch_dtype is not None:
+        kwargs["dtype"] = torch_dtype
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    if (path / "model_index.json").is_file():
+        import diffusers
+
+        if attn_implementation is not None:
+            raise ConfigError("attn_implementation applies to transformers models, not diffusers pipelines")
+        return wrap(diffusers.DiffusionPipeline.from_pretrained(str(name_or_path), **kwargs))
+    import transformers
+
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
+    model = transformers.AutoModelForImageTextToText.from_pretrained(str(name_or_path), **kwargs)
+    processor = transformers.AutoProcessor.from_pretrained(str(name_or_path))
+    model.eval()
+    return wrap(model, processor)

@@ -1,0 +1,93 @@
+"""Plugin base class and config dataclass base.
+
+A plugin is a config (validated dataclass) plus an object that attaches named hooks to
+a wrapped model through a :class:`PluginContext` and removes them again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch.nn as nn
+
+from . import hooks as _hooks
+from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .adapters.base import Adapter
+
+
+@dataclass
+class PluginConfig:
+    """Base of every plugin config: subclasses add fields and override :meth:`validate`."""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the allowed values."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_kwargs(cls, **kwargs: Any) -> PluginConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(kwargs) - names)
+        if unknown:
+            raise ConfigError(f"{cls.__name__} got unknown option(s) {unknown}; allowed: {sorted(names)}")
+        return cls(**kwargs)
+
+
+@dataclass
+class PluginContext:
+    """What a plugin may touch: the wrapped model (through its adapter) and a hook namespace."""
+
+    roots: list[nn.Module]
+    adapter: Adapter
+    namespace: str
+
+    def add_hook(self, module: nn.Module, name: str, hook: _hooks.ModelHook) -> _hooks.ModelHook:
+        return _hooks.add_hook(module, f"{self.namespace}/{name}", hook)
+
+    def remove_hooks(self) -> int:
+        return sum(_hooks.remove_all(root, f"{self.namespace}/") for root in self.roots)
+
+
+class Plugin:
+    """Base class. Subclasses set the class variables and implement :meth:`attach`."""
+
+    name: ClassVar[str]
+    config_cls: ClassVar[type[PluginConfig]]
+    #: fnmatch patterns over adapter keys, e.g. ``("llava", "llava_next")``
+    supports: ClassVar[tuple[str, ...]]
+    #: plugins that change the sequence length inside the model cannot be stacked
+    changes_seq_len: ClassVar[bool] = False
+    description: ClassVar[str] = ""
+
+    def __init__(self, config: PluginConfig) -> None:
+        if not isinstance(config, self.config_cls):
+            raise ConfigError(f"{self.name} expects a {self.config_cls.__name__}, got {type(config).__name__}")
+        self.config = config
+        self.ctx: PluginContext | None = None
+
+    def check(self, ctx: PluginContext) -> None:
+        """Raise before anything is attached if the model cannot run this plugin."""
+
+    def attach(self, ctx: PluginContext) -> None:
+        raise NotImplementedError
+
+    def detach(self, ctx: PluginContext) -> None:
+        ctx.remove_hooks()
+
+    def reset(self) -> None:
+        """Forget per-call state; the pipeline calls this at the start of every call."""
+
+    def stats(self) -> dict[str, Any]:
+        """What the last call did (tokens kept, passes saved, ...)."""
+        return {}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.config})"

@@ -1,0 +1,50 @@
+"""An offline word-level tokenizer, so tiny models get a real processor without downloads."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+from transformers import PreTrainedTokenizerFast
+
+SPECIAL = ["<pad>", "<s>", "</s>", "<unk>", "<image>"]
+BASE_WORDS = (
+    "USER ASSISTANT : ? . , ! \n yes no a an the is are there in of on to and or what how many which "
+    "this that image picture photo color colour shape left right top bottom above below next one two three "
+    "four five six seven eight nine zero describe object objects cat cats dog red green blue yellow purple "
+    "orange white black gray circle square triangle star cross heart hexagon diamond big small"
+).split(" ")
+
+LLAVA_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'user' %}USER: "
+    "{% for item in message['content'] %}"
+    "{% if item['type'] == 'image' %}<image>\n{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}"
+    "{% endfor %} {% else %}ASSISTANT: "
+    "{% for item in message['content'] %}{% if item['type'] == 'text' %}{{ item['text'] }}{% endif %}{% endfor %}"
+    "</s>{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+
+
+def word_tokenizer(extra_words: Iterable[str] = ()) -> PreTrainedTokenizerFast:
+    """A ``PreTrainedTokenizerFast`` over a fixed word list; unknown words map to ``<unk>``."""
+    words = list(dict.fromkeys([*SPECIAL, *BASE_WORDS, *extra_words]))
+    vocab = {w: i for i, w in enumerate(words)}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Split("\n", behavior="isolated"), pre_tokenizers.Split("<image>", behavior="isolated"),
+         pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()]
+    )
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", vocab["<s>"])])
+    tok.decoder = decoders.WordPiece(prefix="##", cleanup=True)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        extra_special_tokens={"image_token": "<image>"},
+    )
+    fast.padding_side = "left"
+    return fast
