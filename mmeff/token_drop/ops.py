@@ -1,0 +1,67 @@
+"""Pure tensor math for dropping tokens inside a decoder: re-layout, positions, masks.
+
+A *layout* is, per batch row, the list of original sequence indices still present,
+left padded with invalid slots so that rows of different lengths stack.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def left_pad_indices(keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices of the ``True`` entries of each row of ``keep`` (B, L), left padded.
+
+    Returns ``(idx, valid)`` of shape (B, L') with ``L' = keep.sum(-1).max()``; padded
+    slots point at index 0 and have ``valid == False``. Order within a row is preserved.
+    """
+    counts = keep.sum(-1)
+    width = int(counts.max()) if keep.numel() else 0
+    length = keep.shape[-1]
+    # stable sort puts kept positions last, in their original order
+    order = torch.sort(keep.to(torch.int8), dim=-1, stable=True).indices
+    idx = order[:, length - width :] if width else order[:, :0]
+    slot = torch.arange(width, device=keep.device).expand(keep.shape[0], -1)
+    valid = slot >= (width - counts).unsqueeze(-1)
+    return torch.where(valid, idx, torch.zeros_like(idx)), valid
+
+
+def gather_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``x[b, idx[b, j]]`` for (B, L, ...) tensors."""
+    index = idx.view(*idx.shape, *([1] * (x.ndim - 2))).expand(*idx.shape, *x.shape[2:])
+    return x.gather(1, index)
+
+
+def compact_positions(
+    positions: torch.Tensor, idx: torch.Tensor, valid: torch.Tensor, present: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Position ids after removing tokens, closing the gaps (PyramidDrop's convention).
+
+    ``positions`` (B, L) are the original ids, ``present`` (B, L) marks tokens that were
+    valid before the drop. Returns new ids for the layout ``idx`` and, per row, how many
+    tokens were removed (decode positions shift back by that much).
+    """
+    kept = torch.zeros_like(present)
+    kept.scatter_(1, idx, valid)
+    removed = present & ~kept
+    before = removed.long().cumsum(-1) - removed.long()
+    new = positions.gather(1, idx) - before.gather(1, idx)
+    return torch.where(valid, new, torch.zeros_like(new)), removed.sum(-1)
+
+
+def causal_mask(
+    key_valid: torch.Tensor, q_len: int, *, as_bool: bool, dtype: torch.dtype
+) -> torch.Tensor:
+    """A (B, 1, q_len, K) attention mask: queries are the last ``q_len`` keys, causal, padding masked.
+
+    ``as_bool`` gives sdpa's boolean convention (True = attend); otherwise the additive
+    float convention of eager attention (0 / dtype min).
+    """
+    k_len = key_valid.shape[-1]
+    q_pos = torch.arange(k_len - q_len, k_len, device=key_valid.device)
+    k_pos = torch.arange(k_len, device=key_valid.device)
+    allowed = (k_pos[None, :] <= q_pos[:, None])[None, None] & key_valid[:, None, None, :]
+    if as_bool:
+        return allowed
+    zero = torch.zeros((), dtype=dtype, device=key_valid.device)
+    return torch.where(allowed, zero, torch.finfo(dtype).min)
