@@ -1,0 +1,165 @@
+"""A reusable pytest mixin: the behaviour every VLM plugin must show.
+
+Subclass it in a test module and set the class attributes::
+
+    class TestMyPlugin(VLMPluginTesterMixin):
+        plugin_name = "my_plugin"
+        neutral_options = {"alpha": 0.0}       # must reproduce the plain model exactly
+        active_options = {"alpha": 1.0}        # must change something visible
+        bad_options = [{"alpha": -1}]          # each must raise ConfigError
+
+and implement :meth:`assert_effect` for the plugin's visible effect.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+import pytest
+import torch
+
+import mmeff
+from mmeff.errors import ConfigError, UnsupportedModelError
+
+from .factories import tiny_llava, tiny_llava_next
+
+FACTORIES = {
+    "llava-sdpa": lambda: tiny_llava(layers=8, attn_implementation="sdpa"),
+    "llava-eager": lambda: tiny_llava(layers=8, attn_implementation="eager"),
+    "llava_next-sdpa": lambda: tiny_llava_next(layers=8, attn_implementation="sdpa"),
+}
+PROMPTS = ["is there a red circle in the image?", "how many?"]
+
+
+def sample_images(seed: int = 0) -> list[np.ndarray]:
+    """A square and a wide image, so LLaVA-NeXT rows get different image-token counts."""
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 255, (24, 24, 3), dtype=np.uint8), rng.integers(0, 255, (16, 40, 3), dtype=np.uint8)]
+
+
+def forward_modules(model: torch.nn.Module) -> dict[str, Any]:
+    """Every module's instance-level ``forward`` (absent = the class method)."""
+    return {name: m.__dict__.get("forward") for name, m in model.named_modules()}
+
+
+class VLMPluginTesterMixin:
+    plugin_name: ClassVar[str]
+    neutral_options: ClassVar[dict[str, Any]]
+    active_options: ClassVar[dict[str, Any]]
+    bad_options: ClassVar[list[dict[str, Any]]] = []
+    factories: ClassVar[tuple[str, ...]] = tuple(FACTORIES)
+    max_new_tokens: ClassVar[int] = 6
+
+    # -- helpers -------------------------------------------------------------------------
+    def make_pipe(self, factory: str) -> mmeff.MMPipeline:
+        model, processor = FACTORIES[factory]()
+        return mmeff.wrap(model, processor)
+
+    def model_inputs(self, pipe: mmeff.MMPipeline, images=None, prompts=None) -> dict[str, Any]:
+        return pipe.adapter.build_inputs(images or sample_images(), prompts or PROMPTS)
+
+    def last_logits(self, pipe: mmeff.MMPipeline, inputs: dict[str, Any]) -> torch.Tensor:
+        pipe._reset_plugins()
+        with torch.no_grad():
+            return pipe.model(**inputs).logits[:, -1].float()
+
+    def generate(self, pipe: mmeff.MMPipeline, images=None, prompts=None, **kw) -> torch.Tensor:
+        out = pipe.generate(
+            images or sample_images(), prompts or PROMPTS, max_new_tokens=self.max_new_tokens, return_ids=True, **kw
+        )
+        return out.new_tokens
+
+    def assert_effect(self, pipe: mmeff.MMPipeline, inputs: dict[str, Any]) -> None:
+        raise NotImplementedError("plugin tests must show the plugin's visible effect")
+
+    # -- the shared behaviour ------------------------------------------------------------
+    @pytest.mark.parametrize("factory", FACTORIES)
+    def test_neutral_settings_reproduce_baseline(self, factory):
+        if factory not in self.factories:
+            pytest.skip(f"{self.plugin_name} does not run on {factory}")
+        pipe = self.make_pipe(factory)
+        inputs = self.model_inputs(pipe)
+        baseline = self.last_logits(pipe, inputs)
+        pipe.add_plugin(self.plugin_name, **self.neutral_options)
+        torch.testing.assert_close(self.last_logits(pipe, inputs), baseline, atol=1e-5, rtol=1e-5)
+
+    @pytest.mark.parametrize("factory", FACTORIES)
+    def test_remove_restores_bit_identical_model(self, factory):
+        if factory not in self.factories:
+            pytest.skip(f"{self.plugin_name} does not run on {factory}")
+        pipe = self.make_pipe(factory)
+        inputs = self.model_inputs(pipe)
+        forwards = forward_modules(pipe.model)
+        baseline = self.last_logits(pipe, inputs)
+        baseline_tokens = self.generate(pipe)
+        pipe.add_plugin(self.plugin_name, **self.active_options)
+        self.generate(pipe)
+        pipe.remove_plugin(self.plugin_name)
+        assert forward_modules(pipe.model) == forwards
+        assert not any("_mmeff_hooks" in m.__dict__ for m in pipe.model.modules())
+        assert torch.equal(self.last_logits(pipe, inputs), baseline)
+        assert torch.equal(self.generate(pipe), baseline_tokens)
+
+    @pytest.mark.parametrize("factory", FACTORIES)
+    def test_effect_is_visible(self, factory):
+        if factory not in self.factories:
+            pytest.skip(f"{self.plugin_name} does not run on {factory}")
+        pipe = self.make_pipe(factory)
+        pipe.add_plugin(self.plugin_name, **self.active_options)
+        self.assert_effect(pipe, self.model_inputs(pipe))
+
+    @pytest.mark.parametrize("factory", FACTORIES)
+    def test_batch_rows_match_single_runs(self, factory):
+        if factory not in self.factories:
+            pytest.skip(f"{self.plugin_name} does not run on {factory}")
+        pipe = self.make_pipe(factory)
+        pipe.add_plugin(self.plugin_name, **self.active_options)
+        images = sample_images()
+        batched = self.generate(pipe, images, PROMPTS)
+        for row, (image, prompt) in enumerate(zip(images, PROMPTS)):
+            single = self.generate(pipe, [image], [prompt])
+            assert torch.equal(single[0], batched[row]), f"row {row} differs when batched"
+
+    @pytest.mark.parametrize("factory", FACTORIES)
+    def test_consecutive_calls_are_identical(self, factory):
+        if factory not in self.factories:
+            pytest.skip(f"{self.plugin_name} does not run on {factory}")
+        pipe = self.make_pipe(factory)
+        pipe.add_plugin(self.plugin_name, **self.active_options)
+        first = self.generate(pipe)
+        stats = pipe.last_stats[self.plugin_name]
+        other = self.generate(pipe, sample_images(seed=1), ["describe the image", "what color?"])
+        assert other.shape[0] == 2
+        assert torch.equal(self.generate(pipe), first)
+        assert pipe.last_stats[self.plugin_name] == stats
+
+    def test_plugins_disabled_gives_baseline(self):
+        pipe = self.make_pipe(self.factories[0])
+        baseline = self.generate(pipe)
+        pipe.add_plugin(self.plugin_name, **self.active_options)
+        with pipe.plugins_disabled():
+            assert torch.equal(self.generate(pipe), baseline)
+        assert self.plugin_name in pipe.plugins
+
+    def test_bad_options_raise_and_leave_model_unmodified(self):
+        pipe = self.make_pipe(self.factories[0])
+        forwards = forward_modules(pipe.model)
+        for options in self.bad_options:
+            with pytest.raises(ConfigError) as info:
+                pipe.add_plugin(self.plugin_name, **options)
+            assert str(info.value), "the error must say what is allowed"
+            assert forward_modules(pipe.model) == forwards
+            assert not pipe.plugins
+
+    def test_unknown_plugin_name_lists_available(self):
+        pipe = self.make_pipe(self.factories[0])
+        with pytest.raises(KeyError, match=self.plugin_name):
+            pipe.add_plugin(self.plugin_name + "_typo")
+
+    def test_unsupported_model_names_supported_ones(self):
+        from mmeff.testing.diffusion import tiny_sd
+
+        pipe = mmeff.wrap(tiny_sd())
+        with pytest.raises(UnsupportedModelError, match="supports"):
+            pipe.add_plugin(self.plugin_name, **self.active_options)
