@@ -116,7 +116,8 @@ class MMPipeline:
     def _context(self, name: str) -> PluginContext:
         return PluginContext(roots=self.adapter.hook_roots(), adapter=self.adapter, namespace=name)
 
-    def _reset_plugins(self) -> None:
+    def reset_state(self) -> None:
+        """Forget per-call plugin state; call this before driving ``model(...)`` yourself."""
         for plugin in self._plugins.values():
             plugin.reset()
 
@@ -160,7 +161,7 @@ class MMPipeline:
         inputs = {k: _to(v, device, dtype) for k, v in inputs.items()}
         self.adapter.check_token_counts(inputs["input_ids"], inputs)
 
-        self._reset_plugins()
+        self.reset_state()
         generate_kwargs.setdefault("do_sample", False)
         pad_id = getattr(self.processor, "tokenizer", self.processor).pad_token_id
         generate_kwargs.setdefault("pad_token_id", pad_id)
@@ -186,7 +187,7 @@ class MMPipeline:
         """Diffusers pipelines: run the wrapped pipeline with every plugin's call-time changes."""
         if self.adapter.family != "t2i":
             raise UnsupportedModelError("calling the pipeline is for text-to-image models; use generate() for VLMs")
-        self._reset_plugins()
+        self.reset_state()
         for plugin in self._plugins.values():
             kwargs = plugin.pre_call(self, kwargs) if hasattr(plugin, "pre_call") else kwargs
         start = time.perf_counter()

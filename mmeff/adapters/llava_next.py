@@ -32,4 +32,6 @@ class LlavaNextAdapter(VLMAdapter):
         starts = mask & ~torch.nn.functional.pad(mask, (1, 0))[:, :-1]  # one contiguous run per image
         n_runs = int(starts.sum())
         if n_runs != pixel_values.shape[0]:
-            raise InputError(f"{pixel_values.shape[0]} image(s) given but the prompts hold {n_runs} image placeholder(s)")
+            raise InputError(
+                f"{pixel_values.shape[0]} image(s) given but the prompts hold {n_runs} image placeholder(s)"
+            )

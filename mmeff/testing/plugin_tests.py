@@ -60,7 +60,7 @@ class VLMPluginTesterMixin:
         return pipe.adapter.build_inputs(images or sample_images(), prompts or PROMPTS)
 
     def last_logits(self, pipe: mmeff.MMPipeline, inputs: dict[str, Any]) -> torch.Tensor:
-        pipe._reset_plugins()
+        pipe.reset_state()
         with torch.no_grad():
             return pipe.model(**inputs).logits[:, -1].float()
 

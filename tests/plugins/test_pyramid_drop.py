@@ -30,7 +30,7 @@ class TestPyramidDrop(VLMPluginTesterMixin):
 
     def assert_effect(self, pipe, inputs):
         with torch.no_grad():
-            pipe._reset_plugins()
+            pipe.reset_state()
             out = pipe.model(**inputs, use_cache=True)
         cache = out.cache
         lengths = [cache.get_seq_length(i) for i in range(len(pipe.adapter.layers))]
@@ -64,7 +64,7 @@ def test_decode_logits_match_no_cache_forward():
     pipe = mmeff.wrap(model, processor)
     pipe.add_plugin("pyramid_drop")
     inputs = pipe.adapter.build_inputs(sample_images(), PROMPTS)
-    pipe._reset_plugins()
+    pipe.reset_state()
     with torch.no_grad():
         out = model.generate(**inputs, max_new_tokens=4, do_sample=False, output_logits=True,
                              return_dict_in_generate=True, pad_token_id=0)

@@ -1,0 +1,92 @@
+"""The ``mmeff`` command line: ``list``, ``demo`` and ``bench``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from . import registry
+
+
+def cmd_list(args: argparse.Namespace) -> None:
+    if args.markdown:
+        print(registry.support_matrix_markdown())
+        return
+    console = Console(width=160)
+    plugins, adapters = registry.list_plugins(args.filter), registry.list_adapters()
+    table = Table(title="plugins × model families (✓ = supported)")
+    table.add_column("plugin")
+    for a in adapters:
+        table.add_column(a, justify="center")
+    table.add_column("what it does")
+    for p in plugins:
+        cls = registry.get_plugin(p)
+        table.add_row(p, *("✓" if registry.supported(p, a) else "" for a in adapters), cls.description)
+    console.print(table)
+    adapters_table = Table(title="adapters")
+    adapters_table.add_column("adapter")
+    adapters_table.add_column("models")
+    for a in adapters:
+        adapters_table.add_row(a, registry.get_adapter(a).description)
+    console.print(adapters_table)
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from .demo import run_demo
+
+    run_demo(args.model, args.plugin, args.max_new_tokens, json.loads(args.options))
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    if args.suite == "tokens":
+        if not args.speed:
+            raise SystemExit("bench tokens: only --speed exists so far (quality needs the shapes testbed)")
+        from .bench.layouts import SpeedLayout
+        from .bench.tokens import run_speed
+
+        layout = SpeedLayout(layers=args.layers, hidden=args.hidden)
+        out = Path(args.out) / "tokens-speed"
+        run_speed(out, layout=layout, runs=args.runs, decode_tokens=args.decode_tokens,
+                  attn_implementation=args.attn)
+        Console().print(f"wrote {out}/tokens_speed.json, report.md and plots")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mmeff", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("list", help="every plugin, every adapter, and which plugin supports which model")
+    p.add_argument("filter", nargs="?", default="*", help="fnmatch pattern over plugin names")
+    p.add_argument("--markdown", action="store_true", help="print the support matrix as a markdown table")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("demo", help="answers with and without a plugin, on the bundled or a named model")
+    p.add_argument("--model", help="hub id or local folder (default: bundled tiny model)")
+    p.add_argument("--plugin", default="pyramid_drop")
+    p.add_argument("--options", default="{}", help='plugin options as JSON, e.g. \'{"ratio": 0.25}\'')
+    p.add_argument("--max-new-tokens", type=int, default=12)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("bench", help="benchmarks that write JSON, a markdown report and plots")
+    p.add_argument("suite", choices=["tokens"])
+    p.add_argument("--speed", action="store_true", help="prefill/decode time and FLOPs on a 7B-layout model")
+    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--decode-tokens", type=int, default=16)
+    p.add_argument("--layers", type=int, default=32)
+    p.add_argument("--hidden", type=int, default=512)
+    p.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"])
+    p.add_argument("--out", default="bench_results")
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()
