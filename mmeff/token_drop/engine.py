@@ -56,7 +56,7 @@ class SelectionInput:
     stage: int
     hidden: torch.Tensor  # (B, L_cur, D) input of layer ``layer_idx``
     layout: Layout
-    query_slot: int  # slot of the last prompt token in the current layout
+    query_slot: torch.Tensor  # (B,) slot of each row's last (non-pad) prompt token in the current layout
     cos_sin: tuple[torch.Tensor, torch.Tensor]  # rotary tables of the current layout
     original_image_counts: torch.Tensor  # (B,) image tokens per row before any drop
 
@@ -73,7 +73,7 @@ class DropState:
     prompt_ids: torch.Tensor | None = None
     mode: Literal["off", "full", "decode"] = "off"
     full_len: int = 0
-    query_index: int = 0
+    query_index: torch.Tensor | None = None  # (B,) last non-pad prompt token, full-forward coordinates
     layouts: list[Layout] = field(default_factory=list)
     step_positions: torch.Tensor | None = None
     step_tail: torch.Tensor | None = None  # (B, K0 - full_len) validity of keys added since prefill
@@ -115,6 +115,7 @@ class DropEngine:
         for layer_idx in range(self.boundaries[0], adapter.num_layers):
             stage_of[layer_idx] = sum(b <= layer_idx for b in self.boundaries)
         ctx.add_hook(adapter.model, "capture", _CaptureHook(self))
+        ctx.add_hook(adapter.language_model, "restore", _RestoreHook(self))
         for layer_idx, stage in stage_of.items():
             boundary = layer_idx in self.boundaries
             ctx.add_hook(adapter.layers[layer_idx], f"layer{layer_idx}", _LayerHook(self, layer_idx, stage, boundary))
@@ -165,14 +166,15 @@ class DropEngine:
             and input_ids.shape[1] > prompt.shape[1]
             and torch.equal(input_ids[:, : prompt.shape[1]], prompt)
         )
-        if continuing:  # generate(use_cache=False): rank with the same last *prompt* token
-            query_index = prompt.shape[1] - 1
-        else:
+        if not continuing:
             st.prompt_ids = input_ids.clone()
-            query_index = input_ids.shape[1] - 1
+        prompt_len = st.prompt_ids.shape[1]  # generate(use_cache=False) ranks with the same prompt token
         image = self.adapter.image_token_mask(input_ids)
         valid = torch.ones_like(image)
         key_valid = mask2d.bool() if mask2d is not None else valid
+        # last non-pad prompt token per row (left padding: prompt_len - 1; right padding: earlier)
+        arange = torch.arange(prompt_len, device=input_ids.device)
+        query_index = torch.where(key_valid[:, :prompt_len], arange, -1).amax(-1).clamp(min=0)
         original = Layout(
             idx=torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids),
             valid=valid,
@@ -214,7 +216,8 @@ class DropEngine:
         st = self.state
         cur: Layout = st.layouts[stage - 1]
         cos_sin = kwargs["position_embeddings"] if cur.original else cur.cos_sin
-        query_slot = cur.idx.shape[1] - (st.full_len - st.query_index)
+        # the query token is never dropped: find its slot in the current layout
+        query_slot = ((cur.idx == st.query_index[:, None]) & cur.valid).long().argmax(-1)
         keep_image = self.selector(
             SelectionInput(
                 layer_idx=layer_idx,
@@ -232,6 +235,7 @@ class DropEngine:
             return hidden
         slot_idx, valid = left_pad_indices(keep)
         idx = cur.idx.gather(1, slot_idx)
+        slot_idx = slot_idx.to(hidden.device)
         first = st.layouts[0]
         key_valid = first.key_valid.gather(1, idx) & valid
         if self.position_mode == "compact":
@@ -247,7 +251,7 @@ class DropEngine:
             positions=positions,
             shift=shift,
         )
-        layout.cos_sin = self.adapter.rotary(hidden, positions)
+        layout.cos_sin = self.adapter.rotary(hidden, positions.to(hidden.device))
         st.layouts[stage] = layout
         return gather_tokens(hidden, slot_idx)
 
@@ -260,7 +264,8 @@ class DropEngine:
                 layout.mask = None  # sdpa's is_causal path, as transformers does without padding
             else:
                 layout.mask = causal_mask(
-                    layout.key_valid, layout.idx.shape[1], as_bool=self._mask_style(), dtype=hidden.dtype
+                    layout.key_valid.to(hidden.device), layout.idx.shape[1], as_bool=self._mask_style(),
+                    dtype=hidden.dtype,
                 )
             layout.mask_built = True
         return layout.mask
@@ -270,16 +275,32 @@ class DropEngine:
         cached = st.decode_cache.get(stage)
         if cached is not None and cached[0] == st.step:
             return cached[1], cached[2], cached[3]
-        positions = st.step_positions - layout.shift[:, None]
+        positions = (st.step_positions - layout.shift[:, None]).to(hidden.device)
         cos_sin = self.adapter.rotary(hidden, positions)
         q_len = hidden.shape[1]
-        key_valid = torch.cat([layout.key_valid, st.step_tail], dim=1)
+        key_valid = torch.cat([layout.key_valid, st.step_tail], dim=1).to(hidden.device)
         if self._mask_style() and q_len == 1 and bool(key_valid.all()):
             mask = None
         else:
             mask = causal_mask(key_valid, q_len, as_bool=self._mask_style(), dtype=hidden.dtype)
         st.decode_cache[stage] = (st.step, cos_sin, mask, positions)
         return cos_sin, mask, positions
+
+    def restore_layout(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Put the last layer's outputs back at their original positions (dropped ones are zero).
+
+        So logits line up with ``input_ids`` whatever the padding side, and ``logits_to_keep``
+        still picks the last token.
+        """
+        st = self.state
+        if st.mode != "full" or st.layouts[-1].original:
+            return hidden
+        final = st.layouts[-1]
+        batch, _, dim = hidden.shape
+        target = torch.where(final.valid, final.idx, st.full_len).to(hidden.device)
+        restored = hidden.new_zeros(batch, st.full_len + 1, dim)
+        restored.scatter_(1, target[..., None].expand(-1, -1, dim), hidden)
+        return restored[:, : st.full_len]
 
     # -- reporting -----------------------------------------------------------------------
     def layer_layouts(self, num_layers: int) -> list[Layout] | None:
@@ -302,6 +323,15 @@ class _CaptureHook(ModelHook):
 
     def reset_state(self, module) -> None:
         self.engine.reset()
+
+
+class _RestoreHook(ModelHook):
+    def __init__(self, engine: DropEngine) -> None:
+        self.engine = engine
+
+    def post_forward(self, module, output):
+        output.last_hidden_state = self.engine.restore_layout(output.last_hidden_state)
+        return output
 
 
 class _LayerHook(ModelHook):

@@ -21,24 +21,28 @@ def last_query_attention(
     apply_rotary: Callable,
     cos: torch.Tensor,
     sin: torch.Tensor,
-    query_slot: int,
+    query_slot: torch.Tensor,
     key_valid: torch.Tensor,
 ) -> torch.Tensor:
-    """Head-averaged softmax attention of the token at ``query_slot`` over all keys (B, L).
+    """Head-averaged softmax attention of each row's token at ``query_slot`` (B,) over its keys (B, L).
 
     Uses the *next* layer's norm and q/k projections with rotary embeddings, as the paper
     does, but only one query row: O(L·d) instead of an L×L attention matrix.
     """
     batch, length, _ = hidden.shape
     x = norm(hidden)
-    q = q_proj(x[:, query_slot : query_slot + 1]).view(batch, 1, num_heads, head_dim).transpose(1, 2)
+    slot = query_slot.to(hidden.device).view(batch, 1, 1)
+    x_q = x.gather(1, slot.expand(-1, 1, x.shape[-1]))
+    q = q_proj(x_q).view(batch, 1, num_heads, head_dim).transpose(1, 2)
     k = k_proj(x).view(batch, length, num_kv_heads, head_dim).transpose(1, 2)
-    cos_q, sin_q = cos[:, query_slot : query_slot + 1], sin[:, query_slot : query_slot + 1]
+    cos, sin = cos.expand(batch, -1, -1), sin.expand(batch, -1, -1)
+    cos_q = cos.gather(1, slot.expand(-1, 1, cos.shape[-1]))
+    sin_q = sin.gather(1, slot.expand(-1, 1, sin.shape[-1]))
     q, _ = apply_rotary(q, q, cos_q, sin_q)
     _, k = apply_rotary(k, k, cos, sin)
     k = k.repeat_interleave(num_heads // num_kv_heads, dim=1)
     logits = (q.float() @ k.float().transpose(-1, -2)).squeeze(2) / math.sqrt(head_dim)  # (B, H, L)
-    allowed = key_valid & (torch.arange(length, device=hidden.device) <= query_slot)
+    allowed = key_valid.to(hidden.device) & (torch.arange(length, device=hidden.device) <= slot.view(batch, 1))
     logits = logits.masked_fill(~allowed[:, None, :], float("-inf"))
     return logits.softmax(-1).mean(1)
 

@@ -149,7 +149,7 @@ def test_last_query_attention_matches_full_attention_row():
     got = last_query_attention(
         hidden, norm=parts.norm, q_proj=parts.q_proj, k_proj=parts.k_proj, num_heads=parts.num_heads,
         num_kv_heads=parts.num_kv_heads, head_dim=parts.head_dim, apply_rotary=parts.apply_rotary,
-        cos=cos, sin=sin, query_slot=9, key_valid=torch.ones(2, 10, dtype=torch.bool),
+        cos=cos, sin=sin, query_slot=torch.tensor([9, 9]), key_valid=torch.ones(2, 10, dtype=torch.bool),
     )
     # reference: the eager attention module's own weights for the last row
     mask = torch.full((10, 10), torch.finfo(torch.float32).min).triu(1)[None, None].expand(2, 1, 10, 10)
@@ -168,3 +168,28 @@ def test_stage_keep_counts_follow_released_schedule():
     n = torch.tensor([576, 100])
     assert stage_keep_counts(n, 0.5, 1).tolist() == [288, 50]
     assert stage_keep_counts(n, 0.5, 3).tolist() == [72, 12]
+
+
+@pytest.mark.parametrize("factory", ["llava-sdpa", "llava-eager"])
+def test_right_padded_rows_match_single_runs(factory):
+    """Outputs are restored to the input layout, and each row ranks with its own last token."""
+    model, processor = FACTORIES[factory]()
+    pipe = mmeff.wrap(model, processor)
+    pipe.add_plugin("pyramid_drop")
+    singles = [pipe.adapter.build_inputs([img], [p]) for img, p in zip(sample_images(), PROMPTS)]
+    width = max(s["input_ids"].shape[1] for s in singles)
+    ids = torch.zeros(2, width, dtype=torch.long)
+    mask = torch.zeros(2, width, dtype=torch.long)
+    for row, s in enumerate(singles):
+        n = s["input_ids"].shape[1]
+        ids[row, :n], mask[row, :n] = s["input_ids"][0], 1
+    pixel_values = torch.cat([s["pixel_values"] for s in singles])
+    with torch.no_grad():
+        pipe.reset_state()
+        batched = model(input_ids=ids, attention_mask=mask, pixel_values=pixel_values).logits
+        assert batched.shape[1] == width
+        for row, s in enumerate(singles):
+            pipe.reset_state()
+            alone = model(**s).logits[0, -1]
+            n = s["input_ids"].shape[1]
+            torch.testing.assert_close(batched[row, n - 1], alone, atol=1e-5, rtol=1e-5)
