@@ -21,7 +21,7 @@ _MISSING = object()
 
 
 class ModelHook:
-    """One hook: override any of ``pre_forward``, ``post_forward``, ``new_forward``."""
+    """One hook: override ``pre_forward`` (rewrite inputs) and/or ``post_forward`` (rewrite outputs)."""
 
     #: hooks that keep per-call state implement ``reset_state``
     stateful: bool = False
@@ -64,12 +64,30 @@ class HookRegistry:
         functools.update_wrapper(forward, original)
         return forward
 
+    def installed(self) -> bool:
+        """Is our wrapper still reachable from ``module.forward`` (directly or under other wrappers)?"""
+        fn = self.module.forward
+        while fn is not None:
+            if fn is self._wrapper:
+                return True
+            fn = getattr(fn, "__wrapped__", None)
+        return False
+
+    def _reinstall(self) -> None:
+        """Someone (accelerate, diffusers) restored a forward that dropped our wrapper: wrap again."""
+        self._saved_forward = self.module.__dict__.get("forward", _MISSING)
+        self._original = self.module.forward
+        self._wrapper = self._make_wrapper()
+        self.module.forward = self._wrapper
+
     @classmethod
     def get_or_create(cls, module: nn.Module) -> HookRegistry:
         registry = module.__dict__.get(_ATTR)
         if registry is None:
             registry = cls(module)
             module.__dict__[_ATTR] = registry
+        elif not registry.installed():
+            registry._reinstall()
         return registry
 
     @staticmethod
@@ -91,7 +109,9 @@ class HookRegistry:
 
     def _unwrap(self) -> None:
         if self.module.__dict__.get("forward") is not self._wrapper:
-            return  # something wrapped us later: stay as a pass-through
+            if not self.installed():  # our wrapper is gone already: forget the registry
+                del self.module.__dict__[_ATTR]
+            return  # else something wrapped us later: stay as a pass-through
         if self._saved_forward is _MISSING:
             del self.module.forward
         else:

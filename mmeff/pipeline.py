@@ -56,7 +56,8 @@ class MMPipeline:
         if not registry.supported(cls.name, self.adapter.key):
             raise UnsupportedModelError(
                 f"plugin {cls.name!r} does not support {self.adapter.key!r} models "
-                f"({type(self.obj).__name__}); it supports: {registry.supported_adapters(cls.name)}"
+                f"({type(self.obj).__name__}); it supports: "
+                f"{registry.supported_adapters(cls.name) or list(cls.supports)}"
             )
         if cls.changes_seq_len:
             clash = [n for n, p in self._plugins.items() if p.changes_seq_len and n != cls.name]
@@ -65,12 +66,17 @@ class MMPipeline:
         instance = cls(config)
         ctx = self._context(cls.name)
         instance.check(ctx)
-        if cls.name in self._plugins:
+        previous = self._plugins.get(cls.name)
+        if previous is not None:
             self.remove_plugin(cls.name)
         try:
             instance.attach(ctx)
         except BaseException:
             ctx.remove_hooks()
+            if previous is not None:  # put back what was there
+                previous.attach(ctx)
+                previous.ctx = ctx
+                self._plugins[cls.name] = previous
             raise
         instance.ctx = ctx
         self._plugins[cls.name] = instance
@@ -97,7 +103,8 @@ class MMPipeline:
             yield self
         finally:
             for plugin in detached:
-                plugin.attach(plugin.ctx)
+                if self._plugins.get(plugin.name) is plugin and plugin.ctx is not None:  # not removed meanwhile
+                    plugin.attach(plugin.ctx)
 
     def _resolve(self, plugin: str | PluginConfig, options: dict[str, Any]) -> tuple[type[Plugin], PluginConfig]:
         if isinstance(plugin, PluginConfig):

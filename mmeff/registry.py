@@ -28,12 +28,14 @@ def _check_name(kind: str, name: str, table: dict) -> None:
 
 def register_plugin(cls: type[Plugin]) -> type[Plugin]:
     """Class decorator: make ``cls`` available as ``add_plugin(cls.name)``."""
+    _ensure_loaded()  # so a clash with a bundled name is caught here, not later
     _check_name("plugin", cls.name, _PLUGINS)
     _PLUGINS[cls.name] = cls
     return cls
 
 
 def register_adapter(cls: type[Adapter]) -> type[Adapter]:
+    _ensure_loaded()
     _check_name("adapter", cls.key, _ADAPTERS)
     _ADAPTERS[cls.key] = cls
     return cls

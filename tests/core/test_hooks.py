@@ -254,16 +254,6 @@ def test_hooks_see_the_module_and_kwargs():
     assert seen["module"] is m and seen["kwargs"] == {"bias": 1.5}
 
 
-@pytest.mark.xfail(strict=True, reason="mmeff.hooks.ModelHook documents new_forward but HookRegistry never calls it")
-def test_new_forward_is_used(model, x):
-    class Replace(mh.ModelHook):
-        def new_forward(self, module, *args, **kwargs):
-            return torch.zeros(1)
-
-    mh.add_hook(model[0], "replace", Replace())
-    assert torch.equal(model[0](x), torch.zeros(1))
-
-
 # -- accelerate -------------------------------------------------------------------------------
 class AccelerateAdd(accelerate.hooks.ModelHook):
     def __init__(self, value: float) -> None:
@@ -347,11 +337,6 @@ def test_accelerate_below_mmeff_remove_accelerate_first_then_mmeff_is_sane(model
     assert layer.forward.__func__ is type(layer).forward
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: after another library clobbers mmeff's wrapper, HookRegistry.get_or_create reuses the stale "
-    "registry whose wrapper is no longer installed, so new mmeff hooks silently never run",
-)
 def test_mmeff_hook_runs_after_accelerate_clobbered_our_wrapper(model, x):
     layer = model[0]
     base = layer(x)
@@ -468,11 +453,6 @@ def test_diffusers_and_mmeff_interleaved(model, x):
     assert torch.equal(layer(x), base)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: diffusers' remove_hook restores its saved forward over mmeff's wrapper; the stale mmeff "
-    "registry is then reused and new mmeff hooks silently never run",
-)
 def test_mmeff_hook_runs_after_diffusers_clobbered_our_wrapper(model, x):
     layer = model[0]
     base = layer(x)
