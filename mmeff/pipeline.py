@@ -241,8 +241,6 @@ def load(
     """
     path = Path(name_or_path)
     kwargs = dict(from_pretrained_kwargs)
-    if torch_dtype is not None:
-        kwargs["dtype"] = torch_dtype
     if device_map is not None:
         kwargs["device_map"] = device_map
     if (path / "model_index.json").is_file():
@@ -250,9 +248,13 @@ def load(
 
         if attn_implementation is not None:
             raise ConfigError("attn_implementation applies to transformers models, not diffusers pipelines")
+        if torch_dtype is not None:
+            kwargs["torch_dtype"] = torch_dtype
         return wrap(diffusers.DiffusionPipeline.from_pretrained(str(name_or_path), **kwargs))
     import transformers
 
+    if torch_dtype is not None:
+        kwargs["dtype"] = torch_dtype  # transformers 5 renamed torch_dtype to dtype
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
     model = transformers.AutoModelForImageTextToText.from_pretrained(str(name_or_path), **kwargs)

@@ -131,9 +131,9 @@ def _write(out_dir: Path, result: dict[str, Any]) -> None:
         "",
         markdown_table(headers, rows),
         "",
-        "FLOPs ratios are analytic decoder prefill FLOPs (projections, n² attention, gated MLP, plus the "
-        "ranking overhead where the plugin reports it), once with the bench model's dimensions and once with "
-        "LLaVA-1.5-7B's (4096 hidden, 11008 MLP) for the same token counts per layer.",
+        "FLOPs ratios are analytic decoder prefill FLOPs (projections, n² attention, gated MLP): with the bench "
+        "model's dimensions including the plugin's ranking overhead, and with LLaVA-1.5-7B's dimensions "
+        "(4096 hidden, 11008 MLP) for the same token counts per layer, layers only.",
         "",
         "![speedups](speedups.png)",
         "![image tokens per layer](tokens_per_layer.png)",
