@@ -153,7 +153,9 @@ class MMPipeline:
         ``model.generate`` (``do_sample``, ``use_cache``, ``logits_processor``, ...).
         """
         if self.adapter.family != "vlm":
-            raise UnsupportedModelError(f"generate() is for vision-language models; call {self.adapter.key} pipelines")
+            raise UnsupportedModelError(
+                "generate() is for vision-language models; call a text-to-image pipeline directly: pipe(prompt, ...)"
+            )
         single = isinstance(prompts, str)
         prompt_list = [prompts] if single else list(prompts)
         if isinstance(images, (list, tuple)):
@@ -196,10 +198,15 @@ class MMPipeline:
             raise UnsupportedModelError("calling the pipeline is for text-to-image models; use generate() for VLMs")
         self.reset_state()
         for plugin in self._plugins.values():
-            kwargs = plugin.pre_call(self, kwargs) if hasattr(plugin, "pre_call") else kwargs
+            kwargs = plugin.pre_call(self, kwargs)
         start = time.perf_counter()
         out = self.obj(*args, **kwargs)
-        self._collect_stats({"wall_time_s": time.perf_counter() - start})
+        images = getattr(out, "images", None)
+        self._collect_stats({
+            "wall_time_s": time.perf_counter() - start,
+            "images": len(images) if images is not None else None,
+            "num_inference_steps": kwargs.get("num_inference_steps"),
+        })
         return out
 
     def __repr__(self) -> str:
@@ -226,6 +233,19 @@ def wrap(obj: Any, processor: Any = None) -> MMPipeline:
     return MMPipeline(obj, processor)
 
 
+def _is_diffusers_repo(name_or_path: str | Path) -> bool:
+    """Diffusers pipelines carry a ``model_index.json`` (local folder or hub repo)."""
+    path = Path(name_or_path)
+    if path.is_dir():
+        return (path / "model_index.json").is_file()
+    try:
+        from huggingface_hub import file_exists
+
+        return file_exists(str(name_or_path), "model_index.json")
+    except Exception:  # offline or not a hub id: let transformers report the problem
+        return False
+
+
 def load(
     name_or_path: str | Path,
     *,
@@ -239,11 +259,10 @@ def load(
     Folders with a ``model_index.json`` load as diffusers pipelines; everything else as a
     transformers image-text-to-text model plus its processor.
     """
-    path = Path(name_or_path)
     kwargs = dict(from_pretrained_kwargs)
     if device_map is not None:
         kwargs["device_map"] = device_map
-    if (path / "model_index.json").is_file():
+    if _is_diffusers_repo(name_or_path):
         import diffusers
 
         if attn_implementation is not None:

@@ -89,5 +89,9 @@ class Plugin:
         """What the last call did (tokens kept, passes saved, ...)."""
         return {}
 
+    def pre_call(self, pipe: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """Diffusers pipelines: rewrite the call's keyword arguments (e.g. inject ``latents``)."""
+        return kwargs
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.config})"

@@ -1,6 +1,19 @@
 """Tiny-model factories and the shared plugin test mixin, for tests and plugin authors."""
 
+from typing import Any
+
 from .factories import tiny_llava, tiny_llava_next
 from .tokenizer import word_tokenizer
 
-__all__ = ["tiny_llava", "tiny_llava_next", "word_tokenizer"]
+_DIFFUSION = ("clip_tokenizer", "tiny_sd", "tiny_sdxl")
+
+__all__ = ["clip_tokenizer", "tiny_llava", "tiny_llava_next", "tiny_sd", "tiny_sdxl", "word_tokenizer"]
+
+
+def __getattr__(name: str) -> Any:
+    """Diffusion factories load on first use, so VLM-only users never pay diffusers' import time."""
+    if name in _DIFFUSION:
+        from . import diffusion
+
+        return getattr(diffusion, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

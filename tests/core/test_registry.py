@@ -153,7 +153,7 @@ def test_supported_and_support_matrix_agree():
 
 def test_supports_uses_fnmatch_patterns():
     mmeff.register_plugin(_plugin_class("tmp_glob_plugin", supports=("llava*",)))
-    mmeff.register_plugin(_plugin_class("tmp_none_plugin", supports=("diffusers_*",)))
+    mmeff.register_plugin(_plugin_class("tmp_none_plugin", supports=("nomatch_*",)))
     assert mmeff.supported("tmp_glob_plugin", "llava")
     assert mmeff.supported("tmp_glob_plugin", "llava_next")
     assert not mmeff.supported("tmp_glob_plugin", "qwen2_vl")
