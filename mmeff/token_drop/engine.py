@@ -321,6 +321,11 @@ class _CaptureHook(ModelHook):
         self.engine.on_model_forward(args, kwargs)
         return args, kwargs
 
+    def post_forward(self, module, output):
+        # layers called outside a captured forward (e.g. the bare language model) pass through
+        self.engine.state.mode = "off"
+        return output
+
     def reset_state(self, module) -> None:
         self.engine.reset()
 

@@ -193,3 +193,16 @@ def test_right_padded_rows_match_single_runs(factory):
             alone = model(**s).logits[0, -1]
             n = s["input_ids"].shape[1]
             torch.testing.assert_close(batched[row, n - 1], alone, atol=1e-5, rtol=1e-5)
+
+
+def test_bare_language_model_calls_pass_through_after_a_generate():
+    """State from the last call never leaks into a forward the plugin did not capture."""
+    model, processor = FACTORIES["llava-sdpa"]()
+    pipe = mmeff.wrap(model, processor)
+    embeds = torch.randn(1, 5, model.config.text_config.hidden_size)
+    with torch.no_grad():
+        plain = pipe.adapter.language_model(inputs_embeds=embeds).last_hidden_state
+        pipe.add_plugin("pyramid_drop")
+        pipe.generate(sample_images(), PROMPTS, max_new_tokens=2)
+        hooked = pipe.adapter.language_model(inputs_embeds=embeds).last_hidden_state
+    assert torch.equal(hooked, plain)
