@@ -24,10 +24,14 @@ BACKGROUNDS = ("plain", "gradient", "noise", "clutter")
 
 #: documented co-occurrence pairs: each member brings its partner along with probability
 #: :data:`PARTNER_PROB` in training scenes
+#: (each colour and each shape appears in exactly two pairs)
 PARTNERS: tuple[tuple[tuple[str, str], tuple[str, str]], ...] = (
     (("red", "circle"), ("blue", "square")),
     (("yellow", "star"), ("purple", "hexagon")),
     (("green", "triangle"), ("orange", "cross")),
+    (("blue", "triangle"), ("red", "hexagon")),
+    (("purple", "circle"), ("green", "star")),
+    (("orange", "square"), ("yellow", "cross")),
 )
 PARTNER_PROB = 0.85
 
