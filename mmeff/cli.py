@@ -55,6 +55,18 @@ def cmd_bench(args: argparse.Namespace) -> None:
         Console().print(f"wrote {out}/tokens_speed.json, report.md and plots")
 
 
+def cmd_eval(args: argparse.Namespace) -> None:
+    from .demo import load_demo_pipe
+    from .testbed.evaluate import parse_plugin_spec, run_eval
+
+    pipe = load_demo_pipe(args.model, Console(width=160))
+    for spec in args.plugin:
+        name, options = parse_plugin_spec(spec)
+        pipe.add_plugin(name, **options)
+    for suite in args.suite:
+        run_eval(pipe, suite, Path(args.out), n_scenes=args.n_scenes, batch_size=args.batch_size, seed=args.seed)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmeff", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -69,6 +81,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--options", default="{}", help='plugin options as JSON, e.g. \'{"ratio": 0.25}\'')
     p.add_argument("--max-new-tokens", type=int, default=12)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("eval", help="score a model (+ plugins) on the shapes testbed's question suites")
+    p.add_argument("--model", help="hub id or local folder (default: bundled shapes model, else tiny random)")
+    p.add_argument("--suite", action="append", required=True,
+                   choices=["pope", "attributes", "counting", "spatial", "caption"])
+    p.add_argument("--plugin", action="append", default=[], help="name[:key=value,...], repeatable")
+    p.add_argument("--n-scenes", type=int, default=None, help="scenes per suite (default: the suite's size)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="eval_results")
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("bench", help="benchmarks that write JSON, a markdown report and plots")
     p.add_argument("suite", choices=["tokens"])
