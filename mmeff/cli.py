@@ -67,6 +67,12 @@ def cmd_eval(args: argparse.Namespace) -> None:
         run_eval(pipe, suite, Path(args.out), n_scenes=args.n_scenes, batch_size=args.batch_size, seed=args.seed)
 
 
+def cmd_testbed(args: argparse.Namespace) -> None:
+    from .testbed.train import train_vlm
+
+    train_vlm(Path(args.out), Path(args.run_dir))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmeff", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -92,6 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="eval_results")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("testbed", help="train the bundled shapes-testbed models")
+    p.add_argument("what", choices=["train"])
+    p.add_argument("model", choices=["vlm"])
+    p.add_argument("--out", default="assets/models/shapes-llava", help="where save_pretrained writes the model")
+    p.add_argument("--run-dir", default="runs/shapes-llava", help="checkpoints (resume from here) and logs")
+    p.set_defaults(func=cmd_testbed)
 
     p = sub.add_parser("bench", help="benchmarks that write JSON, a markdown report and plots")
     p.add_argument("suite", choices=["tokens"])

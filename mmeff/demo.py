@@ -9,40 +9,28 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 from rich.console import Console
 from rich.table import Table
 
 import mmeff
 
+from .testbed.render import render
+from .testbed.world import ObjectSpec, SceneSpec
+
 BUNDLED = Path(__file__).resolve().parents[1] / "assets" / "models" / "shapes-llava"
-COLORS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 80, 220), "yellow": (230, 210, 40)}
-
-
-def shape_scene(objects: list[tuple[str, str, tuple[int, int]]], size: int = 96) -> np.ndarray:
-    """A plain scene of (colour, shape, centre) objects, drawn with OpenCV."""
-    img = np.full((size, size, 3), 245, np.uint8)
-    r = size // 8
-    for color, shape, (x, y) in objects:
-        c = COLORS[color]
-        if shape == "circle":
-            cv2.circle(img, (x, y), r, c, -1)
-        elif shape == "square":
-            cv2.rectangle(img, (x - r, y - r), (x + r, y + r), c, -1)
-        elif shape == "triangle":
-            pts = np.array([[x, y - r], [x - r, y + r], [x + r, y + r]], np.int32)
-            cv2.fillPoly(img, [pts], c)
-    return img
 
 
 def demo_inputs() -> tuple[list[np.ndarray], list[str]]:
-    images = [
-        shape_scene([("red", "circle", (28, 30)), ("blue", "square", (66, 64))]),
-        shape_scene([("green", "triangle", (48, 30)), ("yellow", "circle", (30, 70)), ("red", "square", (70, 70))]),
+    """Two shapes-testbed scenes (the bundled model's world) and a question about each."""
+    scenes = [
+        SceneSpec((ObjectSpec("circle", "red", 0.3, 0.3, 0.12, 0), ObjectSpec("square", "blue", 0.7, 0.68, 0.12, 10)),
+                  "plain", seed=1),
+        SceneSpec((ObjectSpec("triangle", "green", 0.5, 0.3, 0.12, 0), ObjectSpec("star", "yellow", 0.3, 0.72, 0.12, 0),
+                   ObjectSpec("hexagon", "purple", 0.72, 0.72, 0.11, 0)), "gradient", seed=2),
     ]
     prompts = ["is there a red circle in the image?", "how many objects are in the image?"]
-    return images, prompts
+    return [render(s) for s in scenes], prompts
 
 
 def load_demo_pipe(model: str | None, console: Console) -> mmeff.MMPipeline:

@@ -68,3 +68,12 @@ def render(scene: SceneSpec) -> np.ndarray:
         pts = np.round(shape_polygon(obj, scene.image_size) * scale).astype(np.int32)
         cv2.fillPoly(img, [pts], COLORS[obj.color], lineType=cv2.LINE_AA, shift=2)
     return img
+
+
+def object_map(scene: SceneSpec) -> np.ndarray:
+    """HxW int map: index of the visible object at each pixel (-1 = background), occlusion as drawn."""
+    ids = np.full((scene.image_size, scene.image_size), -1, np.int32)
+    for i, obj in enumerate(scene.objects):
+        pts = np.round(shape_polygon(obj, scene.image_size) * 4).astype(np.int32)
+        cv2.fillPoly(ids, [pts], i, shift=2)
+    return ids

@@ -1,0 +1,194 @@
+"""``mmeff testbed train vlm``: the two-stage recipe for the bundled shapes LLaVA.
+
+Stage A teaches the vision tower to see (every 8x8 patch labelled with the object kind
+covering it); stage B trains projector + decoder on chat sequences (a caption and several
+questions per image, loss on answers only), the tower frozen for the first third and then
+fine-tuned at a lower rate. Seeded, resumable from ``<run>/ckpt.pt``, with a progress bar
+and a loss-curve plot. See ``shared/notes/testbed-training.md`` for the probes behind it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+from .data import KINDS, SequenceBuilder, collate, images_tensor, patch_labels, scene_batch, training_turns
+from .model import ShapesLlavaSpec, build_model, build_processor
+
+
+@dataclass(frozen=True)
+class Recipe:
+    seed: int = 0
+    vision_steps: int = 500
+    vision_batch: int = 48
+    vision_lr: float = 1e-3
+    chat_steps: int = 2400
+    chat_batch: int = 16
+    chat_lr: float = 8e-4
+    tower_lr: float = 2e-4
+    frozen_fraction: float = 1 / 3
+    questions_per_image: int = 6
+    checkpoint_every: int = 250
+
+
+def lr_factor(step: int, total: int, warmup: float = 0.05) -> float:
+    w = max(1, int(total * warmup))
+    if step < w:
+        return (step + 1) / w
+    return 0.5 * (1 + math.cos(math.pi * (step - w) / max(1, total - w)))
+
+
+class Trainer:
+    def __init__(self, run_dir: Path, recipe: Recipe, spec: ShapesLlavaSpec) -> None:
+        self.run_dir, self.recipe, self.spec = run_dir, recipe, spec
+        run_dir.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(recipe.seed)
+        self.processor = build_processor(spec)
+        self.model = build_model(spec, self.processor, seed=recipe.seed)
+        self.tower = self.model.model.vision_tower
+        self.head = nn.Linear(spec.vision_hidden, len(KINDS) + 1)
+        self.builder = SequenceBuilder(self.processor.tokenizer, self.model.config.image_token_id, spec.image_tokens)
+        self.stage, self.step, self.losses = "vision", 0, {"vision": [], "chat": []}
+        self.optimizer = self._vision_optimizer()
+        self.ckpt = run_dir / "ckpt.pt"
+        if self.ckpt.is_file():
+            self._load()
+
+    # -- optimisers ------------------------------------------------------------------------
+    def _vision_optimizer(self):
+        params = list(self.tower.parameters()) + list(self.head.parameters())
+        return torch.optim.AdamW(params, lr=self.recipe.vision_lr, weight_decay=0.01)
+
+    def _chat_optimizer(self):
+        tower = set(id(p) for p in self.tower.parameters())
+        rest = [p for p in self.model.parameters() if id(p) not in tower]
+        return torch.optim.AdamW(
+            [{"params": rest, "lr": self.recipe.chat_lr, "name": "rest"},
+             {"params": list(self.tower.parameters()), "lr": self.recipe.tower_lr, "name": "tower"}],
+            weight_decay=0.01,
+        )
+
+    # -- checkpoints -----------------------------------------------------------------------
+    def _save(self) -> None:
+        state = {"stage": self.stage, "step": self.step, "losses": self.losses, "model": self.model.state_dict(),
+                 "head": self.head.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "recipe": asdict(self.recipe)}
+        tmp = self.ckpt.with_suffix(".tmp")
+        torch.save(state, tmp)
+        tmp.replace(self.ckpt)
+
+    def _load(self) -> None:
+        state = torch.load(self.ckpt, weights_only=False)
+        self.model.load_state_dict(state["model"])
+        self.head.load_state_dict(state["head"])
+        self.stage, self.step, self.losses = state["stage"], state["step"], state["losses"]
+        self.optimizer = self._vision_optimizer() if self.stage == "vision" else self._chat_optimizer()
+        self.optimizer.load_state_dict(state["optimizer"])
+        print(f"resumed {self.stage} stage at step {self.step}")
+
+    # -- stages ----------------------------------------------------------------------------
+    def train_vision(self) -> None:
+        r = self.recipe
+        self.tower.train()
+        bar = tqdm(range(self.step, r.vision_steps), desc="stage A: vision tower", initial=self.step,
+                   total=r.vision_steps)
+        for step in bar:
+            scenes = scene_batch(step, r.vision_batch, self.spec.image_size, base_seed=r.seed * 1_000_003)
+            pixels = images_tensor(scenes, self.processor)
+            labels = torch.stack([torch.from_numpy(patch_labels(s, self.spec.patch_size)).flatten() for s in scenes])
+            hidden = self.tower(pixel_values=pixels).last_hidden_state[:, 1:]
+            loss = nn.functional.cross_entropy(self.head(hidden).flatten(0, 1), labels.flatten())
+            self._update(loss, step, r.vision_steps, "vision")
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+            self.step = step + 1
+            if self.step % r.checkpoint_every == 0:
+                self._save()
+        self.stage, self.step = "chat", 0
+        self.optimizer = self._chat_optimizer()
+        self._save()
+
+    def train_chat(self) -> None:
+        r = self.recipe
+        self.model.train()
+        unfreeze_at = int(r.chat_steps * r.frozen_fraction)
+        rng = random.Random(r.seed)
+        bar = tqdm(range(self.step, r.chat_steps), desc="stage B: projector + decoder", initial=self.step,
+                   total=r.chat_steps)
+        for step in bar:
+            rng.seed(r.seed * 7919 + step)
+            scenes = scene_batch(step, r.chat_batch, self.spec.image_size, base_seed=5_000_000 + r.seed)
+            batch = collate([self.builder.build(training_turns(s, rng, r.questions_per_image)) for s in scenes],
+                            self.processor.tokenizer.pad_token_id)
+            frozen = step < unfreeze_at
+            self.tower.requires_grad_(not frozen)
+            out = self.model(pixel_values=images_tensor(scenes, self.processor), **batch)
+            self._update(out.loss, step, r.chat_steps, "chat", tower_on=not frozen)
+            bar.set_postfix(loss=f"{out.loss.item():.3f}", tower="frozen" if frozen else "tuned")
+            self.step = step + 1
+            if self.step % r.checkpoint_every == 0:
+                self._save()
+        self.stage = "done"
+        self._save()
+
+    def _update(self, loss: torch.Tensor, step: int, total: int, stage: str, tower_on: bool = True) -> None:
+        factor = lr_factor(step, total)
+        for group in self.optimizer.param_groups:
+            base = self.recipe.vision_lr if stage == "vision" else (
+                self.recipe.tower_lr if group.get("name") == "tower" else self.recipe.chat_lr)
+            group["lr"] = base * factor * (1.0 if tower_on or group.get("name") != "tower" else 0.0)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]], 1.0)
+        self.optimizer.step()
+        self.losses[stage].append(loss.item())
+
+    def export(self, out_dir: Path) -> None:
+        self.model.eval()
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(out_dir, safe_serialization=True)
+        self.processor.save_pretrained(out_dir)
+        plot_losses(self.losses, out_dir / "training_loss.png")
+        (out_dir / "training.json").write_text(json.dumps({"recipe": asdict(self.recipe), "spec": asdict(self.spec)},
+                                                          indent=2))
+
+
+def plot_losses(losses: dict[str, list[float]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3))
+    for ax, (stage, values) in zip(axes, losses.items()):
+        if values:
+            k = max(1, len(values) // 100)
+            smooth = [sum(values[i : i + k]) / len(values[i : i + k]) for i in range(0, len(values), k)]
+            ax.plot(range(0, len(values), k), smooth)
+        ax.set_title(f"stage {'A (vision)' if stage == 'vision' else 'B (chat)'}")
+        ax.set_xlabel("step")
+        ax.set_yscale("log")
+    axes[0].set_ylabel("loss")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def train_vlm(out_dir: Path, run_dir: Path, recipe: Recipe | None = None, spec: ShapesLlavaSpec | None = None) -> Path:
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    trainer = Trainer(run_dir, recipe or Recipe(), spec or ShapesLlavaSpec())
+    start = time.time()
+    if trainer.stage == "vision":
+        trainer.train_vision()
+    if trainer.stage == "chat":
+        trainer.train_chat()
+    trainer.export(out_dir)
+    print(f"trained in {(time.time() - start) / 60:.1f} min this run; saved to {out_dir}")
+    return out_dir

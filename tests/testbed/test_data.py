@@ -1,0 +1,39 @@
+import random
+
+import numpy as np
+import torch
+
+from mmeff.testbed.data import BACKGROUND_CLASS, KINDS, SequenceBuilder, collate, patch_labels, training_turns
+from mmeff.testbed.model import ShapesLlavaSpec, build_model, build_processor
+from mmeff.testbed.world import ObjectSpec, SceneSpec, sample_scene
+
+
+def test_patch_labels_mark_the_covered_patches():
+    scene = SceneSpec((ObjectSpec("square", "red", 0.5, 0.5, 0.2, 0.0),), "plain", 0, image_size=96)
+    labels = patch_labels(scene, 8)
+    assert labels.shape == (12, 12)
+    assert labels[6, 6] == KINDS.index(("red", "square"))
+    assert labels[0, 0] == BACKGROUND_CLASS
+    assert (labels != BACKGROUND_CLASS).sum() > 4
+
+
+def test_training_sequences_match_the_inference_chat_template():
+    spec = ShapesLlavaSpec()
+    processor = build_processor(spec)
+    model = build_model(spec, processor)
+    builder = SequenceBuilder(processor.tokenizer, model.config.image_token_id, spec.image_tokens)
+    turns = training_turns(sample_scene(3), random.Random(0))
+    ids, labels = builder.build(turns)
+    conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": turns[0].question}]}]
+    text = processor.apply_chat_template(conversation, add_generation_prompt=True)
+    reference = processor(images=[np.zeros((96, 96, 3), np.uint8)], text=[text], return_tensors="pt")["input_ids"][0]
+    assert ids[: len(reference)] == reference.tolist()
+    assert processor.tokenizer.unk_token_id not in ids, "every testbed word is in the vocabulary"
+    supervised = [t for t, lab in zip(ids, labels) if lab != -100]
+    assert processor.tokenizer.decode(supervised).count("</s>") == len(turns)
+    short_ids, short_labels = builder.build(turns[:1])
+    batch = collate([(ids, labels), (short_ids, short_labels)], processor.tokenizer.pad_token_id)
+    assert batch["input_ids"].shape == (2, len(ids))
+    assert int(batch["attention_mask"][1].sum()) == len(short_ids) < len(ids)
+    out = model(pixel_values=torch.zeros(2, 3, 96, 96), **batch)
+    assert torch.isfinite(out.loss)
