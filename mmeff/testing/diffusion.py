@@ -116,11 +116,9 @@ def _scheduler(name: str) -> SchedulerMixin:
     return _SCHEDULERS[name]()
 
 
-def tiny_sd(seed: int = 0, scheduler: str = "ddim", sample_size: int = 16) -> StableDiffusionPipeline:
-    """A Stable-Diffusion-1.x-shaped pipeline; images are ``2 * sample_size`` pixels square (32 by default)."""
-    tokenizer = clip_tokenizer()
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
+def _unet(sample_size: int, **extra) -> UNet2DConditionModel:
+    """The two-block UNet diffusers' own tests use; ``extra`` adds SDXL's conditioning."""
+    return UNet2DConditionModel(
         block_out_channels=(32, 64),
         layers_per_block=2,
         sample_size=sample_size,
@@ -128,8 +126,15 @@ def tiny_sd(seed: int = 0, scheduler: str = "ddim", sample_size: int = 16) -> St
         out_channels=4,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32,
+        **extra,
     )
+
+
+def tiny_sd(seed: int = 0, scheduler: str = "ddim", sample_size: int = 16) -> StableDiffusionPipeline:
+    """A Stable-Diffusion-1.x-shaped pipeline; images are ``2 * sample_size`` pixels square (32 by default)."""
+    tokenizer = clip_tokenizer()
+    torch.manual_seed(seed)
+    unet = _unet(sample_size, cross_attention_dim=32)
     torch.manual_seed(seed)
     vae = _vae(2 * sample_size)
     torch.manual_seed(seed)
@@ -153,14 +158,8 @@ def tiny_sdxl(seed: int = 0, scheduler: str = "euler", sample_size: int = 16) ->
     """An SDXL-shaped pipeline: two text encoders (the second with a projection) and text-time conditioning."""
     tokenizer = clip_tokenizer()
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=2,
-        sample_size=sample_size,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+    unet = _unet(
+        sample_size,
         attention_head_dim=(2, 4),
         use_linear_projection=True,
         addition_embed_type="text_time",
