@@ -37,3 +37,19 @@ def test_training_sequences_match_the_inference_chat_template():
     assert int(batch["attention_mask"][1].sum()) == len(short_ids) < len(ids)
     out = model(pixel_values=torch.zeros(2, 3, 96, 96), **batch)
     assert torch.isfinite(out.loss)
+
+
+def test_training_turns_answer_truthfully_and_balance_existence():
+    rng = random.Random(0)
+    answers = []
+    for seed in range(60):
+        scene = sample_scene(seed)
+        turns = training_turns(scene, rng, n_questions=8)
+        assert 5 <= len(turns) <= 9 and sum(t.question == "describe the image." for t in turns) == 1
+        for turn in turns:
+            words = turn.question.rstrip("?").split()
+            if words[:3] == ["is", "there", "a"]:
+                kind = (words[3], words[4])
+                assert turn.answer == ("yes" if kind in scene.kinds() else "no")
+                answers.append(turn.answer)
+    assert 0.4 < answers.count("yes") / len(answers) < 0.6
