@@ -30,7 +30,8 @@ def test_oracle_works_at_another_resolution():
 
 def test_oracle_reads_a_hand_made_scene():
     scene = SceneSpec(
-        objects=(ObjectSpec("star", "yellow", 0.25, 0.3, 0.12, 10.0), ObjectSpec("square", "blue", 0.7, 0.7, 0.1, 30.0)),
+        objects=(ObjectSpec("star", "yellow", 0.25, 0.3, 0.12, 10.0),
+                 ObjectSpec("square", "blue", 0.7, 0.7, 0.1, 30.0)),
         background="plain",
         seed=0,
         image_size=96,
