@@ -68,9 +68,16 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def cmd_testbed(args: argparse.Namespace) -> None:
+    if args.what == "oracle":
+        from .testbed.oracle_check import check_oracle
+
+        check_oracle(args.n_scenes, args.image_size, Path(args.out or "eval_results/oracle"))
+        return
+    if args.model != "vlm":
+        raise SystemExit("usage: mmeff testbed train vlm [--out DIR] [--run-dir DIR]")
     from .testbed.train import train_vlm
 
-    train_vlm(Path(args.out), Path(args.run_dir))
+    train_vlm(Path(args.out or "assets/models/shapes-llava"), Path(args.run_dir))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,11 +106,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="eval_results")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("testbed", help="train the bundled shapes-testbed models")
-    p.add_argument("what", choices=["train"])
-    p.add_argument("model", choices=["vlm"])
-    p.add_argument("--out", default="assets/models/shapes-llava", help="where save_pretrained writes the model")
+    p = sub.add_parser("testbed", help="train the bundled shapes-testbed models; measure the OpenCV oracle")
+    p.add_argument("what", choices=["train", "oracle"])
+    p.add_argument("model", nargs="?", choices=["vlm"], help="what to train (train only)")
+    p.add_argument("--out", help="train: where save_pretrained writes (default assets/models/shapes-llava); "
+                                 "oracle: report folder (default eval_results/oracle)")
     p.add_argument("--run-dir", default="runs/shapes-llava", help="checkpoints (resume from here) and logs")
+    p.add_argument("--n-scenes", type=int, default=500, help="oracle: held-out scenes to score")
+    p.add_argument("--image-size", type=int, default=96, help="oracle: render size in pixels")
     p.set_defaults(func=cmd_testbed)
 
     p = sub.add_parser("bench", help="benchmarks that write JSON, a markdown report and plots")

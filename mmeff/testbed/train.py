@@ -2,7 +2,7 @@
 
 Stage A teaches the vision tower to see (every 8x8 patch labelled with the object kind
 covering it); stage B trains projector + decoder on chat sequences (a caption and several
-questions per image, loss on answers only), the tower frozen for the first third and then
+questions per image, loss on answers only), the tower frozen for the first 15% and then
 fine-tuned at a lower rate. Seeded, resumable from ``<run>/ckpt.pt``, with a progress bar
 and a loss-curve plot. See ``shared/notes/testbed-training.md`` for the probes behind it.
 """
@@ -20,22 +20,33 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from .data import KINDS, SequenceBuilder, collate, images_tensor, patch_labels, scene_batch, training_turns
+from .data import (
+    BACKGROUND_CLASS,
+    KINDS,
+    SequenceBuilder,
+    collate,
+    images_tensor,
+    patch_labels,
+    scene_batch,
+    training_turns,
+)
 from .model import ShapesLlavaSpec, build_model, build_processor
+from .questions import EVAL_SEED_OFFSET
+from .world import SHAPES, sample_scene
 
 
 @dataclass(frozen=True)
 class Recipe:
     seed: int = 0
-    vision_steps: int = 500
-    vision_batch: int = 48
+    vision_steps: int = 2800
+    vision_batch: int = 32
     vision_lr: float = 1e-3
-    chat_steps: int = 2400
+    chat_steps: int = 3200
     chat_batch: int = 16
     chat_lr: float = 8e-4
     tower_lr: float = 2e-4
-    frozen_fraction: float = 1 / 3
-    questions_per_image: int = 6
+    frozen_fraction: float = 0.15
+    questions_per_image: int = 8
     checkpoint_every: int = 250
 
 
@@ -57,6 +68,8 @@ class Trainer:
         self.head = nn.Linear(spec.vision_hidden, len(KINDS) + 1)
         self.builder = SequenceBuilder(self.processor.tokenizer, self.model.config.image_token_id, spec.image_tokens)
         self.stage, self.step, self.losses = "vision", 0, {"vision": [], "chat": []}
+        self.seconds, self._mark = 0.0, time.time()  # training wall time, summed over resumed runs
+        self.metrics: dict[str, dict[str, float]] = {}
         self.optimizer = self._vision_optimizer()
         self.ckpt = run_dir / "ckpt.pt"
         if self.ckpt.is_file():
@@ -78,9 +91,11 @@ class Trainer:
 
     # -- checkpoints -----------------------------------------------------------------------
     def _save(self) -> None:
+        now = time.time()
+        self.seconds, self._mark = self.seconds + now - self._mark, now
         state = {"stage": self.stage, "step": self.step, "losses": self.losses, "model": self.model.state_dict(),
                  "head": self.head.state_dict(), "optimizer": self.optimizer.state_dict(),
-                 "recipe": asdict(self.recipe)}
+                 "recipe": asdict(self.recipe), "metrics": self.metrics, "seconds": self.seconds}
         tmp = self.ckpt.with_suffix(".tmp")
         torch.save(state, tmp)
         tmp.replace(self.ckpt)
@@ -90,6 +105,7 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.head.load_state_dict(state["head"])
         self.stage, self.step, self.losses = state["stage"], state["step"], state["losses"]
+        self.metrics, self.seconds = state.get("metrics", {}), state.get("seconds", 0.0)
         self.optimizer = self._vision_optimizer() if self.stage == "vision" else self._chat_optimizer()
         self.optimizer.load_state_dict(state["optimizer"])
         print(f"resumed {self.stage} stage at step {self.step}")
@@ -112,6 +128,8 @@ class Trainer:
             if self.step % r.checkpoint_every == 0:
                 self._save()
         self.stage, self.step = "chat", 0
+        self.metrics["vision_patch_accuracy"] = vision_patch_accuracy(self.tower, self.head, self.processor, self.spec)
+        print(f"stage A held-out object-patch accuracy: {self.metrics['vision_patch_accuracy']}")
         self.optimizer = self._chat_optimizer()
         self._save()
 
@@ -156,8 +174,30 @@ class Trainer:
         self.model.save_pretrained(out_dir, safe_serialization=True)
         self.processor.save_pretrained(out_dir)
         plot_losses(self.losses, out_dir / "training_loss.png")
-        (out_dir / "training.json").write_text(json.dumps({"recipe": asdict(self.recipe), "spec": asdict(self.spec)},
-                                                          indent=2))
+        info = {"recipe": asdict(self.recipe), "spec": asdict(self.spec), "metrics": self.metrics,
+                "training_minutes": round(self.seconds / 60, 1),
+                "final_loss": {k: sum(v[-50:]) / max(1, len(v[-50:])) for k, v in self.losses.items()}}
+        (out_dir / "training.json").write_text(json.dumps(info, indent=2))
+
+
+@torch.no_grad()
+def vision_patch_accuracy(tower: nn.Module, head: nn.Module, processor, spec: ShapesLlavaSpec,
+                          n_scenes: int = 128) -> dict[str, float]:
+    """Stage A's held-out per-patch accuracy on object patches: kind, colour alone, shape alone."""
+    was_training = tower.training
+    tower.eval()
+    scenes = [sample_scene(EVAL_SEED_OFFSET + 500_000 + i, image_size=spec.image_size) for i in range(n_scenes)]
+    pred = head(tower(pixel_values=images_tensor(scenes, processor)).last_hidden_state[:, 1:]).argmax(-1)
+    labels = torch.stack([torch.from_numpy(patch_labels(s, spec.patch_size)).flatten() for s in scenes])
+    tower.train(was_training)
+    obj = labels != BACKGROUND_CLASS
+    pred, labels = pred[obj], labels[obj]
+    n_shapes = len(SHAPES)  # KINDS is colour-major
+    return {
+        "kind": (pred == labels).float().mean().item(),
+        "color": (pred // n_shapes == labels // n_shapes).float().mean().item(),
+        "shape": ((pred % n_shapes == labels % n_shapes) & (pred != BACKGROUND_CLASS)).float().mean().item(),
+    }
 
 
 def plot_losses(losses: dict[str, list[float]], path: Path) -> None:

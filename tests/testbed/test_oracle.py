@@ -1,5 +1,7 @@
 """The OpenCV oracle recovers rendered scenes from pixels alone."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -59,3 +61,13 @@ def test_match_and_f1_on_hand_made_predictions():
 def test_detect_rejects_non_rgb_input():
     with pytest.raises(ValueError, match="HxWx3"):
         detect(np.zeros((32, 32), np.uint8))
+
+
+def test_oracle_check_command_writes_a_report(tmp_path):
+    from mmeff.cli import main
+
+    main(["testbed", "oracle", "--n-scenes", "12", "--out", str(tmp_path)])
+    result = json.loads((tmp_path / "oracle.json").read_text())
+    assert result["n_scenes"] == 12 and result["overall"]["f1"] >= 0.95
+    assert set(result["recall_by_shape"]) <= {"circle", "square", "triangle", "star", "hexagon", "cross"}
+    assert (tmp_path / "oracle.md").is_file() and (tmp_path / "oracle.png").is_file()
