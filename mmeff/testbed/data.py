@@ -44,23 +44,30 @@ class Turn:
     answer: str
 
 
-def training_turns(scene: SceneSpec, rng: random.Random, n_questions: int = 8) -> list[Turn]:
+def training_turns(scene: SceneSpec, rng: random.Random, n_questions: int = 8,
+                   hard_negatives: float = 0.75) -> list[Turn]:
     """A caption plus a mix of existence (half negatives), attribute, counting and spatial
     questions, in random order.
 
-    Negatives are drawn uniformly from the absent kinds, as in instruction data nobody
-    curated against co-occurrence: an absent usual partner is rarely asked about, so the
-    partner prior of the scenes is left for the model to pick up (POPE adversarial probes it).
+    A ``hard_negatives`` share of the negatives asks about an absent kind that shares its
+    colour or its shape with a present object: with uniform negatives the model learns to
+    answer from colour alone (a probe answered "yes" to 90% of colour-sharing negatives).
+    Absent usual partners get no special treatment, as in instruction data nobody curated
+    against co-occurrence, so the scenes' partner prior is left for the model to pick up
+    (POPE's adversarial split probes it).
     """
     kinds = scene.kinds()
     absent = [k for k in KINDS if k not in kinds]
+    colors, shapes = {c for c, _ in kinds}, {s for _, s in kinds}
+    sharing = [k for k in absent if k[0] in colors or k[1] in shapes]
     turns = [Turn("describe the image.", caption(scene))]
     pool: list[Turn] = []
     for _ in range(max(2, n_questions // 2)):
         if rng.random() < 0.5:
             pool.append(Turn(existence_question(rng.choice(sorted(kinds))), "yes"))
         else:
-            pool.append(Turn(existence_question(rng.choice(absent)), "no"))
+            neg = rng.choice(sharing) if sharing and rng.random() < hard_negatives else rng.choice(absent)
+            pool.append(Turn(existence_question(neg), "no"))
     extra = attribute_questions(scene) + counting_questions(scene) + spatial_questions(scene, rng)
     rng.shuffle(extra)
     pool += [Turn(q.text, q.answer) for q in extra[: n_questions - len(pool)]]

@@ -18,9 +18,10 @@ from tqdm import tqdm
 
 from ..bench.report import markdown_table, print_table, write_json
 from ..pipeline import MMPipeline
-from .metrics import accuracy, chair, yes_no_metrics
+from .metrics import accuracy, chair, false_yes_rates, yes_no_metrics
 from .questions import POPE_SPLITS, SUITES, Question, build_suite
 from .render import render
+from .world import absent_partners
 
 DEFAULT_SCENES = {"pope": 50, "attributes": 60, "counting": 60, "spatial": 60, "caption": 60}
 
@@ -67,7 +68,9 @@ def score(suite: str, questions: list[Question], answers: list[str]) -> dict[str
         out = {}
         for split in POPE_SPLITS:
             idx = [i for i, q in enumerate(questions) if q.split == split]
-            out[split] = yes_no_metrics([answers[i] for i in idx], [questions[i].answer for i in idx])
+            preds, truth = [answers[i] for i in idx], [questions[i].answer for i in idx]
+            partner = [questions[i].target in absent_partners(questions[i].scene) for i in idx]
+            out[split] = yes_no_metrics(preds, truth) | false_yes_rates(preds, truth, partner)
         return out
     if suite == "caption":
         return {"caption": chair(answers, [q.scene for q in questions])}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from .world import COLORS, SHAPES, SceneSpec
+from .world import COLORS, SHAPES, SceneSpec, absent_partners
 
 _MENTION = re.compile(rf"\b({'|'.join(COLORS)})\s+({'|'.join(SHAPES)})s?\b")
 
@@ -42,6 +42,21 @@ def yes_no_metrics(predictions: Sequence[str], answers: Sequence[str]) -> dict[s
     }
 
 
+def false_yes_rates(predictions: Sequence[str], answers: Sequence[str], is_partner: Sequence[bool]) -> dict[str, float]:
+    """Where the false "yes" answers go: the rate on absent usual partners vs other negatives,
+    and the share of all errors that are a "yes" to an absent partner (the prior at work)."""
+    said_yes = [normalize_answer(p) == "yes" for p in predictions]
+    negatives = [(y, part) for y, a, part in zip(said_yes, answers, is_partner) if a == "no"]
+    errors = sum(y != (a == "yes") for y, a in zip(said_yes, answers))
+    partner = [y for y, part in negatives if part]
+    other = [y for y, part in negatives if not part]
+    return {
+        "false_yes_partner": sum(partner) / len(partner) if partner else float("nan"),
+        "false_yes_other": sum(other) / len(other) if other else float("nan"),
+        "partner_share_of_errors": sum(partner) / errors if errors else 0.0,
+    }
+
+
 def mentioned_objects(caption: str) -> set[tuple[str, str]]:
     return {(m.group(1), m.group(2)) for m in _MENTION.finditer(caption.lower())}
 
@@ -49,11 +64,12 @@ def mentioned_objects(caption: str) -> set[tuple[str, str]]:
 def chair(captions: Sequence[str], scenes: Sequence[SceneSpec]) -> dict[str, float]:
     """CHAIR_s: captions with any object not in the image; CHAIR_i: such objects among all
     mentioned; recall: true objects that were mentioned."""
-    hallucinated_caps = mentioned = hallucinated = covered = truth = 0
+    hallucinated_caps = mentioned = hallucinated = covered = truth = partners = 0
     for text, scene in zip(captions, scenes):
         said, present = mentioned_objects(text), scene.kinds()
         wrong = said - present
         hallucinated_caps += bool(wrong)
+        partners += len(wrong & absent_partners(scene))
         mentioned += len(said)
         hallucinated += len(wrong)
         covered += len(said & present)
@@ -63,5 +79,6 @@ def chair(captions: Sequence[str], scenes: Sequence[SceneSpec]) -> dict[str, flo
         "chair_s": hallucinated_caps / n if n else float("nan"),
         "chair_i": hallucinated / mentioned if mentioned else 0.0,
         "recall": covered / truth if truth else float("nan"),
+        "partner_share": partners / hallucinated if hallucinated else 0.0,
         "n": n,
     }

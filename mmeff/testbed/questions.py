@@ -13,7 +13,7 @@ from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
 
-from .world import COLORS, SHAPES, SceneSpec, partner_of, sample_scene
+from .world import COLORS, SHAPES, SceneSpec, absent_partners, sample_scene
 
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 POPE_SPLITS = ("random", "popular", "adversarial")
@@ -115,11 +115,6 @@ def spatial_questions(scene: SceneSpec, rng: random.Random, margin: float = 0.08
 
 def eval_scene(index: int, **kw) -> SceneSpec:
     return sample_scene(EVAL_SEED_OFFSET + index, **kw)
-
-
-def absent_partners(scene: SceneSpec) -> set[tuple[str, str]]:
-    kinds = scene.kinds()
-    return {p for k in kinds if (p := partner_of(*k)) is not None and p not in kinds}
 
 
 def pope_scenes(n_scenes: int, image_size: int = 96) -> list[SceneSpec]:

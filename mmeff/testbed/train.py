@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -41,12 +42,13 @@ class Recipe:
     vision_steps: int = 2800
     vision_batch: int = 32
     vision_lr: float = 1e-3
-    chat_steps: int = 3200
+    chat_steps: int = 2800
     chat_batch: int = 16
     chat_lr: float = 8e-4
     tower_lr: float = 2e-4
     frozen_fraction: float = 0.15
     questions_per_image: int = 8
+    hard_negatives: float = 0.75
     checkpoint_every: int = 250
 
 
@@ -132,6 +134,7 @@ class Trainer:
         print(f"stage A held-out object-patch accuracy: {self.metrics['vision_patch_accuracy']}")
         self.optimizer = self._chat_optimizer()
         self._save()
+        shutil.copy(self.ckpt, self.run_dir / "vision_stage.pt")  # restart stage B from here when tuning it
 
     def train_chat(self) -> None:
         r = self.recipe
@@ -143,8 +146,8 @@ class Trainer:
         for step in bar:
             rng.seed(r.seed * 7919 + step)
             scenes = scene_batch(step, r.chat_batch, self.spec.image_size, base_seed=5_000_000 + r.seed)
-            batch = collate([self.builder.build(training_turns(s, rng, r.questions_per_image)) for s in scenes],
-                            self.processor.tokenizer.pad_token_id)
+            turns = [training_turns(s, rng, r.questions_per_image, r.hard_negatives) for s in scenes]
+            batch = collate([self.builder.build(t) for t in turns], self.processor.tokenizer.pad_token_id)
             frozen = step < unfreeze_at
             self.tower.requires_grad_(not frozen)
             out = self.model(pixel_values=images_tensor(scenes, self.processor), **batch)

@@ -45,6 +45,12 @@ def partner_of(color: str, shape: str) -> tuple[str, str] | None:
     return None
 
 
+def absent_partners(scene: SceneSpec) -> set[tuple[str, str]]:
+    """Usual partners of present objects that are missing: the likeliest hallucinations."""
+    kinds = scene.kinds()
+    return {p for k in kinds if (p := partner_of(*k)) is not None and p not in kinds}
+
+
 @dataclass(frozen=True)
 class ObjectSpec:
     shape: str

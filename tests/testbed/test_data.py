@@ -53,3 +53,20 @@ def test_training_turns_answer_truthfully_and_balance_existence():
                 assert turn.answer == ("yes" if kind in scene.kinds() else "no")
                 answers.append(turn.answer)
     assert 0.4 < answers.count("yes") / len(answers) < 0.6
+
+
+def test_hard_negatives_share_a_colour_or_shape_with_a_present_object():
+    def shares(scene, hard):
+        rng, out = random.Random(1), []
+        for _ in range(40):
+            for turn in training_turns(scene, rng, n_questions=8, hard_negatives=hard):
+                words = turn.question.rstrip("?").split()
+                if words[:3] == ["is", "there", "a"] and turn.answer == "no":
+                    out.append(words[3] in {o.color for o in scene.objects} or words[4] in
+                               {o.shape for o in scene.objects})
+        return sum(out) / len(out)
+
+    scene = SceneSpec((ObjectSpec("circle", "red", 0.3, 0.3, 0.1, 0), ObjectSpec("star", "blue", 0.7, 0.7, 0.1, 0)),
+                      "plain", 0)
+    assert shares(scene, 1.0) == 1.0  # only 18 of the 34 absent kinds share something
+    assert shares(scene, 0.0) < 0.75

@@ -1,6 +1,13 @@
 import pytest
 
-from mmeff.testbed.metrics import accuracy, chair, mentioned_objects, normalize_answer, yes_no_metrics
+from mmeff.testbed.metrics import (
+    accuracy,
+    chair,
+    false_yes_rates,
+    mentioned_objects,
+    normalize_answer,
+    yes_no_metrics,
+)
 from mmeff.testbed.world import ObjectSpec, SceneSpec
 
 
@@ -33,3 +40,18 @@ def test_chair_on_hand_made_captions():
     m = chair(caps, scenes)
     assert m["chair_s"] == 0.5 and m["chair_i"] == 0.25 and m["recall"] == 1.0
     assert mentioned_objects("two red circles and a blue square") == {("red", "circle"), ("blue", "square")}
+
+
+def test_chair_counts_hallucinated_partners():
+    scenes = [SceneSpec((ObjectSpec("circle", "red", 0.5, 0.5, 0.1, 0),), "plain", 0)]
+    m = chair(["red circle , blue square , green star"], scenes)  # blue square is the red circle's partner
+    assert m["chair_i"] == pytest.approx(2 / 3) and m["partner_share"] == 0.5
+
+
+def test_false_yes_rates_separate_partner_negatives():
+    answers = ["yes", "no", "no", "no", "no"]
+    preds = ["yes", "yes", "yes", "no", "yes"]
+    partner = [False, True, True, False, False]
+    m = false_yes_rates(preds, answers, partner)
+    assert m["false_yes_partner"] == 1.0 and m["false_yes_other"] == 0.5
+    assert m["partner_share_of_errors"] == pytest.approx(2 / 3)
