@@ -30,6 +30,8 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 def _fmt(value: Any) -> str:
+    if value is None:
+        return "–"
     if isinstance(value, float):
         return f"{value:.3f}" if abs(value) < 100 else f"{value:.1f}"
     return str(value)

@@ -160,7 +160,7 @@ def write_report(out_dir: Path, result: dict[str, Any]) -> None:
     (out_dir / f"eval_{result['suite']}.md").write_text("\n".join(md) + "\n")
     fig, ax = plt.subplots(figsize=(6, 3))
     for i, (split, m) in enumerate(result["metrics"].items()):
-        values = [m.get(k, 0) for k in metric_names]
+        values = [m.get(k) or 0 for k in metric_names]
         ax.bar([j + i * 0.8 / len(result["metrics"]) for j in range(len(metric_names))], values,
                0.8 / len(result["metrics"]), label=split)
     ax.set_xticks(range(len(metric_names)), metric_names, rotation=15)

@@ -42,7 +42,8 @@ def yes_no_metrics(predictions: Sequence[str], answers: Sequence[str]) -> dict[s
     }
 
 
-def false_yes_rates(predictions: Sequence[str], answers: Sequence[str], is_partner: Sequence[bool]) -> dict[str, float]:
+def false_yes_rates(predictions: Sequence[str], answers: Sequence[str],
+                    is_partner: Sequence[bool]) -> dict[str, float | None]:
     """Where the false "yes" answers go: the rate on absent usual partners vs other negatives,
     and the share of all errors that are a "yes" to an absent partner (the prior at work)."""
     said_yes = [normalize_answer(p) == "yes" for p in predictions]
@@ -51,8 +52,8 @@ def false_yes_rates(predictions: Sequence[str], answers: Sequence[str], is_partn
     partner = [y for y, part in negatives if part]
     other = [y for y, part in negatives if not part]
     return {
-        "false_yes_partner": sum(partner) / len(partner) if partner else float("nan"),
-        "false_yes_other": sum(other) / len(other) if other else float("nan"),
+        "false_yes_partner": sum(partner) / len(partner) if partner else None,  # None: no such question
+        "false_yes_other": sum(other) / len(other) if other else None,
         "partner_share_of_errors": sum(partner) / errors if errors else 0.0,
     }
 

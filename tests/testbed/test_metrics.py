@@ -55,3 +55,4 @@ def test_false_yes_rates_separate_partner_negatives():
     m = false_yes_rates(preds, answers, partner)
     assert m["false_yes_partner"] == 1.0 and m["false_yes_other"] == 0.5
     assert m["partner_share_of_errors"] == pytest.approx(2 / 3)
+    assert false_yes_rates(["no"], ["yes"], [False])["false_yes_partner"] is None  # no negatives: undefined
