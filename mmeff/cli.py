@@ -43,16 +43,29 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 def cmd_bench(args: argparse.Namespace) -> None:
     if args.suite == "tokens":
-        if not args.speed:
-            raise SystemExit("bench tokens: only --speed exists so far (quality needs the shapes testbed)")
+        import sys
+
         from .bench.layouts import SpeedLayout
         from .bench.tokens import run_speed
+        from .bench.tokens_report import write_combined
 
-        layout = SpeedLayout(layers=args.layers, hidden=args.hidden)
-        out = Path(args.out) / "tokens-speed"
-        run_speed(out, layout=layout, runs=args.runs, decode_tokens=args.decode_tokens,
-                  attn_implementation=args.attn)
-        Console().print(f"wrote {out}/tokens_speed.json, report.md and plots")
+        out = Path(args.out) / "tokens"
+        both = not (args.speed or args.quality)
+        meta = {"command": "mmeff " + " ".join(sys.argv[1:]), "seed": args.seed, "quality_scenes": args.n_scenes}
+        quality = speed = None
+        if args.quality or both:
+            from .bench.tokens_quality import run_quality, write_quality
+            from .demo import load_demo_pipe
+
+            pipe = load_demo_pipe(args.model, Console(width=160))
+            quality = run_quality(pipe, n_scenes=args.n_scenes, seed=args.seed)
+            write_quality(out / "quality", quality, meta)
+        if args.speed or both:
+            layout = SpeedLayout(layers=args.layers, hidden=args.hidden)
+            speed = run_speed(out / "speed", layout=layout, runs=args.runs, decode_tokens=args.decode_tokens,
+                              attn_implementation=args.attn)
+        write_combined(out, quality, speed, meta)
+        Console().print(f"wrote {out}/report.md (+ quality/ and speed/ with JSON and plots)")
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -118,7 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="benchmarks that write JSON, a markdown report and plots")
     p.add_argument("suite", choices=["tokens"])
-    p.add_argument("--speed", action="store_true", help="prefill/decode time and FLOPs on a 7B-layout model")
+    p.add_argument("--speed", action="store_true", help="only prefill/decode time, KV cache and FLOPs "
+                                                         "on a 7B-layout random model")
+    p.add_argument("--quality", action="store_true", help="only testbed accuracy per method and budget")
+    p.add_argument("--model", help="quality: model folder (default: the bundled shapes-llava)")
+    p.add_argument("--n-scenes", type=int, default=None, help="quality: scenes per suite (default 40)")
+    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--decode-tokens", type=int, default=16)
     p.add_argument("--layers", type=int, default=32)

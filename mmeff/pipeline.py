@@ -59,11 +59,16 @@ class MMPipeline:
                 f"({type(self.obj).__name__}); it supports: "
                 f"{registry.supported_adapters(cls.name) or list(cls.supports)}"
             )
-        if cls.changes_seq_len:
-            clash = [n for n, p in self._plugins.items() if p.changes_seq_len and n != cls.name]
-            if clash:
-                raise ConfigError(f"{cls.name!r} and {clash} both change the sequence length; use one at a time")
         instance = cls(config)
+        mine = set(instance.owned_stages())
+        for other_name, other in self._plugins.items():
+            shared = sorted(mine & set(other.owned_stages()))
+            if shared and other_name != cls.name:
+                raise ConfigError(
+                    f"{cls.name!r} and {other_name!r} both take over the {'/'.join(shared)} token-reduction "
+                    f"stage; use one of them (stages: vision = in the vision tower, prefill = in the decoder, "
+                    f"decode = KV-cache policy; plugins on different stages compose)"
+                )
         ctx = self._context(cls.name)
         instance.check(ctx)
         previous = self._plugins.get(cls.name)

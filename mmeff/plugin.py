@@ -63,8 +63,9 @@ class Plugin:
     config_cls: ClassVar[type[PluginConfig]]
     #: fnmatch patterns over adapter keys, e.g. ``("llava", "llava_next")``
     supports: ClassVar[tuple[str, ...]]
-    #: plugins that change the sequence length inside the model cannot be stacked
-    changes_seq_len: ClassVar[bool] = False
+    #: the token-reduction stages this plugin takes over ("vision", "prefill", "decode");
+    #: two plugins that own the same stage are refused at ``add_plugin``
+    owns: ClassVar[tuple[str, ...]] = ()
     description: ClassVar[str] = ""
 
     def __init__(self, config: PluginConfig) -> None:
@@ -72,6 +73,10 @@ class Plugin:
             raise ConfigError(f"{self.name} expects a {self.config_cls.__name__}, got {type(config).__name__}")
         self.config = config
         self.ctx: PluginContext | None = None
+
+    def owned_stages(self) -> tuple[str, ...]:
+        """The stages this instance takes over (configs may switch some off)."""
+        return self.owns
 
     def check(self, ctx: PluginContext) -> None:
         """Raise before anything is attached if the model cannot run this plugin."""

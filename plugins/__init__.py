@@ -1,3 +1,3 @@
 """Bundled plugins, installed as ``mmeff.plugins``; importing this registers them all."""
 
-from . import pyramid_drop  # noqa: F401
+from . import fastv, mustdrop, pyramid_drop, random_drop, tome, visionzip  # noqa: F401

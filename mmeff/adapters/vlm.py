@@ -103,6 +103,47 @@ class VLMAdapter(Adapter):
             apply_rotary=rotary,
         )
 
+    # -- vision tower --------------------------------------------------------------------
+    def _part(self, name: str) -> nn.Module:
+        for owner in (self.model, getattr(self.model, "model", None)):
+            part = getattr(owner, name, None) if owner is not None else None
+            if isinstance(part, nn.Module):
+                return part
+        raise UnsupportedModelError(f"{type(self.model).__name__} has no {name}")
+
+    @property
+    def vision_tower(self) -> nn.Module:
+        return self._part("vision_tower")
+
+    @property
+    def projector(self) -> nn.Module:
+        return self._part("multi_modal_projector")
+
+    @property
+    def vision_layers(self) -> nn.ModuleList:
+        tower = self.vision_tower
+        encoder = getattr(getattr(tower, "vision_model", tower), "encoder", None)
+        if encoder is None or not hasattr(encoder, "layers"):
+            raise UnsupportedModelError(f"cannot find the encoder layers of {type(tower).__name__}")
+        return encoder.layers
+
+    def feature_layer_index(self) -> int:
+        """The vision layer whose output becomes the image features (LLaVA: the penultimate)."""
+        cfg = self.model.config
+        layer, strategy = cfg.vision_feature_layer, cfg.vision_feature_select_strategy
+        n = len(self.vision_layers)
+        if not isinstance(layer, int) or strategy != "default" or layer == 0 or not -n <= layer <= n:
+            raise UnsupportedModelError(
+                "vision-side token reduction needs one vision feature layer and the 'default' (CLS dropped) "
+                f"strategy; this model has vision_feature_layer={layer!r}, strategy={strategy!r}"
+            )
+        return n + layer if layer < 0 else layer - 1
+
+    @property
+    def patch_grid(self) -> int:
+        vision = self.model.config.vision_config
+        return vision.image_size // vision.patch_size
+
     def rotary(self, hidden: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.rotary_emb(hidden, position_ids=position_ids)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import platform
 import statistics
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -15,18 +15,11 @@ import mmeff
 
 from ..flops import decoder_prefill_flops
 from .layouts import LLAVA_15_7B_TEXT, SpeedLayout, build_speed_model
+from .methods import Method, all_methods
 from .report import markdown_table, print_table, write_json
 from .timing import time_prefill_and_decode
 
-
-@dataclass(frozen=True)
-class Method:
-    label: str
-    plugin: str | None = None
-    options: dict[str, Any] = field(default_factory=dict)
-
-
-DEFAULT_METHODS = (Method("pyramid_drop (default)", "pyramid_drop"),)
+DEFAULT_METHODS = (Method("pyramid_drop (default)", "pyramid_drop"), *all_methods())
 
 
 def run_speed(
@@ -72,8 +65,11 @@ def run_speed(
         decode = statistics.median(t[1] for t in times[method.label])
         st = stats.get(method.label, {})
         tokens = st.get("kv_cache_tokens_per_layer", [n_text] * layout.layers)
+        layer_tokens = [n_text - layout.image_tokens + t for t in st.get("image_tokens_per_layer", [])] or tokens
         rows.append({
             "method": method.label,
+            "plugin": method.plugin,
+            "budget": method.budget,
             "prefill_ms": prefill * 1e3,
             "prefill_speedup": base_prefill / prefill,
             "decode_ms_per_token": decode * 1e3,
@@ -81,7 +77,9 @@ def run_speed(
             "mean_image_tokens": st.get("mean_image_tokens", float(layout.image_tokens)),
             "final_image_tokens": st.get("final_image_tokens", float(layout.image_tokens)),
             "flops_ratio_bench_model": st.get("prefill_flops_ratio", 1.0),
-            "flops_ratio_llava15_7b": decoder_prefill_flops(tokens, LLAVA_15_7B_TEXT) / base_flops_7b,
+            "flops_ratio_llava15_7b": decoder_prefill_flops(layer_tokens, LLAVA_15_7B_TEXT) / base_flops_7b,
+            "kv_cache_mb_bench_model": kv_bytes(tokens, layout.hidden, 4) / 2**20,
+            "kv_cache_mb_llava15_7b_fp16": kv_bytes(tokens, 4096, 2) / 2**20,
             "image_tokens_per_layer": st.get("image_tokens_per_layer", [float(layout.image_tokens)] * layout.layers),
             "prefill_runs_ms": [t[0] * 1e3 for t in times[method.label]],
             "decode_runs_ms": [t[1] * 1e3 for t in times[method.label]],
@@ -101,12 +99,18 @@ def run_speed(
     return result
 
 
+def kv_bytes(tokens_per_layer: list[float], hidden: int, bytes_per_value: int) -> float:
+    """Keys and values of every layer (multi-head attention: kv width = hidden size)."""
+    return sum(tokens_per_layer) * 2 * hidden * bytes_per_value
+
+
 def _table(result: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
     headers = ["method", "prefill ms", "prefill speedup", "decode ms/token", "decode speedup",
-               "mean img tokens", "final img tokens", "FLOPs ratio (bench model)", "FLOPs ratio (7B dims)"]
+               "mean img tokens", "final img tokens", "KV cache MB (7B fp16)", "FLOPs ratio (bench model)",
+               "FLOPs ratio (7B dims)"]
     rows = [[r["method"], r["prefill_ms"], r["prefill_speedup"], r["decode_ms_per_token"], r["decode_speedup"],
-             r["mean_image_tokens"], r["final_image_tokens"], r["flops_ratio_bench_model"],
-             r["flops_ratio_llava15_7b"]] for r in result["results"]]
+             r["mean_image_tokens"], r["final_image_tokens"], r["kv_cache_mb_llava15_7b_fp16"],
+             r["flops_ratio_bench_model"], r["flops_ratio_llava15_7b"]] for r in result["results"]]
     return headers, rows
 
 
@@ -140,25 +144,27 @@ def _write(out_dir: Path, result: dict[str, Any]) -> None:
     ]
     (out_dir / "report.md").write_text("\n".join(md) + "\n")
 
-    fig, ax = plt.subplots(figsize=(6, 3.5))
     labels = [r["method"] for r in result["results"]]
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(labels)), 4))
     x = range(len(labels))
     ax.bar([i - 0.2 for i in x], [r["prefill_speedup"] for r in result["results"]], 0.4, label="prefill")
     ax.bar([i + 0.2 for i in x], [r["decode_speedup"] for r in result["results"]], 0.4, label="decode / token")
     ax.axhline(1.0, color="gray", lw=0.8)
-    ax.set_xticks(list(x), labels, rotation=15)
+    ax.set_xticks(list(x), labels, rotation=60, ha="right", fontsize=8)
     ax.set_ylabel("speedup vs baseline (x)")
     ax.legend()
     fig.tight_layout()
     fig.savefig(out_dir / "speedups.png", dpi=120)
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = plt.subplots(figsize=(7, 4))
     for r in result["results"]:
+        if r.get("budget") not in (None, "1/9"):
+            continue  # one budget keeps the plot readable; the JSON has them all
         ax.step(range(len(r["image_tokens_per_layer"])), r["image_tokens_per_layer"], where="post", label=r["method"])
     ax.set_xlabel("decoder layer")
-    ax.set_ylabel("image tokens")
-    ax.legend()
+    ax.set_ylabel("image tokens (budget 1/9)")
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out_dir / "tokens_per_layer.png", dpi=120)
     plt.close(fig)

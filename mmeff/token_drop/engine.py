@@ -1,14 +1,17 @@
 """Drop vision tokens between decoder layers, in prefill and in every decode step.
 
-The engine owns what every in-LLM token-drop method shares: it records the image-token
-mask at the model's top-level forward, and before each decoder layer it swaps in the
-hidden states, rotary cos/sin, position ids and attention mask of the current *layout*
-(which tokens are still present). A method only supplies a :class:`Selector` that, at a
-stage boundary, says which image tokens to keep.
+One engine per wrapped model is shared by every token-reduction plugin on it, so methods
+compose: a vision-side method (VisionZip, ToMe) contributes a stage before decoder layer 0,
+a decoder-side method (PyramidDrop, FastV) stages at deeper layers, and a KV-cache policy
+(MustDrop) may rewrite the cache after prefill. Each plugin supplies only a
+:class:`Selector` that, at a stage boundary, says which image tokens to keep.
 
-Hooks touch only stable boundaries: the top-level forward's keyword arguments and each
-decoder layer's inputs (``hidden_states``, ``attention_mask``, ``position_embeddings``,
-``position_ids``). Each layer's ``DynamicCache`` entry simply ends up shorter.
+The engine records the image-token mask at the model's top-level forward, and before each
+decoder layer it swaps in the hidden states, rotary cos/sin, position ids and attention
+mask of the current *layout* (which tokens are still present). Hooks touch only stable
+boundaries: the top-level forward's keyword arguments and each decoder layer's inputs
+(``hidden_states``, ``attention_mask``, ``position_embeddings``, ``position_ids``). Each
+layer's ``DynamicCache`` entry simply ends up shorter.
 """
 
 from __future__ import annotations
@@ -19,13 +22,15 @@ from typing import Any, Literal, Protocol
 import torch
 from transformers import DynamicCache
 
+from .. import hooks as _hooks
 from ..adapters.vlm import SUPPORTED_ATTENTION, VLMAdapter
 from ..errors import ConfigError, InputError
 from ..hooks import ModelHook
-from ..plugin import PluginContext
-from .ops import causal_mask, compact_positions, gather_tokens, left_pad_indices
+from .ops import causal_mask, compact_positions, gather_tokens, left_pad_indices, slots_of
 
 PositionMode = Literal["compact", "keep"]
+NAMESPACE = "token_drop"
+_ATTR = "_mmeff_drop_engine"
 
 
 @dataclass
@@ -53,17 +58,30 @@ class SelectionInput:
     """What a selector sees at a stage boundary (before decoder layer ``layer_idx``)."""
 
     layer_idx: int
-    stage: int
+    stage: int  # 1-based index among the stages of the selector's owner
     hidden: torch.Tensor  # (B, L_cur, D) input of layer ``layer_idx``
     layout: Layout
     query_slot: torch.Tensor  # (B,) slot of each row's last (non-pad) prompt token in the current layout
     cos_sin: tuple[torch.Tensor, torch.Tensor]  # rotary tables of the current layout
-    original_image_counts: torch.Tensor  # (B,) image tokens per row before any drop
+    original_image_counts: torch.Tensor  # (B,) image tokens per row before the owner's first stage
+    prev_input: tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]] | None = None  # layer_idx - 1's input
 
 
 class Selector(Protocol):
     def __call__(self, inp: SelectionInput) -> torch.Tensor:
         """Return a (B, L_cur) bool mask of image slots to keep."""
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One drop point: before decoder layer ``boundary``, ``selector`` picks the image tokens to keep."""
+
+    owner: str
+    boundary: int
+    selector: Selector
+    local: int
+    position_mode: PositionMode
+    priority: int = 1  # stages at the same boundary run in priority order (vision side first)
 
 
 @dataclass
@@ -74,54 +92,97 @@ class DropState:
     mode: Literal["off", "full", "decode"] = "off"
     full_len: int = 0
     query_index: torch.Tensor | None = None  # (B,) last non-pad prompt token, full-forward coordinates
-    layouts: list[Layout] = field(default_factory=list)
+    layouts: list[Layout | None] = field(default_factory=list)
+    prev_inputs: dict[int, tuple] = field(default_factory=dict)
+    evicted: dict[int, Layout] = field(default_factory=dict)  # layer -> layout its cache was cut down to
     step_positions: torch.Tensor | None = None
     step_tail: torch.Tensor | None = None  # (B, K0 - full_len) validity of keys added since prefill
     step: int = 0
-    decode_cache: dict[int, tuple] = field(default_factory=dict)
+    decoded: int = 0  # tokens fed since prefill
+    decode_cache: dict[Any, tuple] = field(default_factory=dict)
     forward_calls: int = 0
 
 
 class DropEngine:
-    """Attach with :meth:`attach`; ``boundaries[s]`` is the first layer of stage ``s + 1``."""
+    """The shared engine of one model: get it with :meth:`shared`, add stages per plugin."""
 
-    def __init__(self, selector: Selector, boundaries: tuple[int, ...], position_mode: PositionMode = "compact"):
-        self.selector = selector
-        self.boundaries = tuple(boundaries)
-        self.position_mode = position_mode
+    def __init__(self, adapter: VLMAdapter) -> None:
+        self.adapter = adapter
+        self.stages: list[Stage] = []
+        self.evict_owner: str | None = None
         self.state = DropState()
-        self.adapter: VLMAdapter | None = None
+        self._installed = False
+
+    @classmethod
+    def shared(cls, adapter: VLMAdapter) -> DropEngine:
+        engine = adapter.__dict__.get(_ATTR)
+        if engine is None:
+            engine = cls(adapter)
+            adapter.__dict__[_ATTR] = engine
+        return engine
 
     # -- wiring --------------------------------------------------------------------------
     @staticmethod
-    def check(adapter: VLMAdapter, boundaries: tuple[int, ...], plugin: str) -> None:
+    def check(adapter: VLMAdapter, boundaries: tuple[int, ...], plugin: str, *, lowest: int = 1) -> None:
         if adapter.attn_implementation not in SUPPORTED_ATTENTION:
             raise ConfigError(
                 f"{plugin} supports attn_implementation in {SUPPORTED_ATTENTION}; the model uses "
                 f"{adapter.attn_implementation!r} (load with attn_implementation='sdpa')"
             )
-        bad = [b for b in boundaries if not 1 <= b < adapter.num_layers]
+        bad = [b for b in boundaries if not lowest <= b < adapter.num_layers]
         if bad:
             raise ConfigError(
                 f"{plugin} layers {bad} are out of range for a {adapter.num_layers}-layer decoder; "
-                f"allowed: 1..{adapter.num_layers - 1}"
+                f"allowed: {lowest}..{adapter.num_layers - 1}"
             )
 
-    def attach(self, ctx: PluginContext) -> None:
-        adapter = ctx.adapter
-        assert isinstance(adapter, VLMAdapter)
-        self.adapter = adapter
-        stage_of = {}
-        for layer_idx in range(self.boundaries[0], adapter.num_layers):
-            stage_of[layer_idx] = sum(b <= layer_idx for b in self.boundaries)
-        ctx.add_hook(adapter.model, "capture", _CaptureHook(self))
-        ctx.add_hook(adapter.language_model, "restore", _RestoreHook(self))
-        for layer_idx, stage in stage_of.items():
-            boundary = layer_idx in self.boundaries
-            ctx.add_hook(adapter.layers[layer_idx], f"layer{layer_idx}", _LayerHook(self, layer_idx, stage, boundary))
+    def add_stages(
+        self, owner: str, boundaries: tuple[int, ...], selector: Selector, *,
+        position_mode: PositionMode = "compact", priority: int = 1,
+    ) -> None:
+        self.remove_owner(owner)
+        new = [Stage(owner, b, selector, i + 1, position_mode, priority) for i, b in enumerate(boundaries)]
+        self.stages = sorted(self.stages + new, key=lambda s: (s.boundary, s.priority))
+        self._install()
+
+    def set_evict(self, owner: str) -> None:
+        """After prefill, cut every dropping layer's KV cache down to the last layout (MustDrop's policy)."""
+        self.evict_owner = owner
+        self._install()
+
+    def remove_owner(self, owner: str) -> None:
+        self.stages = [s for s in self.stages if s.owner != owner]
+        if self.evict_owner == owner:
+            self.evict_owner = None
+        if not self.stages and self.evict_owner is None:
+            self._uninstall()
+        self.reset()
+
+    def _install(self) -> None:
+        if self._installed:
+            return
+        adapter = self.adapter
+        _hooks.add_hook(adapter.model, f"{NAMESPACE}/capture", _CaptureHook(self))
+        _hooks.add_hook(adapter.language_model, f"{NAMESPACE}/restore", _RestoreHook(self))
+        for layer_idx, layer in enumerate(adapter.layers):
+            _hooks.add_hook(layer, f"{NAMESPACE}/layer{layer_idx}", _LayerHook(self, layer_idx))
+        self._installed = True
+
+    def _uninstall(self) -> None:
+        if self._installed:
+            _hooks.remove_all(self.adapter.model, f"{NAMESPACE}/")
+            self._installed = False
 
     def reset(self) -> None:
         self.state = DropState()
+
+    @property
+    def boundaries(self) -> tuple[int, ...]:
+        return tuple(s.boundary for s in self.stages)
+
+    def layout_index(self, layer_idx: int) -> int:
+        """Index into ``state.layouts`` of the layout decoder layer ``layer_idx`` sees."""
+        return sum(s.boundary <= layer_idx for s in self.stages)
 
     # -- top-level forward ---------------------------------------------------------------
     def on_model_forward(self, args: tuple, kwargs: dict) -> None:
@@ -142,18 +203,25 @@ class DropEngine:
             raise InputError("token dropping needs a 2D attention_mask (batch, length); got a precomputed 4D mask")
         batch, q_len = input_ids.shape
         positions = kwargs.get("position_ids")
-        if positions is None:
-            positions = (torch.arange(q_len, device=input_ids.device) + past).expand(batch, -1)
         if past == 0:
+            if positions is None:
+                positions = torch.arange(q_len, device=input_ids.device).expand(batch, -1)
             self._start_full(input_ids, mask2d, positions)
         elif st.layouts:
+            # layer 0's cache may be shorter than the prompt (a drop before layer 0), so count
+            # decoded tokens ourselves rather than trusting positions derived from its length
             st.mode = "decode"
             st.step += 1
-            st.step_positions = positions
+            before = st.decoded
+            st.decoded += q_len
             if mask2d is not None:
                 st.step_tail = mask2d[:, st.full_len :].bool()
+                if positions is None:
+                    positions = (mask2d.long().cumsum(-1) - 1).clamp(min=0)[:, -q_len:]
             else:
-                st.step_tail = torch.ones(batch, past + q_len - st.full_len, dtype=torch.bool, device=input_ids.device)
+                st.step_tail = torch.ones(batch, st.decoded, dtype=torch.bool, device=input_ids.device)
+                positions = (torch.arange(q_len, device=input_ids.device) + st.full_len + before).expand(batch, -1)
+            st.step_positions = positions
         else:
             st.mode = "off"  # the cache was filled before this plugin was attached
 
@@ -187,24 +255,66 @@ class DropEngine:
         st.mode = "full"
         st.full_len = input_ids.shape[1]
         st.query_index = query_index
-        st.layouts = [original] + [None] * len(self.boundaries)  # type: ignore[list-item]
+        st.layouts = [original] + [None] * len(self.stages)
+        st.prev_inputs = {}
+        st.evicted = {}
         st.decode_cache = {}
 
+    def on_model_output(self, output: Any) -> None:
+        st = self.state
+        if st.mode == "full" and self.evict_owner is not None:
+            cache = getattr(output, "cache", None) or getattr(output, "past_key_values", None)
+            if isinstance(cache, DynamicCache):
+                self._evict_to_final(cache)
+        st.mode = "off"  # layers called outside a captured forward (e.g. the bare language model) pass through
+
+    def _evict_to_final(self, cache: DynamicCache) -> None:
+        """Keep, in every layer after the first decoder-side drop, only the tokens that survive the last one."""
+        st = self.state
+        final = st.layouts[-1]
+        first_decoder = next((s.boundary for s in self.stages if s.boundary > 0), None)
+        if first_decoder is None or final is None:
+            return
+        for layer_idx in range(first_decoder, self.adapter.num_layers):
+            layout = st.layouts[self.layout_index(layer_idx)]
+            if layout is final:
+                continue
+            slots = slots_of(layout.idx, layout.valid, final.idx, final.valid, st.full_len)
+            entry = cache.layers[layer_idx]
+            if entry.keys.shape[-2] != layout.idx.shape[1]:
+                return  # the cache holds more than this prefill (continued prompt): leave it alone
+            index = slots.to(entry.keys.device)[:, None, :, None]
+            entry.keys = entry.keys.gather(2, index.expand(-1, entry.keys.shape[1], -1, entry.keys.shape[-1]))
+            entry.values = entry.values.gather(2, index.expand(-1, entry.values.shape[1], -1, entry.values.shape[-1]))
+            st.evicted[layer_idx] = Layout(
+                idx=final.idx, valid=final.valid, key_valid=final.key_valid, image=final.image,
+                positions=final.positions, shift=layout.shift,
+            )
+
     # -- before each decoder layer -------------------------------------------------------
-    def on_layer(self, layer_idx: int, stage: int, boundary: bool, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    def on_layer(self, layer_idx: int, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         st = self.state
         if st.mode == "off":
             return args, kwargs
         hidden = args[0] if args else kwargs["hidden_states"]
-        if st.mode == "full" and boundary:
-            hidden = self._build_stage(layer_idx, stage, hidden, kwargs)
-        layout = st.layouts[stage]
-        if layout.original:
+        if st.mode == "full":
+            for s, stage in enumerate(self.stages, start=1):
+                if stage.boundary == layer_idx:
+                    hidden = self._build_stage(s, stage, hidden, kwargs)
+        index = self.layout_index(layer_idx)
+        layout = st.layouts[index]
+        evicted = st.evicted.get(layer_idx) if st.mode == "decode" else None
+        if layout.original and evicted is None:
+            if st.mode == "full" and layer_idx + 1 in self.boundaries:
+                st.prev_inputs[layer_idx + 1] = (hidden, kwargs["position_embeddings"])
             return args, kwargs
         if st.mode == "full":
             cos_sin, mask, positions = layout.cos_sin, self._prefill_mask(layout, hidden), layout.positions
+            if layer_idx + 1 in self.boundaries:
+                st.prev_inputs[layer_idx + 1] = (hidden, cos_sin)
         else:
-            cos_sin, mask, positions = self._decode_inputs(stage, layout, hidden)
+            key = (index, evicted is not None)
+            cos_sin, mask, positions = self._decode_inputs(key, evicted or layout, hidden)
         kwargs = dict(kwargs, attention_mask=mask, position_embeddings=cos_sin, position_ids=positions)
         if args:
             args = (hidden, *args[1:])
@@ -212,48 +322,48 @@ class DropEngine:
             kwargs["hidden_states"] = hidden
         return args, kwargs
 
-    def _build_stage(self, layer_idx: int, stage: int, hidden: torch.Tensor, kwargs: dict) -> torch.Tensor:
+    def _build_stage(self, s: int, stage: Stage, hidden: torch.Tensor, kwargs: dict) -> torch.Tensor:
         st = self.state
-        cur: Layout = st.layouts[stage - 1]
+        cur: Layout = st.layouts[s - 1]
         cos_sin = kwargs["position_embeddings"] if cur.original else cur.cos_sin
         # the query token is never dropped: find its slot in the current layout
         query_slot = ((cur.idx == st.query_index[:, None]) & cur.valid).long().argmax(-1)
-        keep_image = self.selector(
+        first_of_owner = next(i for i, x in enumerate(self.stages) if x.owner == stage.owner)
+        keep_image = stage.selector(
             SelectionInput(
-                layer_idx=layer_idx,
-                stage=stage,
+                layer_idx=stage.boundary,
+                stage=stage.local,
                 hidden=hidden,
                 layout=cur,
                 query_slot=query_slot,
                 cos_sin=cos_sin,
-                original_image_counts=st.layouts[0].image_counts,
+                original_image_counts=st.layouts[first_of_owner].image_counts,
+                prev_input=st.prev_inputs.get(stage.boundary),
             )
         )
         keep = cur.valid & (~cur.image | keep_image)
         if torch.equal(keep, cur.valid):
-            st.layouts[stage] = cur
+            st.layouts[s] = cur
             return hidden
         slot_idx, valid = left_pad_indices(keep)
         idx = cur.idx.gather(1, slot_idx)
-        slot_idx = slot_idx.to(hidden.device)
-        first = st.layouts[0]
-        key_valid = first.key_valid.gather(1, idx) & valid
-        if self.position_mode == "compact":
-            positions, shift = compact_positions(first.positions, idx, valid, first.key_valid)
+        if stage.position_mode == "compact":
+            positions, removed = compact_positions(cur.positions, slot_idx, valid, cur.key_valid)
+            shift = cur.shift + removed
         else:
-            positions = torch.where(valid, first.positions.gather(1, idx), torch.zeros_like(idx))
-            shift = torch.zeros_like(first.shift)
+            positions = torch.where(valid, cur.positions.gather(1, slot_idx), torch.zeros_like(slot_idx))
+            shift = cur.shift
         layout = Layout(
             idx=idx,
             valid=valid,
-            key_valid=key_valid,
-            image=first.image.gather(1, idx) & valid,
+            key_valid=cur.key_valid.gather(1, slot_idx) & valid,
+            image=cur.image.gather(1, slot_idx) & valid,
             positions=positions,
             shift=shift,
         )
         layout.cos_sin = self.adapter.rotary(hidden, positions.to(hidden.device))
-        st.layouts[stage] = layout
-        return gather_tokens(hidden, slot_idx)
+        st.layouts[s] = layout
+        return gather_tokens(hidden, slot_idx.to(hidden.device))
 
     def _mask_style(self) -> bool:
         return self.adapter.attn_implementation == "sdpa"
@@ -270,9 +380,9 @@ class DropEngine:
             layout.mask_built = True
         return layout.mask
 
-    def _decode_inputs(self, stage: int, layout: Layout, hidden: torch.Tensor):
+    def _decode_inputs(self, key: Any, layout: Layout, hidden: torch.Tensor):
         st = self.state
-        cached = st.decode_cache.get(stage)
+        cached = st.decode_cache.get(key)
         if cached is not None and cached[0] == st.step:
             return cached[1], cached[2], cached[3]
         positions = (st.step_positions - layout.shift[:, None]).to(hidden.device)
@@ -283,7 +393,7 @@ class DropEngine:
             mask = None
         else:
             mask = causal_mask(key_valid, q_len, as_bool=self._mask_style(), dtype=hidden.dtype)
-        st.decode_cache[stage] = (st.step, cos_sin, mask, positions)
+        st.decode_cache[key] = (st.step, cos_sin, mask, positions)
         return cos_sin, mask, positions
 
     def restore_layout(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -303,12 +413,19 @@ class DropEngine:
         return restored[:, : st.full_len]
 
     # -- reporting -----------------------------------------------------------------------
-    def layer_layouts(self, num_layers: int) -> list[Layout] | None:
+    def layer_layouts(self) -> list[Layout] | None:
         """The layout each decoder layer saw in the last full forward (None before any call)."""
         layouts = self.state.layouts
         if not layouts or any(lay is None for lay in layouts):
             return None
-        return [layouts[sum(b <= i for b in self.boundaries)] for i in range(num_layers)]
+        return [layouts[self.layout_index(i)] for i in range(self.adapter.num_layers)]
+
+    def kv_layouts(self) -> list[Layout] | None:
+        """The layout each layer's KV cache holds after prefill (differs from the above after eviction)."""
+        layouts = self.layer_layouts()
+        if layouts is None:
+            return None
+        return [self.state.evicted.get(i, lay) for i, lay in enumerate(layouts)]
 
 
 class _CaptureHook(ModelHook):
@@ -322,8 +439,7 @@ class _CaptureHook(ModelHook):
         return args, kwargs
 
     def post_forward(self, module, output):
-        # layers called outside a captured forward (e.g. the bare language model) pass through
-        self.engine.state.mode = "off"
+        self.engine.on_model_output(output)
         return output
 
     def reset_state(self, module) -> None:
@@ -340,8 +456,8 @@ class _RestoreHook(ModelHook):
 
 
 class _LayerHook(ModelHook):
-    def __init__(self, engine: DropEngine, layer_idx: int, stage: int, boundary: bool) -> None:
-        self.engine, self.layer_idx, self.stage, self.boundary = engine, layer_idx, stage, boundary
+    def __init__(self, engine: DropEngine, layer_idx: int) -> None:
+        self.engine, self.layer_idx = engine, layer_idx
 
     def pre_forward(self, module, args, kwargs):
-        return self.engine.on_layer(self.layer_idx, self.stage, self.boundary, args, kwargs)
+        return self.engine.on_layer(self.layer_idx, args, kwargs)

@@ -65,3 +65,15 @@ def causal_mask(
         return allowed
     zero = torch.zeros((), dtype=dtype, device=key_valid.device)
     return torch.where(allowed, zero, torch.finfo(dtype).min)
+
+
+def slots_of(
+    idx: torch.Tensor, valid: torch.Tensor, sub_idx: torch.Tensor, sub_valid: torch.Tensor, full_len: int
+) -> torch.Tensor:
+    """For each slot of a sub-layout ``(sub_idx, sub_valid)``, the slot of ``(idx, valid)`` holding
+    the same original token (padded slots give 0). Gathers a cache down to a later layout."""
+    batch, width = idx.shape
+    inverse = torch.zeros(batch, full_len + 1, dtype=torch.long, device=idx.device)
+    slots = torch.arange(width, device=idx.device).expand(batch, -1)
+    inverse.scatter_(1, torch.where(valid, idx, full_len), slots)
+    return torch.where(sub_valid, inverse.gather(1, sub_idx), torch.zeros_like(sub_idx))

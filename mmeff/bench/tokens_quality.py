@@ -1,0 +1,106 @@
+"""``mmeff bench tokens`` quality half: testbed accuracy of every method at every budget.
+
+All methods run on the same question sets (same seed) as the unmodified model, so each
+accuracy is also reported relative to the baseline.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from ..pipeline import MMPipeline
+from ..testbed.evaluate import run_eval
+from ..testbed.questions import POPE_SPLITS
+from .methods import Method, all_methods
+from .report import markdown_table, print_table, write_json
+
+SUITES = ("pope", "attributes", "counting", "spatial")
+QUALITY_SCENES = {"pope": 40, "attributes": 40, "counting": 40, "spatial": 40}
+
+
+def score_columns(results: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """Flatten run_eval results into ``{"pope_random": acc, ..., "counting": acc}``."""
+    out: dict[str, float] = {}
+    for suite, result in results.items():
+        for split, metrics in result["metrics"].items():
+            out[f"pope_{split}" if suite == "pope" else suite] = metrics["accuracy"]
+    return out
+
+
+def run_quality(
+    pipe: MMPipeline, *, methods: list[Method] | None = None, n_scenes: int | None = None, seed: int = 0,
+    batch_size: int = 32,
+) -> list[dict[str, Any]]:
+    methods = methods if methods is not None else all_methods()
+    rows = []
+    for method in tqdm([Method("baseline"), *methods], desc="bench tokens: quality", unit="method"):
+        if method.plugin:
+            pipe.add_plugin(method.plugin, **method.options)
+        start = time.perf_counter()
+        results = {
+            suite: run_eval(pipe, suite, None, n_scenes=n_scenes or QUALITY_SCENES[suite], batch_size=batch_size,
+                            seed=seed)
+            for suite in SUITES
+        }
+        efficiency = results["pope"]["efficiency"]
+        before = efficiency.get("image_tokens_before")
+        rows.append({
+            "method": method.label,
+            "plugin": method.plugin,
+            "budget": method.budget,
+            "options": method.options,
+            "scores": score_columns(results),
+            "pope_yes_ratio": {s: results["pope"]["metrics"][s]["yes_ratio"] for s in POPE_SPLITS},
+            "mean_image_tokens": efficiency.get("mean_image_tokens", before),
+            "final_image_tokens": efficiency.get("final_image_tokens", before),
+            "wall_time_s": time.perf_counter() - start,
+        })
+        if method.plugin:
+            pipe.remove_plugin(method.plugin)
+    base = rows[0]["scores"]
+    for row in rows:
+        row["relative"] = {k: (v / base[k] if base[k] else 0.0) for k, v in row["scores"].items()}
+    return rows
+
+
+def quality_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
+    columns = list(rows[0]["scores"])
+    headers = ["method", "mean img tokens", "final img tokens", *columns, "POPE-random rel."]
+    table = [[r["method"], r["mean_image_tokens"], r["final_image_tokens"], *[r["scores"][c] for c in columns],
+              r["relative"]["pope_random"]] for r in rows]
+    return headers, table
+
+
+def write_quality(out_dir: Path, rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / "tokens_quality.json", {"benchmark": "tokens quality", **meta, "results": rows})
+    headers, table = quality_table(rows)
+    print_table("mmeff bench tokens: quality", headers, table)
+    (out_dir / "quality_table.md").write_text(markdown_table(headers, table) + "\n")
+
+    base = rows[0]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, metric in zip(axes, ("pope_random", "counting")):
+        plugins = sorted({r["plugin"] for r in rows if r["plugin"]})
+        for plugin in plugins:
+            pts = sorted((r["final_image_tokens"], r["scores"][metric]) for r in rows if r["plugin"] == plugin)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=plugin,
+                    linestyle="--" if plugin == "random_drop" else "-")
+        ax.axhline(base["scores"][metric], color="black", lw=0.8, label="unmodified")
+        ax.set_xlabel("image tokens at the last decoder layer")
+        ax.set_ylabel(f"{metric} accuracy")
+        ax.set_xscale("log")
+    axes[0].legend(fontsize=8)
+    fig.suptitle("Accuracy vs retained image tokens (shapes-llava)")
+    fig.tight_layout()
+    fig.savefig(out_dir / "accuracy_vs_tokens.png", dpi=120)
+    plt.close(fig)

@@ -1,0 +1,46 @@
+"""Token budgets: the papers' "192 / 128 / 64 of 576" as fractions that carry over to any model.
+
+Every token-reduction config takes ``budget`` either as a fraction in (0, 1] or as one of
+the preset names, and resolves it against the model's own image-token count.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import ConfigError
+
+LLAVA15_IMAGE_TOKENS = 576
+PRESETS: dict[str, float] = {"192": 192 / 576, "128": 128 / 576, "64": 64 / 576}
+
+
+def parse_budget(value: Any, plugin: str) -> float | None:
+    """``None`` (method's own default), a fraction in (0, 1], or a preset name ("192", "128", "64")."""
+    if value is None:
+        return None
+    if isinstance(value, str) and value in PRESETS:
+        return PRESETS[value]
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= 1:
+        return float(value)
+    raise ConfigError(
+        f"{plugin} budget must be a fraction of the image tokens in (0, 1] or one of the presets "
+        f"{sorted(PRESETS, key=int, reverse=True)} (of 576, i.e. 1/3, 2/9, 1/9); got {value!r}"
+    )
+
+
+def keep_count(n: int, budget: float) -> int:
+    """Tokens kept of ``n`` at a budget: rounded, at least one."""
+    return max(1, min(n, round(n * budget)))
+
+
+def check_fraction(value: Any, name: str, plugin: str, *, low_open: bool = False, high: float = 1.0) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = ok and ((0 < value) if low_open else (0 <= value)) and value <= high
+    if not ok:
+        bracket = "(" if low_open else "["
+        raise ConfigError(f"{plugin} {name} must be a number in {bracket}0, {high}], got {value!r}")
+
+
+def check_int(value: Any, name: str, plugin: str, *, minimum: int = 0) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ConfigError(f"{plugin} {name} must be an integer >= {minimum}, got {value!r}")

@@ -1,0 +1,108 @@
+"""Base classes for token-reduction plugins: the engine wiring every method shares, so a
+method is its config, its keep rule and its stats."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+
+from ..adapters.vlm import VLMAdapter
+from ..plugin import Plugin, PluginContext
+from .engine import DropEngine, PositionMode, SelectionInput
+from .stats import drop_stats
+from .vision import Transform, VisionReducer
+
+
+class DecoderDropPlugin(Plugin):
+    """A method that drops image tokens between decoder layers (the *prefill* stage)."""
+
+    supports = ("llava", "llava_next")
+    owns = ("prefill",)
+    position_mode: ClassVar[PositionMode] = "compact"
+    lowest_layer: ClassVar[int] = 1
+
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        self.engine: DropEngine | None = None
+        self.adapter: VLMAdapter | None = None
+
+    def boundaries(self, adapter: VLMAdapter) -> tuple[int, ...]:
+        """Decoder layers before which this method drops tokens."""
+        raise NotImplementedError
+
+    def select(self, inp: SelectionInput) -> torch.Tensor:
+        """(B, L) bool: the image slots to keep at this boundary."""
+        raise NotImplementedError
+
+    def check(self, ctx: PluginContext) -> None:
+        assert isinstance(ctx.adapter, VLMAdapter)
+        DropEngine.check(ctx.adapter, self.boundaries(ctx.adapter), self.name, lowest=self.lowest_layer)
+
+    def attach(self, ctx: PluginContext) -> None:
+        self.adapter = ctx.adapter
+        self.engine = DropEngine.shared(ctx.adapter)
+        self.engine.add_stages(self.name, self.boundaries(ctx.adapter), self.select, position_mode=self.position_mode)
+
+    def detach(self, ctx: PluginContext) -> None:
+        super().detach(ctx)
+        if self.engine is not None:
+            self.engine.remove_owner(self.name)
+        self.engine = None
+
+    def reset(self) -> None:
+        if self.engine is not None:
+            self.engine.reset()
+
+    def scoring_flops(self) -> float:
+        """The method's own ranking cost in the last prefill (added to its FLOPs ratio)."""
+        return 0.0
+
+    def stats(self) -> dict[str, Any]:
+        if self.engine is None or self.engine.layer_layouts() is None:
+            return {}
+        mine = [s.boundary for s in self.engine.stages if s.owner == self.name]
+        return {"layers": mine, **drop_stats(self.engine, scoring_flops=self.scoring_flops())}
+
+
+class VisionDropPlugin(Plugin):
+    """A method that merges or chooses tokens inside the vision tower (the *vision* stage)."""
+
+    supports = ("llava", "llava_next")
+    owns = ("vision",)
+    proportional_attention: bool = True
+
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        self.reducer: VisionReducer | None = None
+
+    def transforms(self, adapter: VLMAdapter) -> dict[int, Transform]:
+        """Vision layer index -> what to do to the tokens after that layer."""
+        raise NotImplementedError
+
+    def check(self, ctx: PluginContext) -> None:
+        assert isinstance(ctx.adapter, VLMAdapter)
+        ctx.adapter.feature_layer_index()
+        DropEngine.check(ctx.adapter, (), self.name)
+
+    def attach(self, ctx: PluginContext) -> None:
+        self.reducer = VisionReducer(self.name, self.transforms(ctx.adapter),
+                                     proportional_attention=self.proportional_attention)
+        self.reducer.attach(ctx)
+
+    def detach(self, ctx: PluginContext) -> None:
+        super().detach(ctx)
+        if self.reducer is not None:
+            self.reducer.detach()
+        self.reducer = None
+
+    def reset(self) -> None:
+        if self.reducer is not None:
+            self.reducer.reset()
+            if self.reducer.engine is not None:
+                self.reducer.engine.reset()
+
+    def stats(self) -> dict[str, Any]:
+        if self.reducer is None or self.reducer.engine is None:
+            return {}
+        return drop_stats(self.reducer.engine)

@@ -1,0 +1,83 @@
+"""Attention rows recomputed for a few query tokens: how in-LLM methods rank image tokens
+without materialising an L×L attention matrix (works under sdpa, eager and flash alike)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn as nn
+
+from ..adapters.vlm import VLMAdapter
+
+
+def query_attention(
+    hidden: torch.Tensor,
+    *,
+    norm: nn.Module,
+    q_proj: nn.Module,
+    k_proj: nn.Module,
+    num_heads: int,
+    num_kv_heads: int,
+    head_dim: int,
+    apply_rotary: Callable,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    query_slots: torch.Tensor,
+    key_valid: torch.Tensor,
+) -> torch.Tensor:
+    """Head-averaged causal softmax attention of the tokens at ``query_slots`` (B, Q) over all keys: (B, Q, L).
+
+    Uses the given layer's norm and q/k projections with rotary embeddings, for Q query rows
+    only: O(Q·L·d) instead of O(L²·d).
+    """
+    batch, length, _ = hidden.shape
+    n_q = query_slots.shape[1]
+    x = norm(hidden)
+    slots = query_slots.to(hidden.device)
+    x_q = x.gather(1, slots[..., None].expand(-1, -1, x.shape[-1]))
+    q = q_proj(x_q).view(batch, n_q, num_heads, head_dim).transpose(1, 2)
+    k = k_proj(x).view(batch, length, num_kv_heads, head_dim).transpose(1, 2)
+    cos, sin = cos.expand(batch, -1, -1), sin.expand(batch, -1, -1)
+    cos_q = cos.gather(1, slots[..., None].expand(-1, -1, cos.shape[-1]))
+    sin_q = sin.gather(1, slots[..., None].expand(-1, -1, sin.shape[-1]))
+    q, _ = apply_rotary(q, q, cos_q, sin_q)
+    _, k = apply_rotary(k, k, cos, sin)
+    k = k.repeat_interleave(num_heads // num_kv_heads, dim=1)
+    logits = (q.float() @ k.float().transpose(-1, -2)) / math.sqrt(head_dim)  # (B, H, Q, L)
+    causal = torch.arange(length, device=hidden.device)[None, None, :] <= slots[..., None]
+    allowed = key_valid.to(hidden.device)[:, None, :] & causal  # (B, Q, L)
+    logits = logits.masked_fill(~allowed[:, None], float("-inf"))
+    return logits.softmax(-1).nan_to_num(0.0).mean(1)
+
+
+def last_query_attention(hidden: torch.Tensor, *, query_slot: torch.Tensor, **parts) -> torch.Tensor:
+    """:func:`query_attention` for one query row per batch row: (B, L)."""
+    return query_attention(hidden, query_slots=query_slot.view(-1, 1), **parts)[:, 0]
+
+
+def attention_at_layer(
+    adapter: VLMAdapter, layer_idx: int, hidden: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor],
+    query_slots: torch.Tensor, key_valid: torch.Tensor,
+) -> torch.Tensor:
+    """:func:`query_attention` with decoder layer ``layer_idx``'s norm and projections: (B, Q, L)."""
+    p = adapter.qk_parts(layer_idx)
+    return query_attention(
+        hidden, norm=p.norm, q_proj=p.q_proj, k_proj=p.k_proj, num_heads=p.num_heads, num_kv_heads=p.num_kv_heads,
+        head_dim=p.head_dim, apply_rotary=p.apply_rotary, cos=cos_sin[0], sin=cos_sin[1], query_slots=query_slots,
+        key_valid=key_valid,
+    )
+
+
+def topk_mask(scores: torch.Tensor, candidates: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Per row, mark the ``counts[b]`` highest-scoring ``candidates`` (B, L) bool."""
+    k_max = int(counts.max()) if counts.numel() else 0
+    keep = torch.zeros_like(candidates)
+    if k_max == 0:
+        return keep
+    masked = scores.masked_fill(~candidates, float("-inf"))
+    top = masked.topk(min(k_max, scores.shape[-1]), dim=-1).indices
+    within = torch.arange(top.shape[-1], device=scores.device)[None, :] < counts[:, None]
+    keep.scatter_(1, top, within)
+    return keep & candidates

@@ -1,0 +1,197 @@
+"""Pure tensor math for reducing tokens inside a ViT (CLIP): attention rows, token merging.
+
+Token state inside the tower is ``(x, sizes, sources)``: hidden states (B, L, D), how many
+original patches each token stands for (0 marks a dead padding slot of a ragged batch), and
+the grid index of the patch a token is written back to (-1 for CLS, which stays at slot 0).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def size_bias(sizes: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """ToMe's proportional attention as an additive mask (B, 1, 1, L): log(size); dead slots -inf."""
+    bias = sizes.to(torch.float32).log()
+    return bias.clamp(min=torch.finfo(dtype).min).to(dtype)[:, None, None, :]
+
+
+def split_heads(x: torch.Tensor, proj: nn.Module, num_heads: int) -> torch.Tensor:
+    batch, length, _ = x.shape
+    return proj(x).view(batch, length, num_heads, -1).transpose(1, 2)  # (B, H, L, hd)
+
+
+def cls_attention(
+    x_norm: torch.Tensor, q_proj: nn.Module, k_proj: nn.Module, num_heads: int, sizes: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The CLS token's softmax attention over every token, summed over heads: (B, L).
+
+    One query row recomputed from the layer's projections (the tower may run under sdpa).
+    """
+    q = split_heads(x_norm[:, :1], q_proj, num_heads)
+    k = split_heads(x_norm, k_proj, num_heads)
+    logits = (q.float() @ k.float().transpose(-1, -2)).squeeze(2) / math.sqrt(q.shape[-1])  # (B, H, L)
+    if sizes is not None:
+        logits = logits + sizes.float().log()[:, None, :]
+    return logits.softmax(-1).sum(1)
+
+
+def head_mean_keys(x_norm: torch.Tensor, k_proj: nn.Module, num_heads: int) -> torch.Tensor:
+    """Keys averaged over heads (B, L, head_dim): the similarity metric of ToMe and VisionZip."""
+    return split_heads(x_norm, k_proj, num_heads).mean(1)
+
+
+def bipartite_merge(
+    x: torch.Tensor, keys: torch.Tensor, sizes: torch.Tensor, sources: torch.Tensor, r: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One round of ToMe's bipartite soft matching: merge ``r`` tokens per row, CLS (slot 0) protected.
+
+    Alternate tokens go to sets A (even slots) and B (odd); each A token's best match in B by
+    key cosine; the ``r`` best-matched A tokens are merged into their B partner by a
+    size-weighted mean. Survivors keep their relative order within A, then B follow.
+    """
+    a_keys, b_keys = keys[:, ::2], keys[:, 1::2]
+    r = min(r, a_keys.shape[1] - 1)
+    if r <= 0:
+        return x, sizes, sources
+    a_n, b_n = F.normalize(a_keys.float(), dim=-1), F.normalize(b_keys.float(), dim=-1)
+    scores = a_n @ b_n.transpose(-1, -2)
+    scores[:, 0, :] = -math.inf  # CLS never merges
+    best, match = scores.max(-1)
+    order = best.argsort(-1, descending=True)
+    src, unmerged = order[:, :r], order[:, r:].sort(-1).values
+    dst = match.gather(1, src)
+
+    w = sizes.to(x.dtype)[..., None]
+    xa, xb, wa, wb = (x * w)[:, ::2], (x * w)[:, 1::2], w[:, ::2], w[:, 1::2]
+    dim = x.shape[-1]
+    xb = xb.scatter_add(1, dst[..., None].expand(-1, -1, dim), xa.gather(1, src[..., None].expand(-1, -1, dim)))
+    wb = wb.scatter_add(1, dst[..., None], wa.gather(1, src[..., None]))
+    xa_keep = xa.gather(1, unmerged[..., None].expand(-1, -1, dim))
+    wa_keep = wa.gather(1, unmerged[..., None])
+    new_w = torch.cat([wa_keep, wb], 1)
+    new_x = torch.cat([xa_keep, xb], 1) / new_w.clamp(min=1e-6)
+    new_sources = torch.cat([sources[:, ::2].gather(1, unmerged), sources[:, 1::2]], 1)
+    return new_x, new_w[..., 0].to(sizes.dtype), new_sources
+
+
+def window_similarity(x: torch.Tensor, grid: int, window: int = 3) -> torch.Tensor:
+    """Mean off-diagonal cosine similarity inside each ``window``×``window`` block of the patch grid.
+
+    ``x`` (B, grid², D) patches in raster order (no CLS). Returns (B, W) for the
+    ``(grid // window)²`` complete windows, in raster order of windows.
+    """
+    batch, _, dim = x.shape
+    n = grid // window
+    blocks = x[:, : grid * grid].view(batch, grid, grid, dim)[:, : n * window, : n * window]
+    blocks = blocks.reshape(batch, n, window, n, window, dim).permute(0, 1, 3, 2, 4, 5)
+    blocks = F.normalize(blocks.reshape(batch, n * n, window * window, dim).float(), dim=-1)
+    sim = blocks @ blocks.transpose(-1, -2)
+    k = window * window
+    return (sim.sum((-1, -2)) - sim.diagonal(dim1=-2, dim2=-1).sum(-1)) / (k * (k - 1))
+
+
+def window_members(grid: int, window: int = 3) -> torch.Tensor:
+    """Patch indices of each complete window (W, window²), raster order; the last one is the bottom-right."""
+    n = grid // window
+    rows = torch.arange(n)[:, None, None, None] * window + torch.arange(window)[None, None, :, None]
+    cols = torch.arange(n)[None, :, None, None] * window + torch.arange(window)[None, None, None, :]
+    return (rows * grid + cols).reshape(n * n, window * window)
+
+
+def local_window_merge(
+    x: torch.Tensor, sizes: torch.Tensor, grid: int, threshold: float, window: int = 3
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """MustDrop's local spatial merge on (B, 1 + grid², D) tokens with CLS first and patches in raster order.
+
+    Every window whose mean pairwise cosine is at least ``threshold`` is merged, size-weighted,
+    into its last (bottom-right) token; the other members become dead (size 0). Returns new
+    ``(x, sizes)`` of the same length; compact with :func:`compact_alive`.
+    """
+    patches = x[:, 1:]
+    sim = window_similarity(patches, grid, window)  # (B, W)
+    members = window_members(grid, window).to(x.device)  # (W, k)
+    merge = sim >= threshold
+    w = sizes[:, 1:].to(x.dtype)
+    member_x = patches[:, members] * w[:, members][..., None]  # (B, W, k, D)
+    member_w = w[:, members]
+    merged = member_x.sum(2) / member_w.sum(2)[..., None].clamp(min=1e-6)
+    last = members[:, -1]
+    new_patches, new_w = patches.clone(), w.clone()
+    sel = merge[..., None]  # (B, W, 1)
+    new_patches[:, last] = torch.where(sel, merged, patches[:, last])
+    new_w[:, last] = torch.where(merge, member_w.sum(2), w[:, last])
+    dead = torch.zeros_like(w, dtype=torch.bool)
+    dead[:, members[:, :-1].reshape(-1)] = merge.repeat_interleave(members.shape[1] - 1, dim=1)
+    new_w = new_w.masked_fill(dead, 0)
+    out_x = torch.cat([x[:, :1], new_patches], 1)
+    out_sizes = torch.cat([sizes[:, :1], new_w.to(sizes.dtype)], 1)
+    return out_x, out_sizes
+
+
+def compact_alive(
+    x: torch.Tensor, sizes: torch.Tensor, sources: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Move live tokens (size > 0) to the front in their order, cut to the longest row; dead slots pad."""
+    alive = sizes > 0
+    order = torch.sort((~alive).to(torch.int8), dim=1, stable=True).indices
+    width = int(alive.sum(1).max())
+    order = order[:, :width]
+    x = x.gather(1, order[..., None].expand(-1, -1, x.shape[-1]))
+    return x, sizes.gather(1, order), sources.gather(1, order)
+
+
+def visionzip_merge(
+    x: torch.Tensor, cls_attn: torch.Tensor, keys: torch.Tensor, sources: torch.Tensor, dominant: int, contextual: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """VisionZip on (B, 1 + N, D) tokens: CLS + ``dominant`` patches by CLS attention + ``contextual``
+    tokens, each a uniformly strided target plus the mean of the remaining patches most similar to it.
+
+    Returns ``(x, sources)`` with 1 + dominant + contextual tokens; a contextual token is written
+    back at its target's grid position.
+    """
+    batch, length, dim = x.shape
+    n = length - 1
+    dominant = min(dominant, n)
+    top = cls_attn[:, 1:].topk(dominant, dim=-1).indices.sort(-1).values + 1
+    keep_idx = torch.cat([torch.zeros(batch, 1, dtype=torch.long, device=x.device), top], 1)
+    is_dom = torch.zeros(batch, length, dtype=torch.bool, device=x.device)
+    is_dom.scatter_(1, keep_idx, True)
+    out_x = x.gather(1, keep_idx[..., None].expand(-1, -1, dim))
+    out_src = sources.gather(1, keep_idx)
+    rest = n - dominant
+    contextual = min(contextual, rest)
+    if contextual <= 0:
+        return out_x, out_src
+    rest_idx = torch.sort((is_dom).to(torch.int8), dim=1, stable=True).indices[:, :rest]  # non-dominant, in order
+    step = max(1, rest // contextual)
+    target_pos = torch.arange(0, rest, step, device=x.device)[:contextual]
+    is_target = torch.zeros(rest, dtype=torch.bool, device=x.device)
+    is_target[target_pos] = True
+    target_idx, other_idx = rest_idx[:, target_pos], rest_idx[:, ~is_target]
+    k = F.normalize(keys.float(), dim=-1)
+    k_t = k.gather(1, target_idx[..., None].expand(-1, -1, k.shape[-1]))
+    k_o = k.gather(1, other_idx[..., None].expand(-1, -1, k.shape[-1]))
+    assign = (k_o @ k_t.transpose(-1, -2)).argmax(-1)  # (B, n_other)
+    one_hot = F.one_hot(assign, contextual).to(x.dtype)  # (B, n_other, C)
+    x_o = x.gather(1, other_idx[..., None].expand(-1, -1, dim))
+    mean = (one_hot.transpose(1, 2) @ x_o) / one_hot.sum(1)[..., None].clamp(min=1)
+    ctx = x.gather(1, target_idx[..., None].expand(-1, -1, dim)) + mean
+    return torch.cat([out_x, ctx], 1), torch.cat([out_src, sources.gather(1, target_idx)], 1)
+
+
+def scatter_to_grid(features: torch.Tensor, sources: torch.Tensor, alive: torch.Tensor, n: int) -> torch.Tensor:
+    """Write reduced features (B, M, D) back to their grid slots in a (B, n, D) tensor of zeros.
+
+    The zero rows tell the decoder-side engine which image tokens to drop before layer 0; this
+    keeps the placeholder count transformers checks and LLaVA-NeXT's tile packing intact.
+    """
+    batch, _, dim = features.shape
+    target = torch.where(alive & (sources >= 0), sources, n)
+    out = features.new_zeros(batch, n + 1, dim)
+    out.scatter_(1, target[..., None].expand(-1, -1, dim), features)
+    return out[:, :n]

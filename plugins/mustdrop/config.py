@@ -1,0 +1,77 @@
+"""MustDrop's settings, validated on construction."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from mmeff.errors import ConfigError
+from mmeff.plugin import PluginConfig
+from mmeff.token_drop.budget import check_fraction, parse_budget
+
+#: the released scripts' (global, individual) thresholds for LLaVA-1.5-7B at 192 / 128 / 64 tokens
+RELEASED_THRESHOLDS = {"192": (0.001, 0.001), "128": (0.0012, 0.001), "64": (0.011, 0.01)}
+
+
+@dataclass
+class MustDropConfig(PluginConfig):
+    """MustDrop's three stages, each switchable.
+
+    (a) ``merge``: after vision layer ``merge_layer``, merge every 3×3 window of patches whose
+        mean pairwise cosine is at least ``merge_threshold``; at the feature layer the top
+        ``key_fraction`` of patches by CLS attention become the key set, never dropped.
+    (b) ``filter``: before each decoder layer in ``layers`` (default: 2, 6, 10, 14 of 32,
+        scaled to depth), drop image tokens whose summed attention from the text after the
+        image is below ``global_threshold`` of the total *and* whose maximum is below
+        ``individual_threshold``. With ``budget`` (a fraction or "192"/"128"/"64") the two
+        thresholds are raised together until the image tokens *averaged over decoder layers*
+        (MustDrop's convention) meet the budget exactly; ``budget=None`` uses the thresholds.
+    (c) ``cache_policy``: after prefill, every dropping layer's KV cache keeps only the
+        tokens that survive the last drop (the released code's output-aware policy).
+    """
+
+    merge: bool = True
+    merge_layer: int = 0
+    merge_threshold: float = 0.8
+    key_fraction: float = 0.08
+    filter: bool = True
+    layers: tuple[int, ...] | None = None
+    budget: float | str | None = field(default="192", metadata={"help": "layer-average fraction, or 192/128/64"})
+    global_threshold: float = RELEASED_THRESHOLDS["192"][0]
+    individual_threshold: float = RELEASED_THRESHOLDS["192"][1]
+    cache_policy: bool = True
+
+    def validate(self) -> None:
+        for name in ("merge", "filter", "cache_policy"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"mustdrop {name} must be True or False, got {getattr(self, name)!r}")
+        if not self.merge and not self.filter:
+            if self.cache_policy:
+                raise ConfigError("mustdrop cache_policy needs the filter stage (it evicts what the filter drops)")
+        if not isinstance(self.merge_layer, int) or isinstance(self.merge_layer, bool) or self.merge_layer < 0:
+            raise ConfigError(f"mustdrop merge_layer must be a vision layer index >= 0, got {self.merge_layer!r}")
+        if not isinstance(self.merge_threshold, (int, float)) or not -1 <= self.merge_threshold <= 1.0001:
+            raise ConfigError(f"mustdrop merge_threshold is a cosine in [-1, 1], got {self.merge_threshold!r}")
+        check_fraction(self.key_fraction, "key_fraction", "mustdrop")
+        check_fraction(self.global_threshold, "global_threshold", "mustdrop")
+        check_fraction(self.individual_threshold, "individual_threshold", "mustdrop")
+        self._budget = parse_budget(self.budget, "mustdrop")
+        if self.layers is not None:
+            layers = tuple(self.layers)
+            if not layers or not all(isinstance(x, int) and not isinstance(x, bool) for x in layers):
+                raise ConfigError(f"mustdrop layers must be a non-empty tuple of ints, got {self.layers!r}")
+            if any(x < 1 for x in layers) or list(layers) != sorted(set(layers)):
+                raise ConfigError(f"mustdrop layers must be strictly increasing and >= 1, got {layers}")
+            self.layers = layers
+
+    def resolve_layers(self, num_layers: int) -> tuple[int, ...]:
+        return self.layers if self.layers is not None else default_layers(num_layers)
+
+    def key_count(self, patches: int) -> int:
+        return math.ceil(self.key_fraction * patches)
+
+
+def default_layers(num_layers: int) -> tuple[int, ...]:
+    """The released (2, 6, 10, 14) of 32 layers, scaled: at 1/16, 3/16, 5/16 and 7/16 of depth."""
+    candidates = (round(num_layers * k / 16) for k in (1, 3, 5, 7))
+    return tuple(sorted({b for b in candidates if 1 <= b < num_layers}))

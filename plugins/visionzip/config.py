@@ -1,0 +1,45 @@
+"""VisionZip's settings, validated on construction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from mmeff.errors import ConfigError
+from mmeff.plugin import PluginConfig
+from mmeff.token_drop.budget import check_int, keep_count, parse_budget
+
+#: the released presets 162+30, 108+20, 54+10 (of 576) all give contextual tokens 30/192 of the total
+CONTEXTUAL_SHARE = 30 / 192
+
+
+@dataclass
+class VisionZipConfig(PluginConfig):
+    """Keep ``dominant`` patches with the most CLS attention and ``contextual`` merged tokens.
+
+    By default both come from ``budget`` (a fraction of the image tokens or "192"/"128"/"64"):
+    the released 162+30 / 108+20 / 54+10 split for 576 tokens, the same fractions otherwise.
+    Give ``dominant`` and ``contextual`` to set the counts yourself.
+    """
+
+    budget: float | str | None = field(default="192", metadata={"help": "fraction kept, or 192/128/64 of 576"})
+    dominant: int | None = field(default=None, metadata={"help": "dominant tokens (with contextual: overrides budget)"})
+    contextual: int | None = field(default=None, metadata={"help": "contextual tokens"})
+
+    def validate(self) -> None:
+        if (self.dominant is None) != (self.contextual is None):
+            raise ConfigError("visionzip: give both dominant and contextual, or neither (then budget decides)")
+        if self.dominant is not None:
+            check_int(self.dominant, "dominant", "visionzip", minimum=1)
+            check_int(self.contextual, "contextual", "visionzip")
+        self._budget = parse_budget(self.budget, "visionzip")
+        if self._budget is None and self.dominant is None:
+            raise ConfigError("visionzip needs a budget, or dominant and contextual counts")
+
+    def counts(self, n: int) -> tuple[int, int]:
+        """(dominant, contextual) for a tower with ``n`` patches."""
+        if self.dominant is not None:
+            dominant = min(self.dominant, n)
+            return dominant, min(self.contextual, n - dominant)
+        total = keep_count(n, self._budget)
+        contextual = round(total * CONTEXTUAL_SHARE) if total < n else 0
+        return total - contextual, contextual

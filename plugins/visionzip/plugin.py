@@ -1,0 +1,36 @@
+"""VisionZip (Yang et al., CVPR'25): text-agnostic token selection at the feature layer of the
+vision tower. The decoder never sees the other tokens, so it stays FlashAttention-friendly."""
+
+from __future__ import annotations
+
+import torch
+
+from mmeff.adapters.vlm import VLMAdapter
+from mmeff.registry import register_plugin
+from mmeff.token_drop.plugin_base import VisionDropPlugin
+from mmeff.token_drop.vision import TokenState, Transform, VisionStep
+from mmeff.token_drop.vision_ops import cls_attention, head_mean_keys, visionzip_merge
+
+from .config import VisionZipConfig
+
+
+@register_plugin
+class VisionZipPlugin(VisionDropPlugin):
+    name = "visionzip"
+    config_cls = VisionZipConfig
+    description = "VisionZip: dominant (CLS-attention) + contextual (merged) tokens, chosen in the vision tower"
+
+    config: VisionZipConfig
+
+    def transforms(self, adapter: VLMAdapter) -> dict[int, Transform]:
+        return {adapter.feature_layer_index(): self._zip}
+
+    def _zip(self, step: VisionStep) -> TokenState:
+        attn = step.layer.self_attn
+        x_norm = step.layer.layer_norm1(step.layer_input)
+        cls = cls_attention(x_norm, attn.q_proj, attn.k_proj, attn.num_heads, step.state.sizes)
+        keys = head_mean_keys(x_norm, attn.k_proj, attn.num_heads)
+        dominant, contextual = self.config.counts(step.state.x.shape[1] - 1)
+        x, sources = visionzip_merge(step.state.x, cls, keys, step.state.sources, dominant, contextual)
+        return TokenState(x, torch.ones(x.shape[:2], device=x.device), sources)
+

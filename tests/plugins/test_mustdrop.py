@@ -1,0 +1,125 @@
+"""MustDrop: the shared plugin behaviour; each stage's effect; the budget schedule."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import mmeff
+from mmeff.errors import ConfigError
+from mmeff.plugins.mustdrop import MustDropConfig, default_layers
+from mmeff.plugins.mustdrop.ops import dual_attention, joint_score, layer_average_schedule, threshold_keep
+from mmeff.testing.plugin_tests import (
+    FACTORIES,
+    PROMPTS,
+    VLMPluginTesterMixin,
+    cache_lengths,
+    image_counts,
+    sample_images,
+)
+
+ALL_STAGES = {"merge_threshold": -1.0, "budget": 0.25, "layers": (2, 4), "cache_policy": True}
+
+
+class TestMustDrop(VLMPluginTesterMixin):
+    plugin_name = "mustdrop"
+    neutral_options = {"merge": False, "budget": 1.0, "cache_policy": False}
+    active_options = ALL_STAGES
+    bad_options = [{"budget": 0}, {"merge_threshold": 2.0}, {"layers": (4, 2)}, {"layers": (2, 8)},
+                   {"merge": False, "filter": False}, {"key_fraction": 1.5}, {"merge_layer": 5}]
+
+    def assert_effect(self, pipe, inputs):
+        lengths = cache_lengths(pipe, inputs)
+        full = inputs["input_ids"].shape[1]
+        stats = pipe.plugins["mustdrop"].stats()
+        # (a) the merge shrinks what layers 0-1 see; (b)+(c) layers 2.. all hold only the final survivors
+        assert lengths[0] == lengths[1] < full
+        assert len(set(lengths[2:])) == 1 and lengths[2] < lengths[0]
+        per_layer = stats["image_tokens_per_layer"]
+        assert per_layer[2] > per_layer[4] or per_layer[2] == per_layer[4] == stats["final_image_tokens"]
+
+
+def test_layer_average_budget_is_met():
+    """The thresholds are tuned so the image tokens averaged over the decoder layers hit the budget."""
+    model, processor = FACTORIES["llava-sdpa"]()
+    pipe = mmeff.wrap(model, processor)
+    pipe.add_plugin("mustdrop", merge=False, budget=0.5, layers=(2, 4, 6), cache_policy=False, key_fraction=0.0)
+    pipe.generate(sample_images(), PROMPTS, max_new_tokens=2)
+    stats = pipe.last_stats["mustdrop"]
+    inputs = pipe.adapter.build_inputs(sample_images(), PROMPTS)
+    n = image_counts(pipe, inputs)
+    for row, counts in enumerate(stats["image_tokens_per_layer_by_row"]):
+        assert abs(sum(counts) / len(counts) - 0.5 * int(n[row])) <= 1
+
+
+def test_key_set_is_never_dropped():
+    model, processor = FACTORIES["llava-sdpa"]()
+    pipe = mmeff.wrap(model, processor)
+    plugin = pipe.add_plugin("mustdrop", merge=False, budget=0.2, layers=(2,), key_fraction=0.25, cache_policy=False)
+    inputs = pipe.adapter.build_inputs(sample_images(), PROMPTS)
+    pipe.reset_state()
+    with torch.no_grad():
+        model(**inputs)
+    keys = plugin._keys  # (rows, 16) grid slots
+    assert keys.sum(-1).tolist() == [4, 4]
+    layout = plugin.engine.state.layouts[-1]
+    start = (inputs["input_ids"] == pipe.adapter.image_token_id).long().argmax(-1)
+    for row in range(2):
+        kept = set((layout.idx[row][layout.image[row]] - start[row]).tolist())
+        assert set(keys[row].nonzero().squeeze(-1).tolist()) <= kept
+
+
+def test_cache_policy_evicts_shallower_layers_and_decodes_consistently():
+    model, processor = FACTORIES["llava-sdpa"]()
+    pipe = mmeff.wrap(model, processor)
+    pipe.add_plugin("mustdrop", merge=False, budget=0.25, layers=(2, 4))
+    inputs = pipe.adapter.build_inputs(sample_images(), PROMPTS)
+    lengths = cache_lengths(pipe, inputs)
+    assert lengths[2] == lengths[4] < lengths[0]
+    cached = pipe.generate(sample_images(), PROMPTS, max_new_tokens=5, return_ids=True)
+    assert len(pipe.last_stats["mustdrop"]["kv_cache_tokens_per_layer"]) == 8
+    pipe.add_plugin("mustdrop", merge=False, budget=0.25, layers=(2, 4), cache_policy=False)
+    kept_cache = pipe.generate(sample_images(), PROMPTS, max_new_tokens=5, return_ids=True)
+    assert cached.new_tokens.shape == kept_cache.new_tokens.shape
+
+
+def test_default_layers_scale_with_depth():
+    assert default_layers(32) == (2, 6, 10, 14)
+    assert default_layers(8) == (2, 4)
+    assert default_layers(6) == (1, 2, 3)
+    assert MustDropConfig().resolve_layers(16) == (1, 3, 5, 7)
+
+
+# -- ops -------------------------------------------------------------------------------
+def test_dual_threshold_drops_only_when_both_are_low():
+    # 2 text queries over 4 image keys
+    attn = torch.tensor([[[0.50, 0.02, 0.001, 0.2], [0.40, 0.001, 0.002, 0.001]]])
+    image = torch.ones(1, 4, dtype=torch.bool)
+    share, peak = dual_attention(attn, torch.ones(1, 2), image)
+    total = attn.sum(1)[0]
+    assert torch.allclose(share[0], total / total.sum())
+    assert torch.allclose(peak[0], attn[0].amax(0))
+    keep = threshold_keep(share, peak, image, torch.zeros_like(image), 0.01, 0.01)
+    # key 1: share 0.021/1.124 = 0.019 above 0.01 -> kept; key 2: both low -> dropped
+    assert keep.tolist() == [[True, True, False, True]]
+    keep = threshold_keep(share, peak, image, torch.tensor([[False, False, True, False]]), 0.01, 0.01)
+    assert keep.all()
+    score = joint_score(share, peak, 0.01, 0.01)
+    assert int(score.argmin()) == 2
+
+
+def test_schedule_hits_the_layer_average():
+    counts = layer_average_schedule(576, 576, (2, 6, 10, 14), 32, 64.0, floor=0)
+    lengths = [4, 4, 4, 18]
+    average = (2 * 576 + sum(c * n for c, n in zip(counts, lengths))) / 32
+    assert abs(average - 64) < 1 and counts == sorted(counts, reverse=True)
+    assert layer_average_schedule(100, 100, (2,), 8, 100.0, floor=0) == [100]
+    floored = layer_average_schedule(576, 576, (2, 6, 10, 14), 32, 64.0, floor=46)
+    assert min(floored) >= 46
+
+
+def test_config_errors_name_allowed_values():
+    with pytest.raises(ConfigError, match="cosine"):
+        MustDropConfig(merge_threshold=3)
+    with pytest.raises(ConfigError, match="filter"):
+        MustDropConfig(merge=False, filter=False)

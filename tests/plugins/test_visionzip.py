@@ -1,0 +1,59 @@
+"""VisionZip: the shared plugin behaviour; dominant + contextual counts reach the decoder."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mmeff.errors import ConfigError
+from mmeff.plugins.visionzip import VisionZipConfig
+from mmeff.testing.plugin_tests import VLMPluginTesterMixin, cache_lengths, image_counts
+
+
+class TestVisionZip(VLMPluginTesterMixin):
+    plugin_name = "visionzip"
+    neutral_options = {"budget": 1.0}
+    active_options = {"budget": 0.5}
+    bad_options = [{"budget": 0}, {"budget": "7"}, {"dominant": 4}, {"dominant": 0, "contextual": 1},
+                   {"budget": None}]
+
+    def assert_effect(self, pipe, inputs):
+        lengths = cache_lengths(pipe, inputs)
+        full = inputs["input_ids"].shape[1]
+        assert len(set(lengths)) == 1 and lengths[0] < full  # the decoder never sees the dropped tokens
+        stats = pipe.plugins["visionzip"].stats()
+        if pipe.adapter.key == "llava":
+            n = image_counts(pipe, inputs)
+            assert [row[0] for row in stats["image_tokens_per_layer_by_row"]] == (n // 2).tolist()
+        assert stats["final_image_tokens"] == stats["mean_image_tokens"] < stats["image_tokens_before"][0]
+
+
+def test_presets_give_the_released_splits():
+    assert VisionZipConfig(budget="192").counts(576) == (162, 30)
+    assert VisionZipConfig(budget="128").counts(576) == (108, 20)
+    assert VisionZipConfig(budget="64").counts(576) == (54, 10)
+    assert sum(VisionZipConfig(budget="64").counts(144)) == 16
+    assert VisionZipConfig(budget=1.0).counts(16) == (16, 0)
+    assert VisionZipConfig(dominant=5, contextual=2, budget=None).counts(16) == (5, 2)
+    with pytest.raises(ConfigError, match="both"):
+        VisionZipConfig(dominant=3)
+
+
+def test_features_of_kept_tokens_are_untouched():
+    """Dominant tokens pass through unchanged; only their neighbours go (checked on the projector output)."""
+    import mmeff
+    from mmeff.testing.plugin_tests import FACTORIES, PROMPTS, sample_images
+
+    model, processor = FACTORIES["llava-sdpa"]()
+    pipe = mmeff.wrap(model, processor)
+    inputs = pipe.adapter.build_inputs(sample_images()[:1], PROMPTS[:1])
+    with torch.no_grad():
+        plain = model.get_image_features(pixel_values=inputs["pixel_values"], vision_feature_layer=-2,
+                                         vision_feature_select_strategy="default").pooler_output[0]
+        pipe.add_plugin("visionzip", dominant=6, contextual=0, budget=None)
+        pipe.reset_state()
+        reduced = model.get_image_features(pixel_values=inputs["pixel_values"], vision_feature_layer=-2,
+                                           vision_feature_select_strategy="default").pooler_output[0]
+    kept = (reduced != 0).any(-1)
+    assert int(kept.sum()) == 6
+    torch.testing.assert_close(reduced[kept], plain[kept])
