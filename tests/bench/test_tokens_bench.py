@@ -1,0 +1,52 @@
+"""``mmeff bench tokens``: the speed half runs end to end on a tiny layout; targets are checked right."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mmeff.bench.layouts import SpeedLayout
+from mmeff.bench.methods import BUDGETS, all_methods, method_at
+from mmeff.bench.tokens import run_speed
+from mmeff.bench.tokens_report import check_targets, write_combined
+
+
+def test_methods_hit_their_budgets_on_the_speed_model(tmp_path):
+    layout = SpeedLayout(layers=4, hidden=32, heads=2, image_size=84, patch_size=14, text_after=6)  # 36 image tokens
+    methods = tuple(all_methods(("visionzip", "tome", "fastv", "random_drop"), ("1/9",)))
+    result = run_speed(tmp_path / "speed", methods=methods, layout=layout, runs=1, decode_tokens=2, warmup=0)
+    rows = {r["method"]: r for r in result["results"]}
+    assert rows["baseline"]["final_image_tokens"] == 36
+    for method in methods:
+        assert rows[method.label]["final_image_tokens"] == 4  # round(36 / 9)
+        assert rows[method.label]["kv_cache_mb_llava15_7b_fp16"] < rows["baseline"]["kv_cache_mb_llava15_7b_fp16"]
+    assert rows["fastv @1/9"]["mean_image_tokens"] > 4  # layers before K see everything
+    assert json.loads((tmp_path / "speed" / "tokens_speed.json").read_text())["results"]
+    write_combined(tmp_path, None, result, {"command": "test"})
+    assert "Speed" in (tmp_path / "report.md").read_text()
+
+
+def test_method_options_follow_the_budget():
+    assert method_at("visionzip", "1/9").options == {"budget": BUDGETS["1/9"]}
+    assert method_at("pyramid_drop", "1/9").options["ratio"] ** 3 == pytest.approx(1 / 9, rel=1e-3)
+
+
+def _row(plugin, budget, pope, rel):
+    return {"method": f"{plugin} @{budget}", "plugin": plugin, "budget": budget, "relative": {"pope_random": rel},
+            "scores": {"pope_random": pope, "pope_popular": pope, "pope_adversarial": pope}}
+
+
+def test_targets_are_judged_on_the_measured_numbers():
+    quality = [_row("visionzip", "1/9", 0.9, 0.96), _row("mustdrop", "1/9", 0.85, 0.9), _row("fastv", "1/9", 0.8, 0.85),
+               _row("tome", "1/9", 0.7, 0.75), _row("random_drop", "1/9", 0.75, 0.8)]
+    speed = [{"budget": "1/9", "plugin": "visionzip", "prefill_speedup": 3.5},
+             {"budget": "1/9", "plugin": "tome", "prefill_speedup": 2.0}]
+    checks = {c[0]: c[2] for c in check_targets(quality, speed)}
+    assert checks["best method at 1/9 keeps >= 95% of POPE-random"] == "yes"
+    assert checks["tome beats random_drop at 1/9 (POPE, 3 splits)"] == "no"
+    assert checks["fastv beats random_drop at 1/9 (POPE, 3 splits)"] == "yes"
+    assert checks["visionzip at 1/9: >= 3x prefill speedup"] == "yes"
+    assert checks["tome at 1/9: >= 3x prefill speedup"] == "no"
+    order = next(v for k, v in checks.items() if k.startswith("published order"))
+    assert order == "replicates"
