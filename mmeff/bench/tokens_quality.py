@@ -57,10 +57,13 @@ def run_quality(
             "pope_yes_ratio": {s: results["pope"]["metrics"][s]["yes_ratio"] for s in POPE_SPLITS},
             "mean_image_tokens": efficiency.get("mean_image_tokens", before),
             "final_image_tokens": efficiency.get("final_image_tokens", before),
+            "image_tokens_before": before,
             "wall_time_s": time.perf_counter() - start,
         })
         if method.plugin:
             pipe.remove_plugin(method.plugin)
+    full = next((r["image_tokens_before"] for r in rows if r["image_tokens_before"]), None)
+    rows[0]["mean_image_tokens"] = rows[0]["final_image_tokens"] = full  # the unmodified model keeps all
     base = rows[0]["scores"]
     for row in rows:
         row["relative"] = {k: (v / base[k] if base[k] else 0.0) for k, v in row["scores"].items()}

@@ -45,9 +45,11 @@ class MustDropConfig(PluginConfig):
         for name in ("merge", "filter", "cache_policy"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"mustdrop {name} must be True or False, got {getattr(self, name)!r}")
-        if not self.merge and not self.filter:
-            if self.cache_policy:
-                raise ConfigError("mustdrop cache_policy needs the filter stage (it evicts what the filter drops)")
+        if self.cache_policy and not self.filter:
+            raise ConfigError("mustdrop cache_policy needs filter=True (it evicts what the filter drops); "
+                              "set cache_policy=False to use the merge alone")
+        if not (self.merge or self.filter):
+            raise ConfigError("mustdrop needs at least one stage on: merge and/or filter")
         if not isinstance(self.merge_layer, int) or isinstance(self.merge_layer, bool) or self.merge_layer < 0:
             raise ConfigError(f"mustdrop merge_layer must be a vision layer index >= 0, got {self.merge_layer!r}")
         if not isinstance(self.merge_threshold, (int, float)) or not -1 <= self.merge_threshold <= 1.0001:

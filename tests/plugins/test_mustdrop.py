@@ -123,3 +123,8 @@ def test_config_errors_name_allowed_values():
         MustDropConfig(merge_threshold=3)
     with pytest.raises(ConfigError, match="filter"):
         MustDropConfig(merge=False, filter=False)
+    with pytest.raises(ConfigError, match="cache_policy needs filter"):
+        MustDropConfig(filter=False)
+    with pytest.raises(ConfigError, match="at least one stage"):
+        MustDropConfig(merge=False, filter=False, cache_policy=False)
+    assert MustDropConfig(filter=False, cache_policy=False).merge
