@@ -26,9 +26,12 @@ def test_bundled_model_answers_fixed_questions():
     pipe = mmeff.load(BUNDLED)
     images, _ = demo_inputs()
     questions = ["is there a red circle in the image?", "is there a blue square in the image?",
-                 "is there a yellow star in the image?", "is there a yellow star in the image?"]
-    answers = pipe.generate([images[0], images[0], images[1], images[0]], questions, max_new_tokens=2)
-    assert [a.split()[0] for a in answers] == ["yes", "yes", "yes", "no"]
+                 "is there a yellow star in the image?", "is there a yellow star in the image?",
+                 "is there a orange cross in the image?", "how many objects are in the image?",
+                 "how many objects are in the image?"]
+    answers = pipe.generate([images[0], images[0], images[1], images[0], images[0], images[0], images[1]], questions,
+                            max_new_tokens=2)
+    assert [a.split()[0] for a in answers] == ["yes", "yes", "yes", "no", "no", "two", "three"]
     with torch.no_grad():
-        caption = pipe.generate(images[0], "describe the image.", max_new_tokens=12)
-    assert "red circle" in caption and "blue square" in caption
+        captions = pipe.generate(images, ["describe the image.", "describe the image."], max_new_tokens=24)
+    assert captions == ["red circle, blue square", "green triangle, yellow star, purple hexagon"]
