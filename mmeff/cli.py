@@ -51,7 +51,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
         out = Path(args.out) / "tokens"
         both = not (args.speed or args.quality)
-        meta = {"command": "mmeff " + " ".join(sys.argv[1:]), "seed": args.seed, "quality_scenes": args.n_scenes}
+        meta = {"command": "mmeff " + " ".join(sys.argv[1:]), "seed": args.seed,
+                "quality_scenes": args.n_scenes or "40"}
         quality = speed = None
         if args.quality or both:
             from .bench.tokens_quality import run_quality, write_quality
@@ -64,8 +65,21 @@ def cmd_bench(args: argparse.Namespace) -> None:
             layout = SpeedLayout(layers=args.layers, hidden=args.hidden)
             speed = run_speed(out / "speed", layout=layout, runs=args.runs, decode_tokens=args.decode_tokens,
                               attn_implementation=args.attn)
+        quality, speed = _earlier_tokens_results(out, quality, speed)
         write_combined(out, quality, speed, meta)
         Console().print(f"wrote {out}/report.md (+ quality/ and speed/ with JSON and plots)")
+
+
+def _earlier_tokens_results(out: Path, quality, speed):
+    """A ``--speed`` or ``--quality`` run completes the report with the other half's last results."""
+    import json
+
+    q_file, s_file = out / "quality" / "tokens_quality.json", out / "speed" / "tokens_speed.json"
+    if quality is None and q_file.is_file():
+        quality = json.loads(q_file.read_text())["results"]
+    if speed is None and s_file.is_file():
+        speed = json.loads(s_file.read_text())
+    return quality, speed
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
