@@ -20,7 +20,7 @@ test: $(STAMP)
 	$(VENV)/bin/python -m pytest
 
 bench: $(STAMP)
-	$(VENV)/bin/mmeff bench tokens --speed
+	$(VENV)/bin/mmeff bench tokens
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check mmeff plugins tests demos
