@@ -77,7 +77,10 @@ class MMPipeline:
         try:
             instance.attach(ctx)
         except BaseException:
-            ctx.remove_hooks()
+            try:
+                instance.detach(ctx)  # also undoes shared state (e.g. the token-drop engine's stages)
+            finally:
+                ctx.remove_hooks()
             if previous is not None:  # put back what was there
                 previous.attach(ctx)
                 previous.ctx = ctx

@@ -51,3 +51,24 @@ def test_mustdrop_without_its_merge_composes_with_visionzip():
     assert len(pipe.generate(sample_images(), PROMPTS, max_new_tokens=2)) == 2
     pipe.remove_all_plugins()
     assert not any("_mmeff_hooks" in m.__dict__ for m in model.modules())
+
+
+def test_a_failing_attach_leaves_no_engine_behind(monkeypatch):
+    from mmeff.token_drop.vision import VisionReducer
+
+    model, processor = FACTORIES["llava-sdpa"]()
+    pipe = mmeff.wrap(model, processor)
+    forwards = forward_modules(model)
+    baseline = pipe.generate(sample_images(), PROMPTS, max_new_tokens=3, return_ids=True).new_tokens
+
+    attach = VisionReducer.attach
+
+    def boom(self, ctx):  # fails after the engine got its stage and hooks
+        attach(self, ctx)
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(VisionReducer, "attach", boom)
+    with pytest.raises(RuntimeError, match="boom"):
+        pipe.add_plugin("visionzip")
+    assert not pipe.plugins and forward_modules(model) == forwards
+    assert torch.equal(pipe.generate(sample_images(), PROMPTS, max_new_tokens=3, return_ids=True).new_tokens, baseline)
