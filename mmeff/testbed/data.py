@@ -100,6 +100,47 @@ class SequenceBuilder:
         return ids, labels
 
 
+def build_isolated(builder: SequenceBuilder, turns: list[Turn]) -> tuple[list[int], list[int], list[int], list[int]]:
+    """Every turn packed right after the image, as a lone question is at evaluation.
+
+    Returns ids, labels, position ids and segments (0: the shared ``<s> USER: <image>``
+    prefix, i: turn i). Each turn's positions restart where the image ends, and
+    :func:`collate_isolated`'s mask lets a turn see only the prefix and itself, so no answer
+    can be read off an earlier turn while one image still serves every question.
+    """
+    tok = builder.tok
+    ids = [tok.bos_token_id, *builder._ids("USER:"), *[builder.image_token_id] * builder.image_tokens]
+    start = len(ids)
+    labels, positions, segments = [-100] * start, list(range(start)), [0] * start
+    for i, turn in enumerate(turns, start=1):
+        prompt = builder._ids(f"{turn.question} ASSISTANT:")
+        answer = builder._ids(turn.answer) + [tok.eos_token_id]
+        ids += prompt + answer
+        labels += [-100] * len(prompt) + answer
+        positions += range(start, start + len(prompt) + len(answer))
+        segments += [i] * (len(prompt) + len(answer))
+    return ids, labels, positions, segments
+
+
+def collate_isolated(batch: list[tuple[list[int], list[int], list[int], list[int]]], pad_id: int
+                     ) -> dict[str, torch.Tensor]:
+    """Right padding plus a (B, 1, L, L) boolean mask: causal, within a turn or onto the prefix."""
+    width = max(len(ids) for ids, *_ in batch)
+    input_ids = torch.full((len(batch), width), pad_id)
+    labels = torch.full((len(batch), width), -100)
+    positions = torch.zeros((len(batch), width), dtype=torch.long)
+    segments = torch.full((len(batch), width), -1)
+    for row, (ids, lab, pos, seg) in enumerate(batch):
+        n = len(ids)
+        input_ids[row, :n], labels[row, :n] = torch.tensor(ids), torch.tensor(lab)
+        positions[row, :n], segments[row, :n] = torch.tensor(pos), torch.tensor(seg)
+    q, k = segments[:, :, None], segments[:, None, :]
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    mask = causal & (k >= 0) & ((k == 0) | (k == q))
+    mask |= torch.eye(width, dtype=torch.bool)  # padding rows attend to themselves (no empty softmax)
+    return {"input_ids": input_ids, "labels": labels, "position_ids": positions, "attention_mask": mask[:, None]}
+
+
 def collate(batch: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
     """Right padding for training (no generation here)."""
     width = max(len(ids) for ids, _ in batch)

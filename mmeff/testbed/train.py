@@ -25,7 +25,9 @@ from .data import (
     BACKGROUND_CLASS,
     KINDS,
     SequenceBuilder,
+    build_isolated,
     collate,
+    collate_isolated,
     images_tensor,
     patch_labels,
     scene_batch,
@@ -49,6 +51,7 @@ class Recipe:
     frozen_fraction: float = 0.15
     questions_per_image: int = 8
     hard_negatives: float = 0.75
+    isolated_turns: bool = False  # each question sees only the image, never earlier turns
     checkpoint_every: int = 250
 
 
@@ -147,7 +150,11 @@ class Trainer:
             rng.seed(r.seed * 7919 + step)
             scenes = scene_batch(step, r.chat_batch, self.spec.image_size, base_seed=5_000_000 + r.seed)
             turns = [training_turns(s, rng, r.questions_per_image, r.hard_negatives) for s in scenes]
-            batch = collate([self.builder.build(t) for t in turns], self.processor.tokenizer.pad_token_id)
+            pad = self.processor.tokenizer.pad_token_id
+            if r.isolated_turns:
+                batch = collate_isolated([build_isolated(self.builder, t) for t in turns], pad)
+            else:
+                batch = collate([self.builder.build(t) for t in turns], pad)
             frozen = step < unfreeze_at
             self.tower.requires_grad_(not frozen)
             out = self.model(pixel_values=images_tensor(scenes, self.processor), **batch)

@@ -70,3 +70,29 @@ def test_hard_negatives_share_a_colour_or_shape_with_a_present_object():
                       "plain", 0)
     assert shares(scene, 1.0) == 1.0  # only 18 of the 34 absent kinds share something
     assert shares(scene, 0.0) < 0.75
+
+
+def test_isolated_turns_see_only_the_image_like_a_lone_question():
+    """A turn packed after others gets exactly the logits it gets as the only question."""
+    import torch
+
+    from mmeff.testbed.data import SequenceBuilder, Turn, build_isolated, collate_isolated, images_tensor
+    from mmeff.testbed.model import ShapesLlavaSpec, build_model, build_processor
+    from mmeff.testbed.world import sample_scene
+
+    spec = ShapesLlavaSpec()
+    processor = build_processor(spec)
+    model = build_model(spec, processor, seed=0).eval()
+    builder = SequenceBuilder(processor.tokenizer, model.config.image_token_id, spec.image_tokens)
+    scene = sample_scene(3, image_size=spec.image_size)
+    pixels = images_tensor([scene], processor)
+    first, second = Turn("how many objects are in the image?", "two"), Turn("what color is the star?", "red")
+    packed = collate_isolated([build_isolated(builder, [first, second])], processor.tokenizer.pad_token_id)
+    alone = collate_isolated([build_isolated(builder, [second])], processor.tokenizer.pad_token_id)
+    assert alone["input_ids"].tolist() == [builder.build([second])[0]]  # one turn: the plain chat layout
+    with torch.no_grad():
+        logits = model(pixel_values=pixels, **{k: v for k, v in packed.items() if k != "labels"}).logits
+        ref = model(pixel_values=pixels, **{k: v for k, v in alone.items() if k != "labels"}).logits
+    n = alone["input_ids"].shape[1]
+    tail = n - (spec.image_tokens + 3)  # the second turn's tokens
+    torch.testing.assert_close(logits[0, -tail:], ref[0, -tail:], atol=1e-4, rtol=1e-4)
