@@ -45,13 +45,15 @@ class Turn:
 
 
 def training_turns(scene: SceneSpec, rng: random.Random, n_questions: int = 8,
-                   hard_negatives: float = 0.75) -> list[Turn]:
+                   hard_negatives: float = 0.75, colour_negatives: float = 0.0) -> list[Turn]:
     """A caption plus a mix of existence (half negatives), attribute, counting and spatial
     questions, in random order.
 
     A ``hard_negatives`` share of the negatives asks about an absent kind that shares its
     colour or its shape with a present object: with uniform negatives the model learns to
     answer from colour alone (a probe answered "yes" to 90% of colour-sharing negatives).
+    ``colour_negatives`` of the negatives (drawn first) share their colour with a present
+    object but not their shape: the one case a colour-only answer gets wrong.
     Absent usual partners get no special treatment, as in instruction data nobody curated
     against co-occurrence, so the scenes' partner prior is left for the model to pick up
     (POPE's adversarial split probes it).
@@ -66,7 +68,11 @@ def training_turns(scene: SceneSpec, rng: random.Random, n_questions: int = 8,
         if rng.random() < 0.5:
             pool.append(Turn(existence_question(rng.choice(sorted(kinds))), "yes"))
         else:
-            neg = rng.choice(sharing) if sharing and rng.random() < hard_negatives else rng.choice(absent)
+            same_colour = [k for k in absent if k[0] in colors and k[1] not in shapes]
+            if same_colour and colour_negatives and rng.random() < colour_negatives:
+                neg = rng.choice(same_colour)
+            else:
+                neg = rng.choice(sharing) if sharing and rng.random() < hard_negatives else rng.choice(absent)
             pool.append(Turn(existence_question(neg), "no"))
     extra = attribute_questions(scene) + counting_questions(scene) + spatial_questions(scene, rng)
     rng.shuffle(extra)

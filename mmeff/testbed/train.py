@@ -51,6 +51,7 @@ class Recipe:
     frozen_fraction: float = 0.15
     questions_per_image: int = 8
     hard_negatives: float = 0.75
+    colour_negatives: float = 0.0  # share of existence negatives with a present colour, absent shape
     isolated_turns: bool = False  # each question sees only the image, never earlier turns
     checkpoint_every: int = 250
 
@@ -149,7 +150,8 @@ class Trainer:
         for step in bar:
             rng.seed(r.seed * 7919 + step)
             scenes = scene_batch(step, r.chat_batch, self.spec.image_size, base_seed=5_000_000 + r.seed)
-            turns = [training_turns(s, rng, r.questions_per_image, r.hard_negatives) for s in scenes]
+            turns = [training_turns(s, rng, r.questions_per_image, r.hard_negatives, r.colour_negatives)
+                     for s in scenes]
             pad = self.processor.tokenizer.pad_token_id
             if r.isolated_turns:
                 batch = collate_isolated([build_isolated(self.builder, t) for t in turns], pad)

@@ -72,6 +72,18 @@ def test_hard_negatives_share_a_colour_or_shape_with_a_present_object():
     assert shares(scene, 0.0) < 0.75
 
 
+def test_colour_negatives_share_the_colour_but_not_the_shape():
+    scene = SceneSpec((ObjectSpec("circle", "red", 0.3, 0.3, 0.1, 0), ObjectSpec("star", "blue", 0.7, 0.7, 0.1, 0)),
+                      "plain", 0)
+    rng, negatives = random.Random(2), []
+    for _ in range(30):
+        for turn in training_turns(scene, rng, n_questions=8, colour_negatives=1.0):
+            words = turn.question.rstrip("?").split()
+            if words[:3] == ["is", "there", "a"] and turn.answer == "no":
+                negatives.append((words[3], words[4]))
+    assert negatives and all(c in {"red", "blue"} and s not in {"circle", "star"} for c, s in negatives)
+
+
 def test_isolated_turns_see_only_the_image_like_a_lone_question():
     """A turn packed after others gets exactly the logits it gets as the only question."""
     import torch
