@@ -43,6 +43,7 @@ class MustDropPlugin(Plugin):
         self.adapter: VLMAdapter | None = None
         self._keys: torch.Tensor | None = None  # (images, grid²) protected patches of the last call
         self._schedule: dict[int, list[int]] = {}
+        self._queries = 1.0  # text tokens after the image that scored the last drop (for FLOPs)
 
     def owned_stages(self) -> tuple[str, ...]:
         cfg = self.config
@@ -137,6 +138,7 @@ class MustDropPlugin(Plugin):
         layout = inp.layout
         image = layout.image & layout.valid
         queries, weight = _text_after_image(layout, inp.query_slot)
+        self._queries = float(weight.sum(-1).float().mean())
         attn = attention_at_layer(self.adapter, inp.layer_idx, inp.hidden, inp.cos_sin, queries, layout.key_valid)
         share, peak = dual_attention(attn, weight, image)
         keys = self._key_slots(inp)
@@ -166,7 +168,8 @@ class MustDropPlugin(Plugin):
             return {}
         mine = [s.boundary for s in self.engine.stages if s.owner == self.name]
         hidden = self.adapter.text_config.hidden_size
-        scoring = sum(query_scoring_flops(float(layouts[b].key_valid.sum(-1).float().mean()), hidden, queries=32)
+        queries = round(self._queries)
+        scoring = sum(query_scoring_flops(float(layouts[b].key_valid.sum(-1).float().mean()), hidden, queries=queries)
                       for b in mine)
         out = {"layers": mine, "stages": list(self.owned_stages()), **drop_stats(self.engine, scoring_flops=scoring)}
         out["key_set_tokens"] = self._keys.sum(-1).tolist() if self._keys is not None else []
