@@ -6,7 +6,10 @@ the preset names, and resolves it against the model's own image-token count.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
+
+import torch
 
 from ..errors import ConfigError
 
@@ -31,6 +34,23 @@ def parse_budget(value: Any, plugin: str) -> float | None:
 def keep_count(n: int, budget: float) -> int:
     """Tokens kept of ``n`` at a budget: rounded, at least one."""
     return max(1, min(n, round(n * budget)))
+
+
+def row_counts(image_counts: torch.Tensor, kept: Callable[[int], int]) -> torch.Tensor:
+    """``kept(n)`` for each row's count (rows differ on LLaVA-NeXT), as a tensor beside the input."""
+    return torch.tensor([kept(int(n)) for n in image_counts.tolist()], dtype=torch.long, device=image_counts.device)
+
+
+def check_layers(layers: Any, plugin: str) -> tuple[int, ...] | None:
+    """``None`` or a strictly increasing tuple of decoder-layer indices >= 1."""
+    if layers is None:
+        return None
+    layers = tuple(layers)
+    if not layers or not all(isinstance(x, int) and not isinstance(x, bool) for x in layers):
+        raise ConfigError(f"{plugin} layers must be a non-empty tuple of ints, got {layers!r}")
+    if any(x < 1 for x in layers) or list(layers) != sorted(set(layers)):
+        raise ConfigError(f"{plugin} layers must be strictly increasing and >= 1 (decoder layer indices), got {layers}")
+    return layers
 
 
 def check_fraction(value: Any, name: str, plugin: str, *, low_open: bool = False, high: float = 1.0) -> None:

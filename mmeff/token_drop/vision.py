@@ -63,6 +63,8 @@ class VisionReducer:
         self.proportional_attention = proportional_attention
         self.state: TokenState | None = None
         self.feature_state: TokenState | None = None
+        self._bias: torch.Tensor | None = None  # attention bias of the current state (None: all sizes 1)
+        self._layer_input: torch.Tensor | None = None
         self.engine: DropEngine | None = None
         self.adapter: VLMAdapter | None = None
 
@@ -87,6 +89,7 @@ class VisionReducer:
     def reset(self) -> None:
         self.state = None
         self.feature_state = None
+        self._bias = None
 
     @staticmethod
     def _keep_nonzero(inp: SelectionInput) -> torch.Tensor:
@@ -99,12 +102,11 @@ class VisionReducer:
             batch, length, _ = hidden.shape
             ones = torch.ones(batch, length, device=hidden.device)
             sources = torch.arange(-1, length - 1, device=hidden.device).expand(batch, -1)
-            self.state = TokenState(hidden, ones, sources)
+            self.state, self._bias = TokenState(hidden, ones, sources), None
         self._layer_input = hidden
-        st = self.state
-        if st.uniform:
+        bias = self._bias
+        if bias is None:
             return args, kwargs
-        bias = size_bias(st.sizes if self.proportional_attention else (st.sizes > 0).float(), hidden.dtype)
         if len(args) > 1:
             args = (args[0], bias, *args[2:])
         else:
@@ -121,6 +123,8 @@ class VisionReducer:
                 new = TokenState(*compact_alive(new.x, new.sizes, new.sources))
             self.state = new
             hidden = new.x
+            sizes = new.sizes if self.proportional_attention else (new.sizes > 0).float()
+            self._bias = None if new.uniform else size_bias(sizes, hidden.dtype)
         if layer_idx == feature_idx:
             self.feature_state = self.state
         self._layer_input = None

@@ -9,13 +9,13 @@ import torch
 
 from mmeff.adapters.vlm import VLMAdapter
 from mmeff.registry import register_plugin
+from mmeff.token_drop.budget import row_counts
 from mmeff.token_drop.engine import SelectionInput
 from mmeff.token_drop.plugin_base import DecoderDropPlugin
 from mmeff.token_drop.scoring import attention_at_layer, topk_mask
 from mmeff.token_drop.stats import query_scoring_flops
 
 from .config import FastVConfig
-from .ops import fastv_keep_counts
 
 
 @register_plugin
@@ -34,7 +34,7 @@ class FastVPlugin(DecoderDropPlugin):
         hidden, cos_sin = inp.prev_input
         scores = attention_at_layer(self.adapter, inp.layer_idx - 1, hidden, cos_sin, inp.query_slot[:, None],
                                     inp.layout.key_valid)[:, 0]
-        counts = fastv_keep_counts(inp.original_image_counts, self.config.kept)
+        counts = row_counts(inp.original_image_counts, self.config.kept)
         return topk_mask(scores, inp.layout.image & inp.layout.valid, counts)
 
     def scoring_flops(self) -> float:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from mmeff.errors import ConfigError
 from mmeff.plugin import PluginConfig
-from mmeff.token_drop.budget import check_fraction, parse_budget
+from mmeff.token_drop.budget import check_fraction, check_layers, parse_budget
 
 #: the released scripts' (global, individual) thresholds for LLaVA-1.5-7B at 192 / 128 / 64 tokens
 RELEASED_THRESHOLDS = {"192": (0.001, 0.001), "128": (0.0012, 0.001), "64": (0.011, 0.01)}
@@ -58,13 +58,7 @@ class MustDropConfig(PluginConfig):
         check_fraction(self.global_threshold, "global_threshold", "mustdrop")
         check_fraction(self.individual_threshold, "individual_threshold", "mustdrop")
         self._budget = parse_budget(self.budget, "mustdrop")
-        if self.layers is not None:
-            layers = tuple(self.layers)
-            if not layers or not all(isinstance(x, int) and not isinstance(x, bool) for x in layers):
-                raise ConfigError(f"mustdrop layers must be a non-empty tuple of ints, got {self.layers!r}")
-            if any(x < 1 for x in layers) or list(layers) != sorted(set(layers)):
-                raise ConfigError(f"mustdrop layers must be strictly increasing and >= 1, got {layers}")
-            self.layers = layers
+        self.layers = check_layers(self.layers, "mustdrop")
 
     def resolve_layers(self, num_layers: int) -> tuple[int, ...]:
         return self.layers if self.layers is not None else default_layers(num_layers)

@@ -16,6 +16,7 @@ from mmeff.adapters.vlm import VLMAdapter
 from mmeff.errors import ConfigError
 from mmeff.plugin import Plugin, PluginContext
 from mmeff.registry import register_plugin
+from mmeff.token_drop.budget import row_counts
 from mmeff.token_drop.engine import DropEngine, SelectionInput
 from mmeff.token_drop.scoring import attention_at_layer, topk_mask
 from mmeff.token_drop.stats import drop_stats, query_scoring_flops
@@ -110,7 +111,7 @@ class MustDropPlugin(Plugin):
         x_norm = step.layer.layer_norm1(step.layer_input)
         cls = cls_attention(x_norm, attn.q_proj, attn.k_proj, attn.num_heads, st.sizes)[:, 1:]
         alive = st.sizes[:, 1:] > 0
-        counts = torch.tensor([self.config.key_count(int(n)) for n in alive.sum(1)], device=cls.device)
+        counts = row_counts(alive.sum(1), self.config.key_count)
         chosen = topk_mask(cls, alive, counts)
         keys = torch.zeros(st.x.shape[0], self.adapter.patch_grid ** 2, dtype=torch.bool, device=cls.device)
         src = st.sources[:, 1:]

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from mmeff.errors import ConfigError
 from mmeff.plugin import PluginConfig
+from mmeff.token_drop.budget import check_layers
 
 
 @dataclass
@@ -25,15 +26,7 @@ class PyramidDropConfig(PluginConfig):
     def validate(self) -> None:
         if isinstance(self.ratio, bool) or not isinstance(self.ratio, (int, float)) or not 0 < self.ratio <= 1:
             raise ConfigError(f"pyramid_drop ratio must be a number in (0, 1], got {self.ratio!r}")
-        if self.layers is not None:
-            layers = tuple(self.layers)
-            if not layers or not all(isinstance(x, int) and not isinstance(x, bool) for x in layers):
-                raise ConfigError(f"pyramid_drop layers must be a non-empty tuple of ints, got {self.layers!r}")
-            if any(x < 1 for x in layers) or list(layers) != sorted(set(layers)):
-                raise ConfigError(
-                    f"pyramid_drop layers must be strictly increasing and >= 1 (decoder layer indices), got {layers}"
-                )
-            self.layers = layers
+        self.layers = check_layers(self.layers, "pyramid_drop")
 
     def resolve_layers(self, num_layers: int) -> tuple[int, ...]:
         if self.layers is not None:

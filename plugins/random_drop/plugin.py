@@ -7,6 +7,7 @@ import torch
 
 from mmeff.adapters.vlm import VLMAdapter
 from mmeff.registry import register_plugin
+from mmeff.token_drop.budget import row_counts
 from mmeff.token_drop.engine import SelectionInput
 from mmeff.token_drop.plugin_base import DecoderDropPlugin
 
@@ -27,5 +28,5 @@ class RandomDropPlugin(DecoderDropPlugin):
         return (self.config.layer,)
 
     def select(self, inp: SelectionInput) -> torch.Tensor:
-        counts = torch.tensor([self.config.kept(int(n)) for n in inp.original_image_counts.tolist()])
+        counts = row_counts(inp.original_image_counts, self.config.kept)
         return random_keep(inp.layout.image & inp.layout.valid, counts, self.config.seed)
