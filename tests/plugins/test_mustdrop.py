@@ -36,7 +36,7 @@ class TestMustDrop(VLMPluginTesterMixin):
         assert lengths[0] == lengths[1] < full
         assert len(set(lengths[2:])) == 1 and lengths[2] < lengths[0]
         per_layer = stats["image_tokens_per_layer"]
-        assert per_layer[2] > per_layer[4] or per_layer[2] == per_layer[4] == stats["final_image_tokens"]
+        assert per_layer[0] > per_layer[2] > per_layer[4] == stats["final_image_tokens"]  # both filter stages drop
 
 
 def test_layer_average_budget_is_met():
@@ -69,18 +69,20 @@ def test_key_set_is_never_dropped():
         assert set(keys[row].nonzero().squeeze(-1).tolist()) <= kept
 
 
-def test_cache_policy_evicts_shallower_layers_and_decodes_consistently():
+def test_cache_policy_evicts_shallower_layers():
     model, processor = FACTORIES["llava-sdpa"]()
     pipe = mmeff.wrap(model, processor)
-    pipe.add_plugin("mustdrop", merge=False, budget=0.25, layers=(2, 4))
+    pipe.add_plugin("mustdrop", merge=False, budget=0.5, layers=(2, 4))  # stages keep 8 then 4 of 16
     inputs = pipe.adapter.build_inputs(sample_images(), PROMPTS)
     lengths = cache_lengths(pipe, inputs)
     assert lengths[2] == lengths[4] < lengths[0]
-    cached = pipe.generate(sample_images(), PROMPTS, max_new_tokens=5, return_ids=True)
-    assert len(pipe.last_stats["mustdrop"]["kv_cache_tokens_per_layer"]) == 8
-    pipe.add_plugin("mustdrop", merge=False, budget=0.25, layers=(2, 4), cache_policy=False)
-    kept_cache = pipe.generate(sample_images(), PROMPTS, max_new_tokens=5, return_ids=True)
-    assert cached.new_tokens.shape == kept_cache.new_tokens.shape
+    pipe.generate(sample_images(), PROMPTS, max_new_tokens=5)
+    kv = pipe.last_stats["mustdrop"]["kv_cache_tokens_per_layer"]
+    assert kv[0] == kv[1] > kv[2] and kv[2:] == [kv[2]] * 6  # evicted down to the final survivors
+    pipe.add_plugin("mustdrop", merge=False, budget=0.5, layers=(2, 4), cache_policy=False)
+    pipe.generate(sample_images(), PROMPTS, max_new_tokens=5)
+    kv_kept = pipe.last_stats["mustdrop"]["kv_cache_tokens_per_layer"]
+    assert kv_kept[2] > kv_kept[4] == kv[2]  # without the policy layers 2-3 keep what stage 1 kept
 
 
 def test_default_layers_scale_with_depth():
