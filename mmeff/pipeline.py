@@ -65,9 +65,10 @@ class MMPipeline:
             shared = sorted(mine & set(other.owned_stages()))
             if shared and other_name != cls.name:
                 raise ConfigError(
-                    f"{cls.name!r} and {other_name!r} both take over the {'/'.join(shared)} token-reduction "
-                    f"stage; use one of them (stages: vision = in the vision tower, prefill = in the decoder, "
-                    f"decode = KV-cache policy; plugins on different stages compose)"
+                    f"{cls.name!r} and {other_name!r} both take over the {'/'.join(shared)} stage; use one of "
+                    f"them (stages: vision = token reduction in the vision tower, prefill = in the decoder, "
+                    f"decode = KV-cache policy, decode_loop = the token-choosing loop of contrastive decoding; "
+                    f"plugins on different stages compose)"
                 )
         ctx = self._context(cls.name)
         instance.check(ctx)
@@ -183,6 +184,8 @@ class MMPipeline:
         pad_id = getattr(self.processor, "tokenizer", self.processor).pad_token_id
         generate_kwargs.setdefault("pad_token_id", pad_id)
         start = time.perf_counter()
+        for plugin in self._plugins.values():  # a decoding plugin may take over the loop (custom_generate)
+            inputs, generate_kwargs = plugin.prepare_generate(self, inputs, image_list, prompt_list, generate_kwargs)
         sequences = self.obj.generate(**inputs, max_new_tokens=max_new_tokens, **generate_kwargs)
         wall = time.perf_counter() - start
         prompt_len = inputs["input_ids"].shape[1]

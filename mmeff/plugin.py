@@ -63,7 +63,8 @@ class Plugin:
     config_cls: ClassVar[type[PluginConfig]]
     #: fnmatch patterns over adapter keys, e.g. ``("llava", "llava_next")``
     supports: ClassVar[tuple[str, ...]]
-    #: the token-reduction stages this plugin takes over ("vision", "prefill", "decode");
+    #: the stages this plugin takes over ("vision", "prefill", "decode" for token reduction,
+    #: "decode_loop" for contrastive decoding);
     #: two plugins that own the same stage are refused at ``add_plugin``
     owns: ClassVar[tuple[str, ...]] = ()
     description: ClassVar[str] = ""
@@ -93,6 +94,11 @@ class Plugin:
     def stats(self) -> dict[str, Any]:
         """What the last call did (tokens kept, passes saved, ...)."""
         return {}
+
+    def prepare_generate(self, pipe: Any, inputs: dict[str, Any], images: list[Any], prompts: list[str],
+                         kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """VLMs: rewrite the model inputs and ``generate`` keywords of one ``pipe.generate`` call."""
+        return inputs, kwargs
 
     def pre_call(self, pipe: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
         """Diffusers pipelines: rewrite the call's keyword arguments (e.g. inject ``latents``)."""

@@ -164,8 +164,21 @@ class VLMAdapter(Adapter):
         if model_inputs.get("pixel_values") is None and n_tokens:
             raise InputError(f"the prompt holds {n_tokens} image tokens but no pixel_values were given")
 
-    def build_inputs(self, images: Sequence[Any], prompts: Sequence[str]) -> dict[str, torch.Tensor]:
-        """Chat template + processor, left padded, one image per prompt."""
+    def build_inputs(
+        self,
+        images: Sequence[Any],
+        prompts: Sequence[str],
+        *,
+        system: str | None = None,
+        history: Sequence[Sequence[tuple[str, str]]] | None = None,
+        with_images: bool = True,
+    ) -> dict[str, torch.Tensor]:
+        """Chat template + processor, left padded, one image per prompt.
+
+        ``system`` puts an instruction before the conversation, ``history`` gives each row
+        earlier (question, answer) turns (the image sits in the first one), and
+        ``with_images=False`` builds the same prompts without the image (text only).
+        """
         if self.processor is None:
             raise InputError("generate() needs a processor: mmeff.wrap(model, processor)")
         if len(images) != len(prompts):
@@ -175,22 +188,41 @@ class VLMAdapter(Adapter):
         for i, p in enumerate(prompts):
             if not isinstance(p, str) or not p.strip():
                 raise InputError(f"prompt {i} is empty; every prompt must contain text")
-        pil = [to_pil(im, i) for i, im in enumerate(images)]
-        texts = [self.chat_prompt(p) for p in prompts]
+        if history is not None and len(history) != len(prompts):
+            raise InputError(f"got {len(history)} histories for {len(prompts)} prompts")
+        texts = [self.chat_prompt(p, system=system, history=history[i] if history else (), image=with_images)
+                 for i, p in enumerate(prompts)]
         tokenizer = getattr(self.processor, "tokenizer", self.processor)
         old_side = tokenizer.padding_side
         tokenizer.padding_side = "left"
         try:
+            if not with_images:
+                return dict(tokenizer(texts, return_tensors="pt", padding=True))
+            pil = [to_pil(im, i) for i, im in enumerate(images)]
             inputs = self.processor(images=pil, text=texts, return_tensors="pt", padding=True)
         finally:
             tokenizer.padding_side = old_side
         return dict(inputs)
 
-    def chat_prompt(self, prompt: str) -> str:
-        conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+    def chat_prompt(self, prompt: str, *, system: str | None = None, history: Sequence[tuple[str, str]] = (),
+                    image: bool = True) -> str:
+        """The model's chat format for one user turn (after optional earlier turns)."""
+        turns = [*history, (prompt, None)]
+        conversation: list[dict[str, Any]] = []
+        for i, (question, answer) in enumerate(turns):
+            content: list[dict[str, str]] = [{"type": "image"}] if image and i == 0 else []
+            conversation.append({"role": "user", "content": [*content, {"type": "text", "text": question}]})
+            if answer is not None:
+                conversation.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
         if getattr(self.processor, "chat_template", None):
-            return self.processor.apply_chat_template(conversation, add_generation_prompt=True)
-        return f"USER: <image>\n{prompt} ASSISTANT:"
+            text = self.processor.apply_chat_template(conversation, add_generation_prompt=True)
+        else:
+            text = ""
+            for i, (question, answer) in enumerate(turns):
+                marker = "<image>\n" if image and i == 0 else ""
+                text += f"USER: {marker}{question} ASSISTANT:" + ("" if answer is None else f" {answer}</s>")
+        # LLaVA-1.5's own format puts the system prompt in front of the first turn
+        return f"{system} {text}" if system else text
 
     def decode(self, token_ids: torch.Tensor) -> list[str]:
         return self.processor.batch_decode(token_ids, skip_special_tokens=True)

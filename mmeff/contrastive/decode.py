@@ -1,0 +1,279 @@
+"""The one decode loop behind every contrastive method.
+
+The positive and negative branches run as rows of one batch (``[pos_0..pos_B-1,
+neg_0..neg_B-1]``): one forward per step, each row with its own KV-cache rows, and the
+token chosen from the combined scores is fed to both rows of a pair. ``separate=True``
+instead gives each branch its own cache and forward, which saves prefill when the
+negative prompt is much shorter than the positive one. Temperature / top-k / top-p (the
+``logits_processor`` transformers prepares) apply to the combined scores, after the
+contrast, as VCD does.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import DynamicCache
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+from ..errors import ConfigError, InputError
+from .ops import mask_implausible
+
+#: ``combine(l_pos, l_neg, step) -> scores``; ``l_neg`` is None for single-branch methods (VDGD)
+Combiner = Callable[[torch.Tensor, "torch.Tensor | None", int], torch.Tensor]
+
+
+@dataclass
+class Branch:
+    """One branch's prompt: left-padded ids and 2D mask, plus its images.
+
+    A zero in ``attention_mask`` may also sit inside the prompt (DAMRO hides every image
+    token but k): positions are counted over the unmasked tokens only, so such a row is the
+    same computation as the shorter prompt without those tokens. ``same_images`` reuses the
+    positive branch's image features (ICD, LQCD, DAMRO) instead of encoding them twice.
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    vision: dict[str, Any] = field(default_factory=dict)  # pixel_values, image_sizes or mm_encoder_outputs
+    same_images: bool = False
+
+    @property
+    def batch(self) -> int:
+        return self.input_ids.shape[0]
+
+    @classmethod
+    def from_inputs(cls, inputs: dict[str, Any], same_images: bool = False) -> Branch:
+        ids = inputs["input_ids"]
+        mask = inputs.get("attention_mask")
+        if mask is None:
+            mask = torch.ones_like(ids)
+        vision = {} if same_images else {k: v for k, v in inputs.items() if k in VISION_KEYS and v is not None}
+        if vision.get("mm_encoder_outputs") == {}:
+            vision.pop("mm_encoder_outputs")
+        return cls(ids, mask.long(), vision, same_images)
+
+    def to(self, device: torch.device) -> Branch:
+        vision = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in self.vision.items()}
+        return Branch(self.input_ids.to(device), self.attention_mask.to(device), vision, self.same_images)
+
+
+VISION_KEYS = ("pixel_values", "image_sizes", "mm_encoder_outputs")
+
+
+def image_features(model: torch.nn.Module, vision: dict[str, Any]) -> list[torch.Tensor]:
+    """Per-image feature rows, through the model's own ``get_image_features`` (as ``generate`` does)."""
+    encoded = vision.get("mm_encoder_outputs", {}).get("image")
+    if encoded is None:
+        if vision.get("pixel_values") is None:
+            return []
+        encoder = model.base_model.get_image_features
+        params = inspect.signature(encoder).parameters
+        encoded = encoder(**{k: v for k, v in vision.items() if k in params}, return_dict=True)
+    return list(encoded.pooler_output)
+
+
+def _encoded(features: list[torch.Tensor]) -> dict[str, Any]:
+    if not features:
+        return {}
+    return {"mm_encoder_outputs": {"image": BaseModelOutputWithPooling(pooler_output=features)}}
+
+
+def _left_pad(t: torch.Tensor, width: int, value: int) -> torch.Tensor:
+    if t.shape[1] == width:
+        return t
+    pad = t.new_full((t.shape[0], width - t.shape[1]), value)
+    return torch.cat([pad, t], 1)
+
+
+@dataclass
+class DecodeResult:
+    new_tokens: torch.Tensor  # (B, T), pad after a row's EOS
+    decode_steps: int  # forwards after the prefill, per stream
+    streams: int  # 1 when the branches share a batch, 2 with separate caches
+    rows: int  # rows per step over all streams (2B for a batched pair)
+    prefill_s: float
+    decode_s: float
+
+    @property
+    def forwards(self) -> int:
+        return (1 + self.decode_steps) * self.streams
+
+    @property
+    def per_token_s(self) -> float:
+        return self.decode_s / max(1, self.decode_steps)
+
+
+def _stack_rows(pos: Branch, neg: Branch, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both branches' ids and masks as rows of one left-padded batch."""
+    width = max(pos.input_ids.shape[1], neg.input_ids.shape[1])
+    ids = torch.cat([_left_pad(pos.input_ids, width, pad_id), _left_pad(neg.input_ids, width, pad_id)])
+    mask = torch.cat([_left_pad(pos.attention_mask, width, 0), _left_pad(neg.attention_mask, width, 0)])
+    return ids, mask
+
+
+class _Stream:
+    """One forward stream (a batch of rows with its own cache)."""
+
+    def __init__(self, model: torch.nn.Module, input_ids: torch.Tensor, mask: torch.Tensor,
+                 features: list[torch.Tensor]) -> None:
+        self.model, self.input_ids, self.mask, self.features = model, input_ids, mask, features
+        self.rows = input_ids.shape[0]
+        self.cache = DynamicCache()
+
+    def prefill(self) -> torch.Tensor:
+        positions = (self.mask.cumsum(-1) - 1).clamp(min=0)
+        out = self.model(input_ids=self.input_ids, attention_mask=self.mask, position_ids=positions,
+                         cache=self.cache, use_cache=True, logits_to_keep=1, **_encoded(self.features))
+        return out.logits[:, -1].float()
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        self.mask = torch.cat([self.mask, self.mask.new_ones(self.mask.shape[0], 1)], 1)
+        positions = (self.mask.sum(-1, keepdim=True) - 1)
+        out = self.model(input_ids=tokens[:, None], attention_mask=self.mask, position_ids=positions,
+                         cache=self.cache, use_cache=True, logits_to_keep=1)
+        return out.logits[:, -1].float()
+
+
+class ContrastiveDecoder:
+    """Greedy or sampled decoding of ``combine(l_pos, l_neg, step)`` under the plausibility mask."""
+
+    def __init__(self, model: torch.nn.Module, combine: Combiner, beta: float = 0.1, separate: bool = False) -> None:
+        if not 0 < beta <= 1:
+            raise ConfigError(f"beta must be in (0, 1], got {beta}")
+        self.model, self.combine, self.beta, self.separate = model, combine, beta, separate
+        self.last_streams: list[_Stream] = []
+
+    @torch.no_grad()
+    def run(
+        self,
+        pos: Branch,
+        neg: Branch | None,
+        *,
+        max_new_tokens: int,
+        eos_token_id: int | list[int] | None,
+        pad_token_id: int,
+        do_sample: bool = False,
+        logits_processor: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        stopping_criteria: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        streamer: Any = None,
+        generator: torch.Generator | None = None,
+    ) -> DecodeResult:
+        if neg is not None and neg.batch != pos.batch:
+            raise InputError(f"the negative branch has {neg.batch} rows for {pos.batch} positive rows")
+        batch = pos.batch
+        eos = torch.tensor([eos_token_id] if isinstance(eos_token_id, int) else (eos_token_id or []),
+                           device=pos.input_ids.device)
+        start = time.perf_counter()
+        pos_features = image_features(self.model, pos.vision)
+        if neg is None:
+            streams = [_Stream(self.model, pos.input_ids, pos.attention_mask, pos_features)]
+        else:
+            neg_features = pos_features if neg.same_images else image_features(self.model, neg.vision)
+            if self.separate:
+                streams = [_Stream(self.model, pos.input_ids, pos.attention_mask, pos_features),
+                           _Stream(self.model, neg.input_ids, neg.attention_mask, neg_features)]
+            else:
+                ids, mask = _stack_rows(pos, neg, pad_token_id)
+                streams = [_Stream(self.model, ids, mask, pos_features + neg_features)]
+        self.last_streams = streams
+
+        logits = torch.cat([s.prefill() for s in streams])
+        prefill_s = time.perf_counter() - start
+        steps = 0
+        sequences = pos.input_ids
+        done = torch.zeros(batch, dtype=torch.bool, device=sequences.device)
+        tokens: list[torch.Tensor] = []
+        start = time.perf_counter()
+        for step in range(max_new_tokens):
+            lp = logits[:batch]
+            ln = logits[batch:] if neg is not None else None
+            scores = mask_implausible(self.combine(lp, ln, step), lp, self.beta)
+            if logits_processor is not None:
+                scores = logits_processor(sequences, scores)
+            if do_sample:
+                probs = scores.float().softmax(-1)
+                nxt = torch.multinomial(probs, 1, generator=generator)[:, 0]
+            else:
+                nxt = scores.argmax(-1)
+            nxt = torch.where(done, torch.full_like(nxt, pad_token_id), nxt)
+            tokens.append(nxt)
+            sequences = torch.cat([sequences, nxt[:, None]], 1)
+            if streamer is not None:
+                streamer.put(nxt.cpu())
+            done |= torch.isin(nxt, eos)
+            if stopping_criteria is not None:
+                done |= stopping_criteria(sequences, scores).to(done.device)
+            if bool(done.all()) or step == max_new_tokens - 1:
+                break
+            if neg is None:
+                logits = streams[0].step(nxt)
+            elif self.separate:
+                logits = torch.cat([streams[0].step(nxt), streams[1].step(nxt)])
+            else:
+                logits = streams[0].step(torch.cat([nxt, nxt]))  # the same token to both branches
+            steps += 1
+        if streamer is not None:
+            streamer.end()
+        decode_s = time.perf_counter() - start
+        rows = sum(s.rows for s in streams)
+        return DecodeResult(torch.stack(tokens, 1), steps, len(streams), rows, prefill_s, decode_s)
+
+
+def contrastive_generate(
+    model: torch.nn.Module,
+    input_ids: torch.LongTensor,
+    logits_processor: Any,
+    stopping_criteria: Any,
+    generation_config: Any,
+    synced_gpus: bool = False,
+    streamer: Any = None,
+    cd_negative: dict[str, Any] | Branch | None = None,
+    cd_combine: Combiner | None = None,
+    cd_alpha: float = 1.0,
+    cd_beta: float = 0.1,
+    cd_separate: bool = False,
+    cd_result: list | None = None,
+    **model_kwargs: Any,
+) -> torch.LongTensor:
+    """``model.generate(**inputs, custom_generate=contrastive_generate, cd_negative=neg_inputs)``.
+
+    ``cd_negative`` holds the negative branch's ``input_ids`` / ``attention_mask`` /
+    ``pixel_values`` (left padded, one row per positive row); ``cd_combine`` defaults to
+    VCD's ``(1 + alpha) l_pos - alpha l_neg``. transformers prepares the logits processors
+    (temperature, top-k, top-p) and stopping criteria; they apply after the contrast.
+    Returns prompt + new tokens, like ``generate``. Pass a list as ``cd_result`` to receive
+    the :class:`DecodeResult` (timings, forward count).
+    """
+    from .ops import contrast
+
+    if cd_alpha < 0:
+        raise ConfigError(f"cd_alpha must be >= 0, got {cd_alpha}")
+    combine = cd_combine or (lambda lp, ln, step: contrast(lp, ln, cd_alpha) if ln is not None else lp)
+    pos = Branch.from_inputs({"input_ids": input_ids, **model_kwargs})
+    neg = None
+    if cd_negative is not None:
+        neg = cd_negative if isinstance(cd_negative, Branch) else Branch.from_inputs(cd_negative)
+        neg = neg.to(input_ids.device)
+    max_new = generation_config.max_length - input_ids.shape[1]
+    if generation_config.max_new_tokens is not None:
+        max_new = generation_config.max_new_tokens
+    pad = generation_config._pad_token_tensor
+    eos = generation_config._eos_token_tensor
+    result = ContrastiveDecoder(model, combine, cd_beta, cd_separate).run(
+        pos, neg,
+        max_new_tokens=max_new,
+        eos_token_id=eos.tolist() if eos is not None else None,
+        pad_token_id=int(pad) if pad is not None else 0,
+        do_sample=bool(generation_config.do_sample),
+        logits_processor=logits_processor,
+        streamer=streamer,
+    )
+    if cd_result is not None:
+        cd_result.append(result)
+    return torch.cat([input_ids, result.new_tokens], 1)

@@ -1,0 +1,71 @@
+"""DAMRO (Gong et al., EMNLP'24): the ViT's CLS token attends to a few outlier patches that
+carry little local detail; the negative branch sees only those k image tokens, so what the
+model would say from them alone is subtracted.
+
+The outliers come from single-head attention over the full width at the vision feature layer
+(the released code hooks that layer's q/k projections). The negative rows keep every image
+token but mask all except the k outliers, which is the same computation as a prompt holding
+only those k tokens (positions are counted over unmasked tokens).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from mmeff.contrastive.decode import Branch
+from mmeff.contrastive.ops import outlier_tokens
+from mmeff.contrastive.plugin_base import ContrastivePlugin
+from mmeff.errors import ConfigError, InputError
+from mmeff.plugin import PluginContext
+from mmeff.registry import register_plugin
+from mmeff.token_drop.vision_ops import cls_attention
+
+from .config import DAMROConfig
+
+
+@register_plugin
+class DAMROPlugin(ContrastivePlugin):
+    name = "damro"
+    config_cls = DAMROConfig
+    supports = ("llava",)  # LLaVA-NeXT's tiled image tokens do not map one-to-one onto the ViT's patches
+    description = "DAMRO: contrast with only the vision tower's CLS-attention outlier tokens"
+    config: DAMROConfig
+
+    def check(self, ctx: PluginContext) -> None:
+        n = ctx.adapter.tokens_per_image
+        if self.config.k > n:
+            raise ConfigError(f"damro: k={self.config.k} is more than the {n} image tokens per image; use 1..{n}")
+        ctx.adapter.feature_layer_index()  # raises for models without one feature layer
+
+    @torch.no_grad()
+    def outliers(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(N images, k) patch indices with the highest CLS attention at the feature layer."""
+        adapter = self.adapter
+        idx = adapter.feature_layer_index()
+        hidden = adapter.vision_tower(pixel_values, output_hidden_states=True).hidden_states[idx]
+        layer = adapter.vision_layers[idx]
+        x = layer.layer_norm1(hidden)
+        cls = cls_attention(x, layer.self_attn.q_proj, layer.self_attn.k_proj, num_heads=1)
+        return outlier_tokens(cls[:, 1:], self.config.k)
+
+    def negative(self, pipe: Any, inputs: dict[str, Any], images: list[Any], prompts: list[str]) -> Branch:
+        pixels = inputs.get("pixel_values")
+        if pixels is None:
+            raise InputError("damro needs pixel_values: its negative branch keeps the image's outlier tokens")
+        ids = inputs["input_ids"]
+        image = self.adapter.image_token_mask(ids)
+        per_row = image.sum(-1)
+        n = self.adapter.tokens_per_image
+        if not bool((per_row == n).all()):
+            raise InputError(f"damro expects one image ({n} image tokens) per prompt; got {per_row.tolist()}")
+        keep = torch.zeros(image.shape[0], n, dtype=torch.bool, device=ids.device)
+        chosen = self.outliers(pixels).to(ids.device)
+        keep.scatter_(1, chosen, True)
+        mask = inputs["attention_mask"].clone() if inputs.get("attention_mask") is not None else torch.ones_like(ids)
+        hidden = image.clone()
+        hidden[image] = ~keep.flatten()
+        mask[hidden] = 0
+        self._extra = {"outlier_tokens": chosen.tolist()}
+        return Branch(ids, mask.long(), {}, same_images=True)
