@@ -35,6 +35,7 @@ class MMPipeline:
         self.obj = obj
         self.processor = processor
         self._plugins: OrderedDict[str, Plugin] = OrderedDict()
+        self._suspended = False  # inside plugins_disabled(): call-time plugin steps are skipped too
         self.last_stats: dict[str, Any] = {}
 
     @property
@@ -108,9 +109,11 @@ class MMPipeline:
         detached = list(self._plugins.values())
         for plugin in reversed(detached):
             plugin.detach(plugin.ctx)
+        suspended, self._suspended = self._suspended, True
         try:
             yield self
         finally:
+            self._suspended = suspended
             for plugin in detached:
                 if self._plugins.get(plugin.name) is plugin and plugin.ctx is not None:  # not removed meanwhile
                     plugin.attach(plugin.ctx)
@@ -137,10 +140,13 @@ class MMPipeline:
         for plugin in self._plugins.values():
             plugin.reset()
 
+    def _active(self) -> list[Plugin]:
+        return [] if self._suspended else list(self._plugins.values())
+
     def _collect_stats(self, base: dict[str, Any]) -> dict[str, Any]:
         stats = dict(base)
-        for name, plugin in self._plugins.items():
-            stats[name] = plugin.stats()
+        for plugin in self._active():
+            stats[plugin.name] = plugin.stats()
         self.last_stats = stats
         return stats
 
@@ -184,7 +190,7 @@ class MMPipeline:
         pad_id = getattr(self.processor, "tokenizer", self.processor).pad_token_id
         generate_kwargs.setdefault("pad_token_id", pad_id)
         start = time.perf_counter()
-        for plugin in self._plugins.values():  # a decoding plugin may take over the loop (custom_generate)
+        for plugin in self._active():  # a decoding plugin may take over the loop (custom_generate)
             inputs, generate_kwargs = plugin.prepare_generate(self, inputs, image_list, prompt_list, generate_kwargs)
         sequences = self.obj.generate(**inputs, max_new_tokens=max_new_tokens, **generate_kwargs)
         wall = time.perf_counter() - start
@@ -208,7 +214,7 @@ class MMPipeline:
         if self.adapter.family != "t2i":
             raise UnsupportedModelError("calling the pipeline is for text-to-image models; use generate() for VLMs")
         self.reset_state()
-        for plugin in self._plugins.values():
+        for plugin in self._active():
             kwargs = plugin.pre_call(self, kwargs)
         start = time.perf_counter()
         out = self.obj(*args, **kwargs)

@@ -148,6 +148,7 @@ class ContrastiveDecoder:
             raise ConfigError(f"beta must be in (0, 1], got {beta}")
         self.model, self.combine, self.beta, self.separate = model, combine, beta, separate
         self.last_streams: list[_Stream] = []
+        self.last_prefill: torch.Tensor | None = None  # (rows, V) last-position logits of the prefill
 
     @torch.no_grad()
     def run(
@@ -184,6 +185,7 @@ class ContrastiveDecoder:
         self.last_streams = streams
 
         logits = torch.cat([s.prefill() for s in streams])
+        self.last_prefill = logits
         prefill_s = time.perf_counter() - start
         steps = 0
         sequences = pos.input_ids
@@ -239,6 +241,7 @@ def contrastive_generate(
     cd_beta: float = 0.1,
     cd_separate: bool = False,
     cd_result: list | None = None,
+    cd_streamer: Any = None,
     **model_kwargs: Any,
 ) -> torch.LongTensor:
     """``model.generate(**inputs, custom_generate=contrastive_generate, cd_negative=neg_inputs)``.
@@ -248,7 +251,8 @@ def contrastive_generate(
     VCD's ``(1 + alpha) l_pos - alpha l_neg``. transformers prepares the logits processors
     (temperature, top-k, top-p) and stopping criteria; they apply after the contrast.
     Returns prompt + new tokens, like ``generate``. Pass a list as ``cd_result`` to receive
-    the :class:`DecodeResult` (timings, forward count).
+    the :class:`DecodeResult` (timings, forward count). Stream with ``cd_streamer=``:
+    transformers (5.24) does not hand ``streamer`` on to a ``custom_generate`` callable.
     """
     from .ops import contrast
 
@@ -263,6 +267,8 @@ def contrastive_generate(
     max_new = generation_config.max_length - input_ids.shape[1]
     if generation_config.max_new_tokens is not None:
         max_new = generation_config.max_new_tokens
+    if cd_streamer is not None:
+        cd_streamer.put(input_ids.cpu())  # the prompt, as generate() does for its own streamer
     pad = generation_config._pad_token_tensor
     eos = generation_config._eos_token_tensor
     result = ContrastiveDecoder(model, combine, cd_beta, cd_separate).run(
@@ -272,7 +278,7 @@ def contrastive_generate(
         pad_token_id=int(pad) if pad is not None else 0,
         do_sample=bool(generation_config.do_sample),
         logits_processor=logits_processor,
-        streamer=streamer,
+        streamer=cd_streamer if cd_streamer is not None else streamer,
     )
     if cd_result is not None:
         cd_result.append(result)

@@ -53,10 +53,14 @@ def ddpm_alpha_bar(step: int, total: int = DDPM_STEPS) -> float:
 
 
 def add_ddpm_noise(pixels: torch.Tensor, step: int, generator: torch.Generator | None = None,
-                   total: int = DDPM_STEPS) -> torch.Tensor:
-    """``x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps`` in the processor's normalised pixel space."""
+                   total: int = DDPM_STEPS, shared: bool = False) -> torch.Tensor:
+    """``x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps`` in the processor's normalised pixel space.
+
+    ``shared=True`` draws one noise pattern for every image of the batch.
+    """
     abar = ddpm_alpha_bar(step, total)
-    noise = torch.randn(pixels.shape, generator=generator, dtype=torch.float32).to(pixels.device, pixels.dtype)
+    shape = (1, *pixels.shape[1:]) if shared else pixels.shape
+    noise = torch.randn(shape, generator=generator, dtype=torch.float32).to(pixels.device, pixels.dtype)
     return math.sqrt(abar) * pixels + math.sqrt(1 - abar) * noise
 
 

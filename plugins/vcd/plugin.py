@@ -27,8 +27,9 @@ class VCDPlugin(ContrastivePlugin):
         pixels = inputs.get("pixel_values")
         if pixels is None:
             raise InputError("vcd needs pixel_values: it contrasts against a noised copy of the image")
-        generator = None
-        if self.config.noise_seed is not None:
+        if self.config.noise_seed is None:  # a fresh draw per image, as the released code does
+            noised = add_ddpm_noise(pixels, self.config.noise_step)
+        else:  # one seeded pattern for every row, so a row's answer does not depend on its batch
             generator = torch.Generator().manual_seed(self.config.noise_seed)
-        noised = add_ddpm_noise(pixels, self.config.noise_step, generator)
+            noised = add_ddpm_noise(pixels, self.config.noise_step, generator, shared=True)
         return Branch.from_inputs({**inputs, "pixel_values": noised})
