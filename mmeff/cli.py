@@ -42,6 +42,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
+    if args.suite == "halluc":
+        _bench_halluc(args)
     if args.suite == "tokens":
         import sys
 
@@ -68,6 +70,30 @@ def cmd_bench(args: argparse.Namespace) -> None:
         quality, speed = _earlier_tokens_results(out, quality, speed)
         write_combined(out, quality, speed, meta)
         Console().print(f"wrote {out}/report.md (+ quality/ and speed/ with JSON and plots)")
+
+
+def _bench_halluc(args: argparse.Namespace) -> None:
+    import sys
+
+    import torch
+
+    from .bench.halluc import default_methods, run_quality, run_speed
+    from .bench.halluc_report import write_report
+    from .demo import load_demo_pipe
+
+    out = Path(args.out) / "halluc"
+    both = not (args.speed or args.quality)
+    pipe = load_demo_pipe(args.model, Console(width=160))
+    methods = default_methods()
+    n_pope, n_caption = args.n_scenes or 50, args.caption_scenes
+    quality = run_quality(pipe, methods, n_pope=n_pope, n_caption=n_caption, seeds=args.seeds) \
+        if args.quality or both else []
+    speed = run_speed(pipe, methods, tokens=args.decode_tokens, runs=args.runs) if args.speed or both else []
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads"
+    meta = {"command": "mmeff " + " ".join(sys.argv[1:]), "model": getattr(pipe.model.config, "_name_or_path", ""),
+            "n_pope": n_pope, "n_caption": n_caption, "seeds": args.seeds, "device": device}
+    write_report(out, quality, speed, meta)
+    Console().print(f"wrote {out}/halluc.md (+ halluc.json and plots)")
 
 
 def _earlier_tokens_results(out: Path, quality, speed):
@@ -144,15 +170,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_testbed)
 
     p = sub.add_parser("bench", help="benchmarks that write JSON, a markdown report and plots")
-    p.add_argument("suite", choices=["tokens"])
+    p.add_argument("suite", choices=["tokens", "halluc"])
     p.add_argument("--speed", action="store_true", help="only prefill/decode time, KV cache and FLOPs "
                                                          "on a 7B-layout random model")
     p.add_argument("--quality", action="store_true", help="only testbed accuracy per method and budget")
     p.add_argument("--model", help="quality: model folder (default: the bundled shapes-llava)")
-    p.add_argument("--n-scenes", type=int, default=None, help="quality: scenes per suite (default 40)")
+    p.add_argument("--n-scenes", type=int, default=None,
+                   help="quality: scenes per suite (tokens: default 40; halluc: POPE scenes, default 50)")
+    p.add_argument("--caption-scenes", type=int, default=40, help="halluc: caption scenes for CHAIR")
+    p.add_argument("--seeds", type=int, default=3, help="halluc: seeds for the sampled rows")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--runs", type=int, default=5)
-    p.add_argument("--decode-tokens", type=int, default=16)
+    p.add_argument("--decode-tokens", type=int, default=16, help="tokens decoded per timed run")
     p.add_argument("--layers", type=int, default=32)
     p.add_argument("--hidden", type=int, default=512)
     p.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"])

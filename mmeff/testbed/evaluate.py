@@ -42,15 +42,21 @@ def parse_plugin_spec(spec: str) -> tuple[str, dict[str, Any]]:
 
 
 def answer_questions(pipe: MMPipeline, questions: list[Question], batch_size: int, max_new_tokens: int,
-                     progress: bool = True) -> tuple[list[str], dict[str, float]]:
-    """Answers in question order, plus totals from ``last_stats`` (time, tokens, image tokens kept)."""
+                     progress: bool = True, *, prompt_template: str = "{question}",
+                     generate_kwargs: dict[str, Any] | None = None) -> tuple[list[str], dict[str, float]]:
+    """Answers in question order, plus totals from ``last_stats`` (time, tokens, image tokens kept).
+
+    ``prompt_template`` rewrites each question (controls such as a "prefer yes" phrasing);
+    ``generate_kwargs`` go to ``pipe.generate`` (e.g. ``do_sample=True``).
+    """
     answers: list[str] = []
     totals: dict[str, float] = defaultdict(float)
     batches = range(0, len(questions), batch_size)
     for start in tqdm(batches, desc="eval", unit="batch", disable=not progress):
         batch = questions[start : start + batch_size]
         images = [render(q.scene) for q in batch]
-        answers += pipe.generate(images, [q.text for q in batch], max_new_tokens=max_new_tokens)
+        prompts = [prompt_template.format(question=q.text) for q in batch]
+        answers += pipe.generate(images, prompts, max_new_tokens=max_new_tokens, **(generate_kwargs or {}))
         stats = pipe.last_stats
         totals["wall_time_s"] += stats["wall_time_s"]
         totals["generated_tokens"] += stats["new_tokens"] * len(batch)
@@ -88,6 +94,9 @@ def run_eval(
     batch_size: int = 16,
     seed: int = 0,
     max_new_tokens: int | None = None,
+    prompt_template: str = "{question}",
+    generate_kwargs: dict[str, Any] | None = None,
+    progress: bool = True,
 ) -> dict[str, Any]:
     if suite not in SUITES:
         raise ValueError(f"unknown suite {suite!r}; choose from {SUITES}")
@@ -97,7 +106,8 @@ def run_eval(
     with state.split_between_processes(list(enumerate(questions))) as shard:
         shard_questions = [q for _, q in shard]
         shard_answers, totals = answer_questions(pipe, shard_questions, batch_size, max_new_tokens,
-                                                 progress=state.is_main_process)
+                                                 progress=progress and state.is_main_process,
+                                                 prompt_template=prompt_template, generate_kwargs=generate_kwargs)
         local = [(i, a) for (i, _), a in zip(shard, shard_answers)]
     gathered = _gather(state, local)
     all_totals = _gather(state, [totals])
