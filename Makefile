@@ -21,6 +21,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(VENV)/bin/mmeff bench tokens
+	$(VENV)/bin/mmeff bench halluc
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check mmeff plugins tests demos
