@@ -5,7 +5,9 @@ from the call's inputs and hands ``model.generate`` the shared loop
 (:func:`~mmeff.contrastive.decode.contrastive_generate`) as ``custom_generate``, so
 transformers still prepares the logits processors (temperature, top-k, top-p) and the
 stopping rules. Token-reduction plugins on the same model see the negative rows as
-ordinary batch rows, so the negative branch gets the same drop.
+ordinary batch rows, so the negative branch gets the same drop; ``negative_drop=False``
+exempts them from the decoder-side stages (vision-side reductions change the image
+features both branches share, so they always apply).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import torch
 from ..adapters.vlm import VLMAdapter
 from ..errors import ConfigError
 from ..plugin import Plugin, PluginConfig, PluginContext
+from ..token_drop.engine import DropEngine
 from .decode import Branch, DecodeResult, contrastive_generate
 from .ops import contrast
 
@@ -29,13 +32,16 @@ class ContrastiveConfig(PluginConfig):
     alpha: float = field(default=1.0, metadata={"help": "contrast strength, >= 0 (0 = plain decoding)"})
     beta: float = field(default=0.1, metadata={"help": "plausibility cut-off in (0, 1]: keep p >= beta * max p"})
     separate: bool = field(default=False, metadata={"help": "one cache and forward per branch instead of one batch"})
+    negative_drop: bool = field(default=True, metadata={
+        "help": "decoder-side token reduction drops the negative rows' tokens too (False: they keep all)"})
 
     def validate(self) -> None:
         check_alpha(self.alpha, type(self).__name__)
         if isinstance(self.beta, bool) or not isinstance(self.beta, (int, float)) or not 0 < self.beta <= 1:
             raise ConfigError(f"{type(self).__name__}.beta must be a number in (0, 1], got {self.beta!r}")
-        if not isinstance(self.separate, bool):
-            raise ConfigError(f"{type(self).__name__}.separate must be True or False, got {self.separate!r}")
+        for name in ("separate", "negative_drop"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{type(self).__name__}.{name} must be True or False, got {getattr(self, name)!r}")
 
 
 def check_alpha(alpha: Any, owner: str, name: str = "alpha") -> None:
@@ -88,6 +94,10 @@ class ContrastivePlugin(Plugin):
         negative = self.negative(pipe, inputs, images, prompts)
         if negative is not None:
             negative = negative.to(inputs["input_ids"].device)
+            engine = DropEngine.existing(self.adapter)
+            if engine is not None and not self.config.negative_drop:
+                rows = inputs["input_ids"].shape[0]
+                engine.exempt(torch.arange(2 * rows, device=inputs["input_ids"].device) >= rows)
         self._results = []
         return inputs, {
             **kwargs,

@@ -101,6 +101,7 @@ class DropState:
     decoded: int = 0  # tokens fed since prefill
     decode_cache: dict[Any, tuple] = field(default_factory=dict)
     forward_calls: int = 0
+    exempt_rows: torch.Tensor | None = None  # (B,) rows that keep every image token at decoder-side stages
 
 
 class DropEngine:
@@ -120,6 +121,16 @@ class DropEngine:
             engine = cls(adapter)
             adapter.__dict__[_ATTR] = engine
         return engine
+
+    @classmethod
+    def existing(cls, adapter: VLMAdapter) -> DropEngine | None:
+        """The model's engine if a token-reduction plugin created one (never creates it)."""
+        return adapter.__dict__.get(_ATTR)
+
+    def exempt(self, rows: torch.Tensor) -> None:
+        """For this call only, let ``rows`` (bool, per batch row) keep every image token at the
+        decoder-side stages (a contrastive negative branch that should not be reduced)."""
+        self.state.exempt_rows = rows
 
     # -- wiring --------------------------------------------------------------------------
     @staticmethod
@@ -341,6 +352,8 @@ class DropEngine:
                 prev_input=st.prev_inputs.get(stage.boundary),
             )
         )
+        if st.exempt_rows is not None and stage.boundary > 0:  # boundary 0 only removes vision-side zero rows
+            keep_image = keep_image | st.exempt_rows.to(keep_image.device)[:, None]
         keep = cur.valid & (~cur.image | keep_image)
         if torch.equal(keep, cur.valid):
             st.layouts[s] = cur

@@ -128,6 +128,11 @@ def test_negative_rows_get_the_same_token_drop():
     final = DropEngine.shared(pipe.adapter).state.layouts[-1]
     assert final.image_counts.tolist() == [8, 8, 8, 8]  # 2 positive + 2 negative rows, 16 -> 8 image tokens each
     pipe.remove_plugin("vcd")
+    pipe.add_plugin("vcd", alpha=0.0, negative_drop=False)
+    assert torch.equal(pipe.generate(sample_images(), PROMPTS, max_new_tokens=4, return_ids=True).new_tokens, plain)
+    final = DropEngine.shared(pipe.adapter).state.layouts[-1]
+    assert final.image_counts.tolist() == [8, 8, 16, 16]  # the negative rows keep every image token
+    pipe.remove_plugin("vcd")
     pipe.add_plugin("vcd", separate=True)
     with pytest.raises(ConfigError, match="separate"):
         pipe.generate(sample_images(), PROMPTS, max_new_tokens=2)
