@@ -89,7 +89,8 @@ def _bench_halluc(args: argparse.Namespace) -> None:
     quality = run_quality(pipe, methods, n_pope=n_pope, n_caption=n_caption, seeds=args.seeds) \
         if args.quality or both else []
     speed = run_speed(pipe, methods, tokens=args.decode_tokens, runs=args.runs) if args.speed or both else []
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads"
+    where = pipe.model.device
+    device = torch.cuda.get_device_name(where) if where.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     meta = {"command": "mmeff " + " ".join(sys.argv[1:]), "model": getattr(pipe.model.config, "_name_or_path", ""),
             "n_pope": n_pope, "n_caption": n_caption, "seeds": args.seeds, "device": device}
     write_report(out, quality, speed, meta)

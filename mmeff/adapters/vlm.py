@@ -214,14 +214,18 @@ class VLMAdapter(Adapter):
             conversation.append({"role": "user", "content": [*content, {"type": "text", "text": question}]})
             if answer is not None:
                 conversation.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
-        if getattr(self.processor, "chat_template", None):
+        template = getattr(self.processor, "chat_template", None)
+        if system and template and "system" in template:
+            conversation.insert(0, {"role": "system", "content": [{"type": "text", "text": system}]})
+            system = None
+        if template:
             text = self.processor.apply_chat_template(conversation, add_generation_prompt=True)
         else:
             text = ""
             for i, (question, answer) in enumerate(turns):
                 marker = "<image>\n" if image and i == 0 else ""
                 text += f"USER: {marker}{question} ASSISTANT:" + ("" if answer is None else f" {answer}</s>")
-        # LLaVA-1.5's own format puts the system prompt in front of the first turn
+        # templates without a system role: LLaVA-1.5's own format puts it in front of the first turn
         return f"{system} {text}" if system else text
 
     def decode(self, token_ids: torch.Tensor) -> list[str]:

@@ -27,8 +27,11 @@ from ..testbed.evaluate import run_eval
 from ..testbed.questions import POPE_SPLITS, build_suite
 from ..testbed.render import render
 
-PREFER_YES = "{question} , right?"  # the leading phrasing LQCD contrasts against, used here as a plain prompt
+PREFER_YES = "{question} , right?"  # a confirmation tag that invites "yes", used as a plain prompt
 SHAPES_DESCRIBE = "describe the image."
+# ICD's released instruction is mostly <unk> to the shapes tokenizer; this one uses its words and,
+# like the original, primes the model to report objects loosely
+SHAPES_DISTURBANCE = "there are many objects in the image ."
 
 
 @dataclass(frozen=True)
@@ -50,7 +53,7 @@ def default_methods() -> list[HallucMethod]:
         HallucMethod("vcd", "vcd", {"alpha": 1.0, "beta": 0.1}),
         HallucMethod("vcd (sampling)", "vcd", {"alpha": 1.0, "beta": 0.1}, sample=True),
         HallucMethod("damro", "damro", {"alpha": 2.0, "k": 10, "beta": 0.1}),
-        HallucMethod("icd", "icd", {"alpha": 1.0, "beta": 0.1}),
+        HallucMethod("icd", "icd", {"alpha": 1.0, "beta": 0.1, "instruction": SHAPES_DISTURBANCE}),
         HallucMethod("lqcd", "lqcd", {"alpha": 1.0, "beta": 0.1}),
         HallucMethod("m3id", "m3id", {"alpha": 1.0, "beta": 0.1}),
         HallucMethod("vdgd", "vdgd", {"describe_prompt": SHAPES_DESCRIBE, "description_tokens": 24}),
@@ -83,13 +86,17 @@ def run_quality(pipe: MMPipeline, methods: list[HallucMethod], *, n_pope: int, n
                 batch_size: int = 32) -> list[dict[str, Any]]:
     rows = []
     for method in tqdm(methods, desc="bench halluc: quality", unit="method"):
-        if method.plugin:
-            pipe.add_plugin(method.plugin, **method.options)
         start = time.perf_counter()
-        runs = [_quality_once(pipe, method, n_pope, n_caption, seed, batch_size)
-                for seed in (range(seeds) if method.sample else [0])]
-        if method.plugin:
-            pipe.remove_plugin(method.plugin)
+        runs = []
+        for seed in range(seeds) if method.sample else [0]:
+            if method.plugin:  # VCD's noise is part of what a seed varies
+                options = {**method.options, "noise_seed": seed} if method.plugin == "vcd" else method.options
+                pipe.add_plugin(method.plugin, **options)
+            try:
+                runs.append(_quality_once(pipe, method, n_pope, n_caption, seed, batch_size))
+            finally:
+                if method.plugin:
+                    pipe.remove_plugin(method.plugin)
         keys = runs[0].keys()
         rows.append({
             "method": method.label, "kind": method.kind, "plugin": method.plugin, "options": method.options,
@@ -105,7 +112,9 @@ def _branches(pipe: MMPipeline, method: HallucMethod, images: list, prompts: lis
               ) -> tuple[Any, Branch, Branch | None, float]:
     """The method's combine rule and branches for one batch, and what building them cost
     (VCD's noise, DAMRO's vision pass, VDGD's description)."""
-    inputs = pipe.adapter.build_inputs(images, prompts)
+    device, dtype = pipe.model.device, pipe.model.dtype
+    inputs = {k: v.to(device, dtype) if v.is_floating_point() else v.to(device)
+              for k, v in pipe.adapter.build_inputs(images, prompts).items()}
     if not method.plugin:
         return (lambda lp, ln, step: lp), Branch.from_inputs(inputs), None, 0.0
     plugin = pipe.add_plugin(method.plugin, **method.options)

@@ -117,6 +117,12 @@ def _stack_rows(pos: Branch, neg: Branch, pad_id: int) -> tuple[torch.Tensor, to
     return ids, mask
 
 
+def _sync(t: torch.Tensor) -> None:
+    """Wait for queued GPU work so wall-clock timings are real."""
+    if t.is_cuda:
+        torch.cuda.synchronize(t.device)
+
+
 class _Stream:
     """One forward stream (a batch of rows with its own cache)."""
 
@@ -167,6 +173,8 @@ class ContrastiveDecoder:
     ) -> DecodeResult:
         if neg is not None and neg.batch != pos.batch:
             raise InputError(f"the negative branch has {neg.batch} rows for {pos.batch} positive rows")
+        if max_new_tokens < 1:
+            raise InputError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         batch = pos.batch
         eos = torch.tensor([eos_token_id] if isinstance(eos_token_id, int) else (eos_token_id or []),
                            device=pos.input_ids.device)
@@ -186,6 +194,7 @@ class ContrastiveDecoder:
 
         logits = torch.cat([s.prefill() for s in streams])
         self.last_prefill = logits
+        _sync(logits)
         prefill_s = time.perf_counter() - start
         steps = 0
         sequences = pos.input_ids
@@ -197,7 +206,12 @@ class ContrastiveDecoder:
             ln = logits[batch:] if neg is not None else None
             scores = mask_implausible(self.combine(lp, ln, step), lp, self.beta)
             if logits_processor is not None:
-                scores = logits_processor(sequences, scores)
+                processed = logits_processor(sequences, scores)
+                # a processor that rules out the whole plausible set (e.g. min_new_tokens when only
+                # EOS is plausible) falls back to the processed positive logits rather than token 0 / NaN
+                empty = torch.isneginf(processed).all(-1, keepdim=True)
+                scores = torch.where(empty, logits_processor(sequences, lp.clone()), processed) if bool(
+                    empty.any()) else processed
             if do_sample:
                 probs = scores.float().softmax(-1)
                 nxt = torch.multinomial(probs, 1, generator=generator)[:, 0]
@@ -222,6 +236,7 @@ class ContrastiveDecoder:
             steps += 1
         if streamer is not None:
             streamer.end()
+        _sync(logits)
         decode_s = time.perf_counter() - start
         rows = sum(s.rows for s in streams)
         return DecodeResult(torch.stack(tokens, 1), steps, len(streams), rows, prefill_s, decode_s)
@@ -278,6 +293,7 @@ def contrastive_generate(
         pad_token_id=int(pad) if pad is not None else 0,
         do_sample=bool(generation_config.do_sample),
         logits_processor=logits_processor,
+        stopping_criteria=stopping_criteria,
         streamer=cd_streamer if cd_streamer is not None else streamer,
     )
     if cd_result is not None:

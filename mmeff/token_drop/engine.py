@@ -352,8 +352,10 @@ class DropEngine:
                 prev_input=st.prev_inputs.get(stage.boundary),
             )
         )
-        if st.exempt_rows is not None and stage.boundary > 0:  # boundary 0 only removes vision-side zero rows
-            keep_image = keep_image | st.exempt_rows.to(keep_image.device)[:, None]
+        exempt = st.exempt_rows
+        if exempt is not None and stage.boundary > 0 and exempt.shape[0] == keep_image.shape[0]:
+            # boundary 0 only removes vision-side zero rows; a mask from another call's batch is ignored
+            keep_image = keep_image | exempt.to(keep_image.device)[:, None]
         keep = cur.valid & (~cur.image | keep_image)
         if torch.equal(keep, cur.valid):
             st.layouts[s] = cur

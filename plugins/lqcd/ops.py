@@ -10,7 +10,7 @@ _EXISTENCE = re.compile(r"^\s*(is|are)\s+there\s+(.*?)[\s?.!]*$", re.IGNORECASE)
 def leading_form(prompt: str, tag: str = "right?") -> str:
     """Turn a question into one that presupposes "yes": a statement plus a confirmation tag.
 
-    "Is there a red circle in the image?" -> "there is a red circle in the image, right?";
+    "Is there a red circle in the image?" -> "there is a red circle in the image , right?";
     other questions keep their words and get the tag ("what color is the star, right?").
     """
     match = _EXISTENCE.match(prompt)

@@ -14,7 +14,8 @@ class M3IDConfig(ContrastiveConfig):
 
     lam: float = field(default=0.02, metadata={"help": "forgetting rate lambda > 0"})
     threshold: float = field(default=0.3, metadata={"help": "contrast only where max p < threshold, in (0, 1]"})
-    count_prompt: bool = field(default=True, metadata={"help": "t counts the prompt tokens too (as reimplementations)"})
+    count_prompt: bool = field(default=True, metadata={
+        "help": "t also counts the prompt's text tokens (+1 for the image), as the reimplementations do"})
 
     def validate(self) -> None:
         super().validate()

@@ -28,8 +28,11 @@ class M3IDPlugin(ContrastivePlugin):
         self._offset: torch.Tensor | None = None
 
     def negative(self, pipe: Any, inputs: dict[str, Any], images: list[Any], prompts: list[str]) -> Branch:
+        ids = inputs["input_ids"]
         mask = inputs.get("attention_mask")
-        lengths = mask.sum(-1) if mask is not None else torch.full((len(prompts),), inputs["input_ids"].shape[1])
+        text = (mask.bool() if mask is not None else torch.ones_like(ids, dtype=torch.bool))
+        text &= ~self.adapter.image_token_mask(ids)  # the image counts once, not as its hundreds of placeholders
+        lengths = text.sum(-1) + 1
         self._offset = lengths.float() if self.config.count_prompt else torch.zeros(len(prompts))
         return Branch.from_inputs(self.adapter.build_inputs(images, prompts, with_images=False))
 

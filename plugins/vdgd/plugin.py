@@ -48,6 +48,7 @@ class VDGDPlugin(ContrastivePlugin):
 
     def positive(self, pipe: Any, inputs: dict[str, Any], images: list[Any], prompts: list[str]) -> dict[str, Any]:
         texts, self._scores = self.describe(pipe, images)
+        pipe.reset_state()  # token-reduction state from the description call must not carry into the answer
         self._extra = {"descriptions": texts}
         if not self.config.prefix:
             return inputs

@@ -42,3 +42,15 @@ def test_quality_speed_and_report(pipe, tmp_path):
     assert "## Targets" in (tmp_path / "halluc.md").read_text()
     assert json.loads((tmp_path / "halluc.json").read_text())["quality"]
     assert (tmp_path / "halluc_quality.png").stat().st_size > 0 and (tmp_path / "halluc_tradeoff.png").is_file()
+
+
+def test_every_default_method_runs(pipe):
+    from mmeff.bench.halluc import default_methods
+
+    methods = default_methods()
+    rows = run_quality(pipe, methods, n_pope=1, n_caption=1, seeds=1)
+    assert [r["method"] for r in rows] == [m.label for m in methods]
+    for row in rows:
+        for key in ("random_accuracy", "adversarial_f1", "adversarial_yes_ratio", "chair_i"):
+            assert 0.0 <= row["metrics"][key]["mean"] <= 1.0, (row["method"], key)
+    assert not pipe.plugins

@@ -69,18 +69,38 @@ def test_rows_stop_at_eos_and_then_pad(setup):
     # make EOS the only plausible token once any row has produced 2 tokens: a logits processor after the contrast
     from transformers import LogitsProcessor, LogitsProcessorList
 
-    class ForceEos(LogitsProcessor):
+    class ForceEos(LogitsProcessor):  # row 0 ends after 2 tokens, row 1 after 4
         def __call__(self, input_ids, scores):
-            if input_ids.shape[1] - inputs["input_ids"].shape[1] >= 2:
-                scores = torch.full_like(scores, float("-inf"))
-                scores[:, tok.eos_token_id] = 0
+            produced = input_ids.shape[1] - inputs["input_ids"].shape[1]
+            for row, at in ((0, 2), (1, 4)):
+                if produced == at:
+                    scores[row] = float("-inf")
+                    scores[row, tok.eos_token_id] = 0
             return scores
 
-    out = model.generate(**inputs, max_new_tokens=6, do_sample=False, pad_token_id=tok.pad_token_id,
+    out = model.generate(**inputs, max_new_tokens=8, do_sample=False, pad_token_id=tok.pad_token_id,
                          logits_processor=LogitsProcessorList([ForceEos()]), custom_generate=contrastive_generate,
                          cd_negative=negative)
     new = out[:, inputs["input_ids"].shape[1]:]
-    assert new.shape[1] == 3 and (new[:, 2] == tok.eos_token_id).all()
+    assert new.shape[1] == 5, "the loop stops once every row has ended"
+    assert new[0, 2] == tok.eos_token_id and (new[0, 3:] == tok.pad_token_id).all()
+    assert new[1, 4] == tok.eos_token_id and (new[1, :4] != tok.pad_token_id).all()
+
+
+def test_stopping_criteria_from_generate_are_applied(setup):
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    model, processor, inputs, negative = setup
+
+    class AfterTwo(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kw):
+            done = input_ids.shape[1] - inputs["input_ids"].shape[1] >= 2
+            return torch.full((input_ids.shape[0],), done, dtype=torch.bool)
+
+    out = model.generate(**inputs, max_new_tokens=6, do_sample=False, pad_token_id=processor.tokenizer.pad_token_id,
+                         stopping_criteria=StoppingCriteriaList([AfterTwo()]), custom_generate=contrastive_generate,
+                         cd_negative=negative)
+    assert out.shape[1] - inputs["input_ids"].shape[1] == 2
 
 
 def test_negative_alpha_is_refused(setup):

@@ -11,6 +11,7 @@ COMMON_BAD = [{"alpha": -0.5}, {"beta": 0.0}, {"beta": 1.5}, {"separate": "yes"}
 
 class TestVCD(ContrastivePluginTesterMixin):
     plugin_name = "vcd"
+    vision_passes = 2  # the noised copy is a second image
     neutral_options = {"alpha": 0.0}
     active_options = {"alpha": 1.0, "beta": 0.1}
     bad_options = [*COMMON_BAD, {"noise_step": 1000}, {"noise_step": -1}, {"noise_seed": 1.5}]
@@ -35,12 +36,13 @@ class TestM3ID(ContrastivePluginTesterMixin):
     plugin_name = "m3id"
     neutral_options = {"alpha": 0.0}
     active_options = {"alpha": 1.0}
-    strong_options = {"alpha": 1.0, "beta": 1e-3, "threshold": 1.0}
+    strong_options = {"alpha": 20.0, "beta": 1e-3, "threshold": 1.0}
     bad_options = [*COMMON_BAD, {"lam": 0}, {"threshold": 0}, {"threshold": 1.2}]
 
 
 class TestDAMRO(ContrastivePluginTesterMixin):
     plugin_name = "damro"
+    vision_passes = 2  # one extra pass reads the CLS attention
     factories = ("llava-sdpa", "llava-eager")
     neutral_options = {"alpha": 0.0, "k": 4}
     active_options = {"alpha": 2.0, "k": 4}
@@ -49,6 +51,7 @@ class TestDAMRO(ContrastivePluginTesterMixin):
 
 class TestVDGD(ContrastivePluginTesterMixin):
     plugin_name = "vdgd"
+    vision_passes = 2  # the description call and the answer call
     positive_is_plain = False
     neutral_options = {"alpha": 0.0, "describe_prompt": "describe the image", "description_tokens": 6}
     active_options = {"describe_prompt": "describe the image", "description_tokens": 6}
