@@ -1,8 +1,9 @@
 """``mmeff testbed train vlm``: the two-stage recipe for the bundled shapes LLaVA.
 
 Stage A teaches the vision tower to see (every 8x8 patch labelled with the object kind
-covering it); stage B trains projector + decoder on chat sequences (a caption and several
-questions per image, loss on answers only), the tower frozen for the first 15% and then
+covering it); stage B trains projector + decoder on a caption and 12 questions per image
+(loss on answers only), each packed as an *isolated turn* that sees the image but no other
+turn, as a lone question does at evaluation; the tower is frozen for the first 15% and then
 fine-tuned at a lower rate. Seeded, resumable from ``<run>/ckpt.pt``, with a progress bar
 and a loss-curve plot. See ``shared/notes/testbed-training.md`` for the probes behind it.
 """
@@ -49,10 +50,10 @@ class Recipe:
     chat_lr: float = 8e-4
     tower_lr: float = 2e-4
     frozen_fraction: float = 0.15
-    questions_per_image: int = 8
+    questions_per_image: int = 12
     hard_negatives: float = 0.75
-    colour_negatives: float = 0.0  # share of existence negatives with a present colour, absent shape
-    isolated_turns: bool = False  # each question sees only the image, never earlier turns
+    colour_negatives: float = 0.35  # share of existence negatives with a present colour, absent shape
+    isolated_turns: bool = True  # each question sees only the image, never earlier turns
     checkpoint_every: int = 250
 
 

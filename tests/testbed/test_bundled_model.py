@@ -28,10 +28,12 @@ def test_bundled_model_answers_fixed_questions():
     questions = ["is there a red circle in the image?", "is there a blue square in the image?",
                  "is there a yellow star in the image?", "is there a yellow star in the image?",
                  "is there a orange cross in the image?", "how many objects are in the image?",
-                 "how many objects are in the image?"]
-    answers = pipe.generate([images[0], images[0], images[1], images[0], images[0], images[0], images[1]], questions,
-                            max_new_tokens=2)
-    assert [a.split()[0] for a in answers] == ["yes", "yes", "yes", "no", "no", "two", "three"]
+                 "how many objects are in the image?", "what color is the star?", "what color is the circle?"]
+    answers = pipe.generate([images[0], images[0], images[1], images[0], images[0], images[0], images[1], images[1],
+                             images[0]], questions, max_new_tokens=2)
+    assert [a.split()[0] for a in answers] == ["yes", "yes", "yes", "no", "no", "two", "three", "yellow", "red"]
     with torch.no_grad():
         captions = pipe.generate(images, ["describe the image.", "describe the image."], max_new_tokens=24)
-    assert captions == ["red circle, blue square", "green triangle, yellow star, purple hexagon"]
+    assert captions[0] == "red circle, blue square"
+    # every object named once, none invented (the order of the two left-most objects is close to a tie)
+    assert sorted(captions[1].split(", ")) == ["green triangle", "purple hexagon", "yellow star"]
