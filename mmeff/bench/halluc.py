@@ -3,8 +3,9 @@
 Quality: POPE random / popular / adversarial (accuracy, precision, recall, F1, yes-ratio)
 and caption CHAIR, on the same questions for every row; sampled rows over several seeds
 (mean and spread). Controls, after the "mirage of performance gains" critique: greedy,
-plain sampling, the plausibility mask alone (alpha 0) under sampling, and a "prefer yes"
-prompt (the leading phrasing "..., right?").
+plain sampling, the plausibility mask alone (alpha 0) under sampling, a "prefer yes"
+prompt (a confirmation tag "..., right?"), and plain greedy with a constant bias on the
+"yes" logit (a pure yes-ratio shift, both ways).
 
 Speed: decode time per token of each method's loop against a single-branch run of the
 same loop on the same batch, timed in the same process (medians), so the ratio isolates
@@ -42,6 +43,7 @@ class HallucMethod:
     sample: bool = False
     prompt: str = "{question}"
     kind: str = "method"  # "control" or "method"
+    yes_bias: float | None = None  # added to the "yes" token's logit (a pure yes-ratio shift)
 
 
 def default_methods() -> list[HallucMethod]:
@@ -50,6 +52,8 @@ def default_methods() -> list[HallucMethod]:
         HallucMethod("sampling", sample=True, kind="control"),
         HallucMethod("mask only (sampling)", "vcd", {"alpha": 0.0, "beta": 0.1}, sample=True, kind="control"),
         HallucMethod("prefer-yes prompt", prompt=PREFER_YES, kind="control"),
+        HallucMethod("yes-bias +0.25", yes_bias=0.25, kind="control"),
+        HallucMethod("yes-bias -0.1", yes_bias=-0.1, kind="control"),
         HallucMethod("vcd", "vcd", {"alpha": 1.0, "beta": 0.1}),
         HallucMethod("vcd (sampling)", "vcd", {"alpha": 1.0, "beta": 0.1}, sample=True),
         HallucMethod("damro", "damro", {"alpha": 2.0, "k": 10, "beta": 0.1}),
@@ -69,6 +73,9 @@ def _quality_once(pipe: MMPipeline, method: HallucMethod, n_pope: int, n_caption
     gen = {"do_sample": True, "temperature": 1.0, "top_p": 1.0, "top_k": 0} if method.sample else {}
     if method.sample:
         torch.manual_seed(seed)
+    if method.yes_bias is not None:
+        yes = pipe.processor.tokenizer.convert_tokens_to_ids("yes")
+        gen["sequence_bias"] = {(yes,): method.yes_bias}
     out: dict[str, float] = {}
     pope = run_eval(pipe, "pope", None, n_scenes=n_pope, batch_size=batch_size, seed=0,
                     prompt_template=method.prompt, generate_kwargs=gen, progress=False)
@@ -137,7 +144,7 @@ def run_speed(pipe: MMPipeline, methods: list[HallucMethod], *, batch: int = 8, 
     images = [render(q.scene) for q in questions]
     prompts = [q.text for q in questions]
     pad = pipe.processor.tokenizer.pad_token_id
-    timed = [m for m in methods if not m.sample and m.prompt == "{question}"]
+    timed = [m for m in methods if not m.sample and m.prompt == "{question}" and m.yes_bias is None]
     prepared = {m.label: _branches(pipe, m, images, prompts) for m in timed}
     samples: dict[str, dict[str, list[float]]] = {m.label: {"decode": [], "prefill": []} for m in timed}
     for _ in tqdm(range(runs + 1), desc="bench halluc: speed", unit="round"):
