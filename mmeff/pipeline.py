@@ -140,6 +140,12 @@ class MMPipeline:
         for plugin in self._plugins.values():
             plugin.reset()
 
+    def to_model(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """Processor outputs on the model's device, floating-point ones in its dtype."""
+        device = _module_device(self.obj)
+        dtype = next(self.obj.parameters()).dtype
+        return {k: _to(v, device, dtype) for k, v in inputs.items()}
+
     def _active(self) -> list[Plugin]:
         return [] if self._suspended else list(self._plugins.values())
 
@@ -179,10 +185,7 @@ class MMPipeline:
             image_list = [images]
         if max_new_tokens < 1:
             raise InputError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        inputs = self.adapter.build_inputs(image_list, prompt_list)
-        device = _module_device(self.obj)
-        dtype = next(self.obj.parameters()).dtype
-        inputs = {k: _to(v, device, dtype) for k, v in inputs.items()}
+        inputs = self.to_model(self.adapter.build_inputs(image_list, prompt_list))
         self.adapter.check_token_counts(inputs["input_ids"], inputs)
 
         self.reset_state()

@@ -119,9 +119,7 @@ def _branches(pipe: MMPipeline, method: HallucMethod, images: list, prompts: lis
               ) -> tuple[Any, Branch, Branch | None, float]:
     """The method's combine rule and branches for one batch, and what building them cost
     (VCD's noise, DAMRO's vision pass, VDGD's description)."""
-    device, dtype = pipe.model.device, pipe.model.dtype
-    inputs = {k: v.to(device, dtype) if v.is_floating_point() else v.to(device)
-              for k, v in pipe.adapter.build_inputs(images, prompts).items()}
+    inputs = pipe.to_model(pipe.adapter.build_inputs(images, prompts))
     if not method.plugin:
         return (lambda lp, ln, step: lp), Branch.from_inputs(inputs), None, 0.0
     plugin = pipe.add_plugin(method.plugin, **method.options)

@@ -33,9 +33,7 @@ class VDGDPlugin(ContrastivePlugin):
     def describe(self, pipe: Any, images: list[Any]) -> tuple[list[str], torch.Tensor]:
         """Greedy descriptions and (B, V) token scores from their per-step logits."""
         c = self.config
-        inputs = self.adapter.build_inputs(images, [c.describe_prompt] * len(images))
-        device = next(pipe.model.parameters()).device
-        inputs = {k: v.to(device) for k, v in inputs.items()}
+        inputs = pipe.to_model(self.adapter.build_inputs(images, [c.describe_prompt] * len(images)))
         tok = pipe.processor.tokenizer
         out = pipe.model.generate(**inputs, max_new_tokens=c.description_tokens, do_sample=False,
                                   pad_token_id=tok.pad_token_id, output_logits=True, return_dict_in_generate=True)
@@ -53,9 +51,7 @@ class VDGDPlugin(ContrastivePlugin):
         if not self.config.prefix:
             return inputs
         history = [[(self.config.describe_prompt, t)] for t in texts]
-        built = self.adapter.build_inputs(images, prompts, history=history)
-        device, dtype = inputs["input_ids"].device, inputs["pixel_values"].dtype
-        return {k: v.to(device, dtype) if v.is_floating_point() else v.to(device) for k, v in built.items()}
+        return pipe.to_model(self.adapter.build_inputs(images, prompts, history=history))
 
     def negative(self, pipe: Any, inputs: dict[str, Any], images: list[Any], prompts: list[str]) -> Branch | None:
         return None
