@@ -137,11 +137,25 @@ def cmd_testbed(args: argparse.Namespace) -> None:
 
         check_oracle(args.n_scenes, args.image_size, Path(args.out or "eval_results/oracle"))
         return
-    if args.model != "vlm":
-        raise SystemExit("usage: mmeff testbed train vlm [--out DIR] [--run-dir DIR]")
-    from .testbed.train import train_vlm
+    if args.model is None:
+        raise SystemExit("usage: mmeff testbed train vlm|sd|clip [--out DIR] [--run-dir DIR]")
+    out = Path(args.out or f"assets/models/shapes-{TESTBED_MODELS[args.model]}")
+    run_dir = Path(args.run_dir or f"runs/shapes-{TESTBED_MODELS[args.model]}")
+    if args.model == "vlm":
+        from .testbed.train import train_vlm
 
-    train_vlm(Path(args.out or "assets/models/shapes-llava"), Path(args.run_dir))
+        train_vlm(out, run_dir)
+    elif args.model == "sd":
+        from .testbed.train_sd import train_sd
+
+        train_sd(out, run_dir)
+    else:
+        from .testbed.train_clip import train_clip
+
+        train_clip(out, run_dir)
+
+
+TESTBED_MODELS = {"vlm": "llava", "sd": "sd", "clip": "clip"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -172,10 +186,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("testbed", help="train the bundled shapes-testbed models; measure the OpenCV oracle")
     p.add_argument("what", choices=["train", "oracle"])
-    p.add_argument("model", nargs="?", choices=["vlm"], help="what to train (train only)")
-    p.add_argument("--out", help="train: where save_pretrained writes (default assets/models/shapes-llava); "
+    p.add_argument("model", nargs="?", choices=list(TESTBED_MODELS),
+                   help="what to train (train only): vlm = shapes-llava, sd = shapes-sd, clip = shapes-clip")
+    p.add_argument("--out", help="train: where save_pretrained writes (default assets/models/shapes-<model>); "
                                  "oracle: report folder (default eval_results/oracle)")
-    p.add_argument("--run-dir", default="runs/shapes-llava", help="checkpoints (resume from here) and logs")
+    p.add_argument("--run-dir", help="checkpoints (resume from here) and logs (default runs/shapes-<model>)")
     p.add_argument("--n-scenes", type=int, default=500, help="oracle: held-out scenes to score")
     p.add_argument("--image-size", type=int, default=96, help="oracle: render size in pixels")
     p.set_defaults(func=cmd_testbed)

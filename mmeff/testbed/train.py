@@ -213,19 +213,21 @@ def vision_patch_accuracy(tower: nn.Module, head: nn.Module, processor, spec: Sh
     }
 
 
-def plot_losses(losses: dict[str, list[float]], path: Path) -> None:
+def plot_losses(losses: dict[str, list[float]], path: Path, titles: dict[str, str] | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(8, 3))
+    titles = titles or {"vision": "stage A (vision)", "chat": "stage B (chat)"}
+    fig, axes = plt.subplots(1, len(losses), figsize=(4 * len(losses), 3), squeeze=False)
+    axes = axes[0]
     for ax, (stage, values) in zip(axes, losses.items()):
         if values:
             k = max(1, len(values) // 100)
             smooth = [sum(values[i : i + k]) / len(values[i : i + k]) for i in range(0, len(values), k)]
             ax.plot(range(0, len(values), k), smooth)
-        ax.set_title(f"stage {'A (vision)' if stage == 'vision' else 'B (chat)'}")
+        ax.set_title(titles.get(stage, stage))
         ax.set_xlabel("step")
         ax.set_yscale("log")
     axes[0].set_ylabel("loss")

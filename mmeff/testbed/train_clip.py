@@ -1,0 +1,214 @@
+"""Recipe for ``assets/models/shapes-clip``: an open_clip model trained contrastively on prompt scenes.
+
+The folder is an open_clip ``local-dir`` model (``open_clip_config.json`` + safetensors +
+an HF tokenizer), so ``open_clip.create_model_and_transforms("local-dir:assets/models/shapes-clip")``
+and ``open_clip.get_tokenizer(...)`` load it. It is the testbed's reward model for ReNO.
+
+Why hard negatives: with in-batch negatives alone, a caption is almost always told apart
+by a wrong shape or colour somewhere in the batch, never by a wrong count, a swapped
+colour binding or a flipped relation, which is exactly what prompt following needs. So
+every image also brings a corrupted copy of its caption (one such edit) into the text
+batch, and captions equal to the image's own count as positives (multi-positive InfoNCE).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from .render import render
+from .sd_model import images_to_tensor
+from .t2i_prompts import RELATIONS, T2I_IMAGE_SIZE, T2I_WORDS, Group, T2IPrompt, sample_prompt, scene_for_prompt
+from .train import lr_factor, plot_losses
+from .world import COLORS, SHAPES
+
+TRAIN_SEED = 30_000_000
+CONTEXT_LENGTH = 16
+#: pixel statistics of rendered prompt scenes are close to OpenAI CLIP's; keeping its constants
+#: means a reward adapter treats this model like any other open_clip model
+MEAN = (0.48145466, 0.4578275, 0.40821073)
+STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass(frozen=True)
+class ClipRecipe:
+    seed: int = 0
+    steps: int = 1500
+    batch: int = 96
+    lr: float = 1e-3
+    checkpoint_every: int = 250
+
+
+def model_cfg(vocab_size: int, eos_id: int, pad_id: int) -> dict:
+    return {
+        "embed_dim": 64,
+        "vision_cfg": {"image_size": T2I_IMAGE_SIZE, "patch_size": 4, "width": 128, "layers": 4, "head_width": 32,
+                       "mlp_ratio": 2.0},
+        "text_cfg": {"context_length": CONTEXT_LENGTH, "vocab_size": vocab_size, "width": 64, "heads": 4, "layers": 3,
+                     "mlp_ratio": 2.0, "hf_tokenizer_name": "shapes-clip", "pool_type": "eos", "eos_id": eos_id,
+                     "pad_id": pad_id},
+    }
+
+
+def corrupt(prompt: T2IPrompt, rng: random.Random) -> T2IPrompt:
+    """One edit that makes the caption false for the image: colour, shape, count, binding or relation."""
+    groups = list(prompt.groups)
+    edits = ["shape"]
+    if any(g.color for g in groups):
+        edits.append("color")
+    if prompt.category == "counting":
+        edits += ["count", "count"]
+    if prompt.category == "color_attr":
+        edits += ["swap", "swap"]
+    if prompt.relation:
+        edits += ["relation", "relation"]
+    edit = rng.choice(edits)
+    i = rng.randrange(len(groups))
+    g = groups[i]
+    if edit == "shape":
+        taken = {x.shape for x in groups}
+        groups[i] = dataclasses.replace(g, shape=rng.choice([s for s in SHAPES if s not in taken]))
+    elif edit == "color":
+        i = next(k for k, x in enumerate(groups) if x.color)
+        taken = {x.color for x in groups}
+        groups[i] = dataclasses.replace(groups[i], color=rng.choice([c for c in COLORS if c not in taken]))
+    elif edit == "count":
+        groups[0] = dataclasses.replace(groups[0], count=rng.choice([n for n in (1, 2, 3) if n != g.count]))
+    elif edit == "swap":
+        a, b = groups
+        groups = [Group(a.shape, b.color), Group(b.shape, a.color)]
+    else:
+        opposite = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+        return T2IPrompt(prompt.category, prompt.groups, opposite[prompt.relation] if rng.random() < 0.7
+                         else rng.choice([r for r in RELATIONS if r != prompt.relation]))
+    return T2IPrompt(prompt.category, tuple(groups), prompt.relation)
+
+
+def clip_batch(step: int, batch: int, seed: int) -> tuple[list[str], list[str], torch.Tensor]:
+    rng = random.Random(TRAIN_SEED + seed * 1_000_003 + step)
+    prompts = [sample_prompt(rng) for _ in range(batch)]
+    scenes = [scene_for_prompt(p, rng.randrange(1 << 30)) for p in prompts]
+    negatives = [corrupt(p, rng).text for p in prompts]
+    return [p.text for p in prompts], negatives, images_to_tensor([render(s) for s in scenes])
+
+
+def build(seed: int = 0):
+    import open_clip
+
+    from ..testing.diffusion import clip_tokenizer
+
+    tokenizer = clip_tokenizer(T2I_WORDS, model_max_length=CONTEXT_LENGTH)
+    torch.manual_seed(seed)
+    cfg = model_cfg(len(tokenizer), tokenizer.eos_token_id, tokenizer.pad_token_id)
+    model = open_clip.CLIP(**cfg)
+    return model, tokenizer, cfg
+
+
+class ClipTrainer:
+    def __init__(self, run_dir: Path, recipe: ClipRecipe) -> None:
+        self.run_dir, self.recipe = run_dir, recipe
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.ckpt = run_dir / "checkpoint.pt"
+        self.model, self.tokenizer, self.cfg = build(recipe.seed)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=recipe.lr, weight_decay=0.05)
+        self.step, self.seconds, self.losses = 0, 0.0, {"clip": []}
+        if self.ckpt.exists():
+            state = torch.load(self.ckpt, weights_only=False)
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.step, self.seconds, self.losses = state["step"], state["seconds"], state["losses"]
+            print(f"resumed at step {self.step}")
+
+    def tokens(self, texts: list[str]) -> torch.Tensor:
+        return self.tokenizer(texts, padding="max_length", max_length=CONTEXT_LENGTH, truncation=True,
+                              return_tensors="pt").input_ids
+
+    def normalise(self, images: torch.Tensor) -> torch.Tensor:
+        x = (images + 1) / 2
+        return (x - torch.tensor(MEAN)[:, None, None]) / torch.tensor(STD)[:, None, None]
+
+    def loss(self, texts: list[str], negatives: list[str], images: torch.Tensor) -> torch.Tensor:
+        img = F.normalize(self.model.encode_image(self.normalise(images)), dim=-1)
+        txt = F.normalize(self.model.encode_text(self.tokens(texts + negatives)), dim=-1)
+        logits = self.model.logit_scale.exp() * img @ txt.T  # (B, 2B)
+        all_texts = texts + negatives
+        positive = torch.tensor([[t == u for u in all_texts] for t in texts], dtype=torch.float32)
+        i2t = -(F.log_softmax(logits, 1) * positive / positive.sum(1, keepdim=True)).sum(1).mean()
+        t_logits = logits[:, : len(texts)].T  # text -> image, positives only
+        pos_t = positive[:, : len(texts)].T
+        t2i = -(F.log_softmax(t_logits, 1) * pos_t / pos_t.sum(1, keepdim=True)).sum(1).mean()
+        return (i2t + t2i) / 2
+
+    def train(self) -> None:
+        r = self.recipe
+        self.model.train()
+        bar = tqdm(range(self.step, r.steps), desc="shapes-clip", initial=self.step, total=r.steps)
+        start = time.time()
+        for step in bar:
+            loss = self.loss(*clip_batch(step, r.batch, r.seed))
+            for group in self.optimizer.param_groups:
+                group["lr"] = r.lr * lr_factor(step, r.steps, warmup=0.1)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+            self.optimizer.step()
+            with torch.no_grad():
+                self.model.logit_scale.clamp_(0, 4.6052)  # 100, as CLIP caps it
+            self.losses["clip"].append(loss.item())
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+            self.step = step + 1
+            if self.step % r.checkpoint_every == 0 or self.step == r.steps:
+                self.seconds += time.time() - start
+                start = time.time()
+                torch.save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                            "step": self.step, "seconds": self.seconds, "losses": self.losses}, self.ckpt)
+
+    @torch.no_grad()
+    def pick_accuracy(self, n: int = 256) -> dict[str, float]:
+        """Held-out: how often the true caption outscores its corrupted copy, per category."""
+        self.model.eval()
+        texts, negatives, images = clip_batch(10**7, n, self.recipe.seed + 99)
+        img = F.normalize(self.model.encode_image(self.normalise(images)), dim=-1)
+        pos = (img * F.normalize(self.model.encode_text(self.tokens(texts)), dim=-1)).sum(-1)
+        neg = (img * F.normalize(self.model.encode_text(self.tokens(negatives)), dim=-1)).sum(-1)
+        rng = random.Random(TRAIN_SEED + (self.recipe.seed + 99) * 1_000_003 + 10**7)
+        cats = [sample_prompt(rng).category for _ in range(n)]
+        out: dict[str, list[bool]] = {}
+        for c, win in zip(cats, (pos > neg).tolist()):
+            out.setdefault(c, []).append(win)
+        scores = {c: sum(v) / len(v) for c, v in sorted(out.items())}
+        scores["overall"] = float((pos > neg).float().mean())
+        return scores
+
+    def export(self, out_dir: Path) -> None:
+        from safetensors.torch import save_file
+
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in self.model.state_dict().items()},
+                  out_dir / "open_clip_model.safetensors")
+        self.tokenizer.save_pretrained(out_dir)
+        config = {"model_cfg": self.cfg, "preprocess_cfg": {"mean": list(MEAN), "std": list(STD),
+                                                            "interpolation": "bicubic", "resize_mode": "shortest"}}
+        (out_dir / "open_clip_config.json").write_text(json.dumps(config, indent=2))
+        plot_losses(self.losses, out_dir / "training_loss.png", titles={"clip": "contrastive loss"})
+        info = {"recipe": asdict(self.recipe), "training_minutes": round(self.seconds / 60, 1),
+                "final_loss": sum(self.losses["clip"][-50:]) / max(1, len(self.losses["clip"][-50:])),
+                "caption_vs_corrupted_accuracy": self.pick_accuracy()}
+        (out_dir / "training.json").write_text(json.dumps(info, indent=2))
+        print(json.dumps(info["caption_vs_corrupted_accuracy"]))
+
+
+def train_clip(out_dir: Path, run_dir: Path, recipe: ClipRecipe | None = None) -> Path:
+    trainer = ClipTrainer(run_dir, recipe or ClipRecipe())
+    trainer.train()
+    trainer.export(out_dir)
+    print(f"trained in {trainer.seconds / 60:.1f} min; saved to {out_dir}")
+    return out_dir
