@@ -68,7 +68,8 @@ class MMPipeline:
                 raise ConfigError(
                     f"{cls.name!r} and {other_name!r} both take over the {'/'.join(shared)} stage; use one of "
                     f"them (stages: vision = token reduction in the vision tower, prefill = in the decoder, "
-                    f"decode = KV-cache policy, decode_loop = the token-choosing loop of contrastive decoding; "
+                    f"decode = KV-cache policy, decode_loop = the token-choosing loop of contrastive decoding, "
+                    f"initial_noise = where a text-to-image call's starting noise comes from; "
                     f"plugins on different stages compose)"
                 )
         ctx = self._context(cls.name)
@@ -216,11 +217,15 @@ class MMPipeline:
         """Diffusers pipelines: run the wrapped pipeline with every plugin's call-time changes."""
         if self.adapter.family != "t2i":
             raise UnsupportedModelError("calling the pipeline is for text-to-image models; use generate() for VLMs")
+        if args:  # every diffusers text-to-image pipeline takes the prompt first
+            if len(args) > 1 or "prompt" in kwargs:
+                raise InputError("pass the prompt as the only positional argument or as prompt=; the rest by keyword")
+            kwargs = {"prompt": args[0], **kwargs}
         self.reset_state()
+        start = time.perf_counter()
         for plugin in self._active():
             kwargs = plugin.pre_call(self, kwargs)
-        start = time.perf_counter()
-        out = self.obj(*args, **kwargs)
+        out = self.obj(**kwargs)
         images = getattr(out, "images", None)
         self._collect_stats({
             "wall_time_s": time.perf_counter() - start,

@@ -64,7 +64,7 @@ class Plugin:
     #: fnmatch patterns over adapter keys, e.g. ``("llava", "llava_next")``
     supports: ClassVar[tuple[str, ...]]
     #: the stages this plugin takes over ("vision", "prefill", "decode" for token reduction,
-    #: "decode_loop" for contrastive decoding);
+    #: "decode_loop" for contrastive decoding, "initial_noise" for noise-optimising T2I plugins);
     #: two plugins that own the same stage are refused at ``add_plugin``
     owns: ClassVar[tuple[str, ...]] = ()
     description: ClassVar[str] = ""

@@ -5,9 +5,19 @@ from typing import Any
 from .factories import tiny_llava, tiny_llava_next
 from .tokenizer import word_tokenizer
 
-_DIFFUSION = ("clip_tokenizer", "tiny_sd", "tiny_sdxl")
+_DIFFUSION = ("clip_tokenizer", "t5_tokenizer", "tiny_flux", "tiny_pixart", "tiny_sd", "tiny_sdxl")
 
-__all__ = ["clip_tokenizer", "tiny_llava", "tiny_llava_next", "tiny_sd", "tiny_sdxl", "word_tokenizer"]
+__all__ = [
+    "clip_tokenizer",
+    "t5_tokenizer",
+    "tiny_flux",
+    "tiny_llava",
+    "tiny_llava_next",
+    "tiny_pixart",
+    "tiny_sd",
+    "tiny_sdxl",
+    "word_tokenizer",
+]
 
 
 def __getattr__(name: str) -> Any:

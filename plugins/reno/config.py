@@ -1,0 +1,74 @@
+"""ReNO's options; the defaults are the released code's (``arguments.py``, ``training/optim.py``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from mmeff.errors import ConfigError
+from mmeff.plugin import PluginConfig
+
+#: the paper's reward mix, the same for every model in the released code
+PAPER_REWARDS = {"hpsv2": 5.0, "imagereward": 1.0, "clip": 0.01, "pickscore": 0.05}
+SEARCHES = ("gradient", "random")
+
+
+@dataclass
+class RenoConfig(PluginConfig):
+    """``rewards`` maps reward names to weights (None: the paper's four). ``reward_paths`` says where to
+    load a reward from (hub id or folder); ``reward_models`` passes already-built
+    :class:`mmeff.rewards.Reward` modules by name instead (custom or tiny rewards).
+
+    ``iterations`` counts reward evaluations; iteration 0 is the unoptimised noise, so 50
+    iterations make 49 updates, as released. ``search="random"`` is the best-of-N control at
+    equal compute: ``iterations`` noises, the one with the best reward kept.
+    """
+
+    rewards: dict[str, float] | None = None
+    reward_paths: dict[str, str] = field(default_factory=dict)
+    reward_models: dict[str, Any] = field(default_factory=dict)
+    iterations: int = 50
+    lr: float = 5.0
+    momentum: float = 0.9
+    nesterov: bool = True
+    grad_clip: float = 0.1
+    reg_weight: float = 0.01
+    reward_target: float | None = None
+    search: str = "gradient"
+    seed: int | None = None
+    gradient_checkpointing: bool = False
+    decode_chunk: int | None = None
+    progress: bool = False
+
+    def validate(self) -> None:
+        weights = self.weights
+        if not weights:
+            raise ConfigError("rewards must name at least one reward, e.g. {'clip': 1.0}")
+        for name, w in weights.items():
+            if not isinstance(w, (int, float)) or isinstance(w, bool) or w < 0:
+                raise ConfigError(f"reward weight for {name!r} must be a number >= 0, got {w!r}")
+        if not any(w > 0 for w in weights.values()):
+            raise ConfigError(f"at least one reward weight must be > 0, got {weights}")
+        unknown = sorted((set(self.reward_paths) | set(self.reward_models)) - set(weights))
+        if unknown:
+            raise ConfigError(f"reward_paths/reward_models name rewards not in rewards: {unknown}; rewards: "
+                              f"{sorted(weights)}")
+        if isinstance(self.iterations, bool) or not isinstance(self.iterations, int) or self.iterations < 0:
+            raise ConfigError(f"iterations must be an int >= 0, got {self.iterations!r}")
+        for name in ("lr", "grad_clip"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"momentum must be in [0, 1), got {self.momentum!r}")
+        if self.nesterov and self.momentum == 0:
+            raise ConfigError("nesterov=True needs momentum > 0 (torch's SGD rule)")
+        if self.reg_weight < 0:
+            raise ConfigError(f"reg_weight must be >= 0, got {self.reg_weight!r}")
+        if self.search not in SEARCHES:
+            raise ConfigError(f"search must be one of {SEARCHES}, got {self.search!r}")
+        if self.decode_chunk is not None and (not isinstance(self.decode_chunk, int) or self.decode_chunk < 1):
+            raise ConfigError(f"decode_chunk must be a positive int or None, got {self.decode_chunk!r}")
+
+    @property
+    def weights(self) -> dict[str, float]:
+        return dict(PAPER_REWARDS if self.rewards is None else self.rewards)
