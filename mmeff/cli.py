@@ -42,6 +42,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
+    if args.suite == "reno":
+        _bench_reno(args)
     if args.suite == "halluc":
         _bench_halluc(args)
     if args.suite == "tokens":
@@ -105,6 +107,52 @@ def _bench_halluc(args: argparse.Namespace) -> None:
             "n_pope": n_pope, "n_caption": n_caption, "seeds": args.seeds, "device": device}
     write_report(out, quality, speed, meta, speed_7b)
     Console().print(f"wrote {out}/halluc.md (+ halluc.json and plots)")
+
+
+def _bench_reno(args: argparse.Namespace) -> None:
+    import sys
+
+    import torch
+
+    import mmeff
+
+    from .bench.reno import run_bench
+    from .bench.reno_report import write_report
+    from .plugins.reno import RewardSet
+    from .rewards import load_reward
+    from .testbed.assets import SHAPES_SD, SHAPES_SD_CALL
+    from .testbed.t2i_prompts import eval_prompts
+
+    model = args.model or str(SHAPES_SD)
+    pipe = mmeff.load(model)
+    weights = _parse_rewards(args.reward or ["shapes_clip"])
+    paths = dict(p.split("=", 1) for p in args.reward_path)
+    rewards = RewardSet({n: load_reward(n, paths.get(n)) for n in weights}, weights)
+    prompts = eval_prompts(args.per_category)
+    steps = args.steps or SHAPES_SD_CALL["num_inference_steps"]
+    guidance = args.guidance if args.guidance is not None else SHAPES_SD_CALL["guidance_scale"]
+    options = {"lr": args.lr} if args.lr else {}
+    results = run_bench(pipe, rewards, prompts, args.seeds, iterations=args.iterations,
+                        budgets=tuple(sorted({1, *(b for b in (10, 25) if b < args.iterations), args.iterations})),
+                        num_inference_steps=steps, guidance_scale=guidance, batch_size=args.batch_size,
+                        reno_options=options)
+    device = pipe.adapter.device
+    meta = {"command": "mmeff " + " ".join(sys.argv[1:]), "model": model, "rewards": weights,
+            "prompts": len(prompts), "seeds": args.seeds, "steps": steps, "guidance": guidance,
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda"
+            else f"CPU, {torch.get_num_threads()} threads"}
+    out = Path(args.out) / "reno"
+    write_report(out, results, meta)
+    Console().print(f"wrote {out}/reno.md (+ reno.json and plots)")
+
+
+def _parse_rewards(specs: list[str]) -> dict[str, float]:
+    """``["shapes_clip", "clip:0.5"]`` -> ``{"shapes_clip": 1.0, "clip": 0.5}``."""
+    out = {}
+    for spec in specs:
+        name, _, weight = spec.partition(":")
+        out[name] = float(weight) if weight else 1.0
+    return out
 
 
 def _earlier_tokens_results(out: Path, quality, speed):
@@ -196,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_testbed)
 
     p = sub.add_parser("bench", help="benchmarks that write JSON, a markdown report and plots")
-    p.add_argument("suite", choices=["tokens", "halluc"])
+    p.add_argument("suite", choices=["tokens", "halluc", "reno"])
     p.add_argument("--speed", action="store_true", help="only prefill/decode time, KV cache and FLOPs "
                                                          "on a 7B-layout random model")
     p.add_argument("--quality", action="store_true", help="only testbed accuracy per method and budget")
@@ -204,13 +252,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-scenes", type=int, default=None,
                    help="quality: scenes per suite (tokens: default 40; halluc: POPE scenes, default 50)")
     p.add_argument("--caption-scenes", type=int, default=40, help="halluc: caption scenes for CHAIR")
-    p.add_argument("--seeds", type=int, default=3, help="halluc: seeds for the sampled rows")
+    p.add_argument("--seeds", type=int, default=3, help="halluc: seeds for the sampled rows; reno: seeds per prompt")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--decode-tokens", type=int, default=16, help="tokens decoded per timed run")
     p.add_argument("--layers", type=int, default=32)
     p.add_argument("--hidden", type=int, default=512)
     p.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"])
+    p.add_argument("--reward", action="append", help="reno: name[:weight], repeatable (default shapes_clip)")
+    p.add_argument("--reward-path", action="append", default=[], help="reno: name=path to load a reward from")
+    p.add_argument("--per-category", type=int, default=8, help="reno: prompts per GenEval-style category")
+    p.add_argument("--iterations", type=int, default=50, help="reno: generator + reward evaluations per image")
+    p.add_argument("--steps", type=int, default=None, help="reno: denoising steps (default: the testbed's)")
+    p.add_argument("--guidance", type=float, default=None, help="reno: guidance scale (default: the testbed's)")
+    p.add_argument("--lr", type=float, default=None, help="reno: learning rate (default ReNO's 5.0)")
+    p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--out", default="bench_results")
     p.set_defaults(func=cmd_bench)
     return parser

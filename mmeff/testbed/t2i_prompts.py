@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
 
@@ -172,3 +173,26 @@ def relation_holds(a: Detection | ObjectSpec, b: Detection | ObjectSpec, relatio
 def score_image(prompt: T2IPrompt, image: np.ndarray) -> bool:
     """Does an HxWx3 uint8 image follow ``prompt``, according to the OpenCV oracle?"""
     return satisfied(prompt, detect(image))
+
+
+@cache
+def _all_prompts() -> dict[str, T2IPrompt]:
+    """Every prompt the grammar can say (about 1,100), by text."""
+    out: list[T2IPrompt] = []
+    colors = list(COLORS)
+    out += [T2IPrompt("single_object", (Group(s),)) for s in SHAPES]
+    out += [T2IPrompt("colors", (Group(s, c),)) for s in SHAPES for c in colors]
+    out += [T2IPrompt("counting", (Group(s, None, n),)) for s in SHAPES for n in (2, 3)]
+    for a in SHAPES:
+        for b in SHAPES:
+            if a == b:
+                continue
+            out.append(T2IPrompt("two_object", (Group(a), Group(b))))
+            out += [T2IPrompt("position", (Group(a), Group(b)), r) for r in RELATIONS]
+            out += [T2IPrompt("color_attr", (Group(a, ca), Group(b, cb))) for ca in colors for cb in colors if ca != cb]
+    return {p.text: p for p in out}
+
+
+def parse_prompt(text: str) -> T2IPrompt | None:
+    """The structured prompt behind ``text``, or None when the grammar cannot say it."""
+    return _all_prompts().get(" ".join(text.lower().split()))

@@ -92,7 +92,8 @@ class SDTrainer:
 
     def _load(self) -> None:
         state = torch.load(self.ckpt, weights_only=False)
-        self.stage, self.step, self.seconds, self.losses = state["stage"], state["step"], state["seconds"], state["losses"]
+        self.stage, self.step = state["stage"], state["step"]
+        self.seconds, self.losses = state["seconds"], state["losses"]
         self.vae.load_state_dict(state["vae"])
         self.unet.load_state_dict(state["unet"])
         self.text_encoder.load_state_dict(state["text_encoder"])

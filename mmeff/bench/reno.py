@@ -1,0 +1,131 @@
+"""``mmeff bench reno``: ReNO against the plain pipeline and best-of-N at equal compute,
+on the shapes prompt set, scored by the OpenCV oracle (never by the reward being optimised).
+
+One 50-iteration run per image gives ReNO at every smaller budget too: the trajectory of the
+first k iterations does not depend on the total, and keep-best over them is exactly what a
+k-iteration run returns. Best-of-N likewise keeps the best of its first k draws. Equal
+compute means the same number of generator and reward evaluations (ReNO also pays a
+backward pass per update; wall time is reported beside it).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..adapters.t2i_base import T2IAdapter
+from ..testbed.t2i_eval import summarise, to_uint8
+from ..testbed.t2i_prompts import T2IPrompt, score_image
+
+SEARCHES = {"reno": "gradient", "best_of_n": "random"}
+
+
+@dataclass
+class Trace:
+    """Per image: the best-so-far reward and oracle verdict after every iteration."""
+
+    best_reward: list[list[float]] = field(default_factory=list)  # [iteration][image]
+    current_reward: list[list[float]] = field(default_factory=list)
+    hit: list[list[bool]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def run_search(adapter: T2IAdapter, rewards: Any, prompts: list[T2IPrompt], seeds: list[int], search: str,
+               iterations: int, call: dict[str, Any], reno_options: dict[str, Any], batch_size: int) -> Trace:
+    """Run one search over every (prompt, seed) pair; the oracle scores each new best image."""
+    from mmeff.plugins.reno import RenoConfig, search_noise
+
+    config = RenoConfig(rewards=dict(rewards.weights), iterations=iterations, search=search, **reno_options)
+    trace = Trace()
+    chunks = list(range(0, len(prompts), batch_size))
+    for start in tqdm(chunks, desc=f"bench reno: {search}", leave=False):
+        batch, batch_seeds = prompts[start : start + batch_size], seeds[start : start + batch_size]
+        req = adapter.parse_call((), {**call, "prompt": [p.text for p in batch],
+                                      "generator": [torch.Generator().manual_seed(s) for s in batch_seeds]})
+        best = np.full(len(batch), -np.inf)
+        hits = np.zeros(len(batch), bool)
+
+        started = time.perf_counter()
+        captured: list[torch.Tensor] = []
+        result = search_noise(adapter, req, rewards, config, on_iteration=_collector(captured))
+        trace.seconds += time.perf_counter() - started
+        totals = [h["total"] for h in result.history]
+        batch_best, batch_current, batch_hit = [], [], []
+        for images, total in zip(captured, totals):
+            total = np.array(total)
+            better = total > best
+            if better.any():
+                arrays = to_uint8(images[torch.from_numpy(better)])
+                for row, img in zip(np.flatnonzero(better), arrays):
+                    hits[row] = score_image(batch[row], img)
+                best[better] = total[better]
+            batch_best.append(best.tolist())
+            batch_current.append(total.tolist())
+            batch_hit.append(hits.tolist())
+        _extend(trace, batch_best, batch_current, batch_hit, start == 0)
+    return trace
+
+
+def _collector(store: list[torch.Tensor]):
+    def collect(it: int, noise: torch.Tensor, images: torch.Tensor) -> None:
+        store.append(images.cpu())
+
+    return collect
+
+
+def _extend(trace: Trace, best: list, current: list, hit: list, first: bool) -> None:
+    """Append one batch's columns to the per-iteration rows."""
+    if first:
+        trace.best_reward, trace.current_reward, trace.hit = best, current, hit
+        return
+    for rows, new in ((trace.best_reward, best), (trace.current_reward, current), (trace.hit, hit)):
+        for r, n in zip(rows, new):
+            r.extend(n)
+
+
+def summarise_trace(trace: Trace, prompts: list[T2IPrompt], budgets: list[int]) -> list[dict[str, Any]]:
+    """Oracle scores per category and the mean best reward at each iteration budget."""
+    out = []
+    for k in budgets:
+        k = min(k, len(trace.hit))
+        out.append({"iterations": k, "oracle": summarise(prompts, trace.hit[k - 1]),
+                    "reward": float(np.mean(trace.best_reward[k - 1])), "n": len(prompts)})
+    return out
+
+
+def run_bench(pipe: Any, rewards: Any, prompts: list[T2IPrompt], seeds: int, *, iterations: int = 50,
+              budgets: tuple[int, ...] = (1, 10, 25, 50), num_inference_steps: int = 1, guidance_scale: float = 1.0,
+              batch_size: int = 32, reno_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Plain pipeline (budget 1 = iteration 0), ReNO and best-of-N, on every prompt x seed."""
+    adapter: T2IAdapter = pipe.adapter
+    pairs = [(p, s) for p in prompts for s in range(seeds)]
+    all_prompts, all_seeds = [p for p, _ in pairs], [s for _, s in pairs]
+    call = {"num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale}
+    results: dict[str, Any] = {"methods": {}, "curves": {}}
+    plain_start = time.perf_counter()
+    for start in range(0, len(all_prompts), batch_size):
+        chunk = all_prompts[start : start + batch_size]
+        gens = [torch.Generator().manual_seed(s) for s in all_seeds[start : start + batch_size]]
+        with torch.no_grad():
+            pipe([p.text for p in chunk], generator=gens, output_type="np", **call)
+    plain_seconds = (time.perf_counter() - plain_start) / len(all_prompts)
+    for method, search in SEARCHES.items():
+        trace = run_search(adapter, rewards, all_prompts, all_seeds, search, iterations, call, reno_options or {},
+                           batch_size)
+        rows = summarise_trace(trace, all_prompts, list(budgets))
+        results["methods"][method] = {"budgets": rows, "seconds_per_image": trace.seconds / len(all_prompts)}
+        results["curves"][method] = {
+            "oracle": [summarise(all_prompts, h)["overall"] for h in trace.hit],
+            "best_reward": [float(np.mean(r)) for r in trace.best_reward],
+            "current_reward": [float(np.mean(r)) for r in trace.current_reward],
+        }
+    results["plain_seconds_per_image"] = plain_seconds
+    results["images"] = len(all_prompts)
+    if torch.cuda.is_available() and adapter.device.type == "cuda":
+        results["peak_memory_mb"] = torch.cuda.max_memory_allocated(adapter.device) / 2**20
+    return results

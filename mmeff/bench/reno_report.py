@@ -1,0 +1,120 @@
+"""Tables, targets and plots for ``mmeff bench reno``."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from ..testbed.t2i_prompts import CATEGORIES
+from .report import markdown_table, print_table, write_json
+
+
+def score_rows(results: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
+    """One row per (method, budget): oracle score per category and overall, mean best reward, time."""
+    headers = ["method", "iterations", *CATEGORIES, "overall", "± se", "reward", "s / image"]
+    rows = []
+    plain = results["methods"]["reno"]["budgets"][0]
+    rows.append(["plain pipeline", 0, *_cats(plain), _se(plain), plain["reward"],
+                 results["plain_seconds_per_image"]])
+    for method, label in (("best_of_n", "best-of-N (random noise)"), ("reno", "ReNO")):
+        data = results["methods"][method]
+        for b in data["budgets"][1:]:
+            per_iteration = data["seconds_per_image"] / max(1, data["budgets"][-1]["iterations"])
+            rows.append([label, b["iterations"], *_cats(b), _se(b), b["reward"], per_iteration * b["iterations"]])
+    return headers, rows
+
+
+def _cats(budget: dict[str, Any]) -> list[Any]:
+    o = budget["oracle"]
+    return [o.get(c) for c in CATEGORIES] + [o["overall"]]
+
+
+def _se(budget: dict[str, Any]) -> float:
+    p, n = budget["oracle"]["overall"], budget["n"]
+    return math.sqrt(max(p * (1 - p), 1e-12) / n)
+
+
+def target_checks(results: dict[str, Any]) -> list[list[Any]]:
+    reno, bon = results["methods"]["reno"]["budgets"], results["methods"]["best_of_n"]["budgets"]
+    plain = reno[0]["oracle"]
+    last, last_bon = reno[-1]["oracle"], bon[-1]["oracle"]
+    worse = [c for c in CATEGORIES if c in plain and last[c] <= plain[c]]
+    return [
+        ["ReNO beats best-of-N at equal compute (oracle, overall)", f"> {last_bon['overall']:.3f}",
+         f"{last['overall']:.3f} at {reno[-1]['iterations']} iterations", last["overall"] > last_bon["overall"]],
+        ["ReNO improves every category over the plain pipeline", "all categories",
+         "not: " + ", ".join(worse) if worse else "all improved", not worse],
+    ]
+
+
+def write_report(out_dir: Path, results: dict[str, Any], meta: dict[str, Any]) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / "reno.json", {"benchmark": "reno", **meta, **results})
+    headers, rows = score_rows(results)
+    print_table("mmeff bench reno: oracle prompt-following", headers, rows)
+    checks = target_checks(results)
+    print_table("targets", ["target", "wanted", "measured", "met"], checks)
+    md = [
+        "# mmeff bench reno", "",
+        f"Pipeline: {meta['model']}; reward: {meta['rewards']}; {results['images']} images "
+        f"({meta['prompts']} prompts x {meta['seeds']} seeds); {meta['steps']} denoising step(s), guidance "
+        f"{meta['guidance']}; device: {meta['device']}. Scores are the OpenCV oracle's GenEval-style verdicts "
+        "(never the reward being optimised); overall = mean over categories; ± se = binomial standard error of "
+        "overall. Best-of-N draws as many noises as ReNO makes generator and reward evaluations.", "",
+        "## Oracle prompt-following", "", markdown_table(headers, rows), "",
+        "## Targets", "", markdown_table(["target", "wanted", "measured", "met"], checks), "",
+        "![curves](reno_curves.png)", "", "![categories](reno_categories.png)", "",
+    ]
+    if "peak_memory_mb" in results:
+        md.insert(4, f"Peak GPU memory: {results['peak_memory_mb']:.0f} MB.")
+    (out_dir / "reno.md").write_text("\n".join(md) + "\n")
+    _plot_curves(out_dir / "reno_curves.png", results)
+    _plot_categories(out_dir / "reno_categories.png", results)
+
+
+def _plot_curves(path: Path, results: dict[str, Any]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for method, color, label in (("reno", "tab:blue", "ReNO"), ("best_of_n", "tab:gray", "best-of-N")):
+        curves = results["curves"][method]
+        x = range(1, len(curves["oracle"]) + 1)
+        axes[0].plot(x, curves["oracle"], color=color, label=label)
+        axes[1].plot(x, curves["best_reward"], color=color, label=f"{label}: best so far")
+        axes[1].plot(x, curves["current_reward"], color=color, ls=":", label=f"{label}: current")
+    axes[0].set_title("oracle prompt-following of the kept image")
+    axes[1].set_title("weighted reward (mean over images)")
+    for ax in axes:
+        ax.set_xlabel("generator + reward evaluations")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_categories(path: Path, results: dict[str, Any]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    reno, bon = results["methods"]["reno"]["budgets"], results["methods"]["best_of_n"]["budgets"]
+    series = [("plain", reno[0], "tab:gray"), (f"best-of-{bon[-1]['iterations']}", bon[-1], "tab:orange"),
+              (f"ReNO {reno[-1]['iterations']} it.", reno[-1], "tab:blue")]
+    cats = [c for c in CATEGORIES if c in reno[0]["oracle"]] + ["overall"]
+    x = np.arange(len(cats))
+    fig, ax = plt.subplots(figsize=(10, 4))
+    for i, (label, budget, color) in enumerate(series):
+        ax.bar(x + (i - 1) * 0.27, [budget["oracle"][c] for c in cats], 0.27, label=label, color=color)
+    ax.set_xticks(x, cats, rotation=20)
+    ax.set_ylabel("oracle success rate")
+    ax.set_ylim(0, 1)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
