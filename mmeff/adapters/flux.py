@@ -125,7 +125,8 @@ class FluxAdapter(T2IAdapter):
         req = super().parse_call(args, kwargs)
         extra = req.extra
         true_cfg = extra.get("true_cfg_scale", 1.0)
-        if true_cfg > 1 and (extra.get("negative_prompt") is not None or kwargs.get("negative_prompt_embeds") is not None):
+        negative = extra.get("negative_prompt") is not None or kwargs.get("negative_prompt_embeds") is not None
+        if true_cfg > 1 and negative:
             raise InputError(
                 f"true CFG (true_cfg_scale={true_cfg} with a negative prompt) is not supported on the differentiable "
                 "Flux path; use true_cfg_scale=1 or drop the negative prompt (guidance_scale is the distilled guidance)"

@@ -185,8 +185,9 @@ class T2IAdapter(Adapter):
         """Frozen weights, eval mode, gradients on; optional checkpointing; all undone afterwards."""
         modules = self.path_modules()
         flags = [(p, p.requires_grad) for m in modules for p in m.parameters()]
-        checkpointing = [m for m in modules if gradient_checkpointing and getattr(m, "supports_gradient_checkpointing",
-                                                                                   False)]
+        # the denoiser and VAE (diffusers models) carry the graph; text encoders run once under no_grad
+        checkpointing = [m for m in modules if gradient_checkpointing and hasattr(m, "enable_gradient_checkpointing")
+                         and getattr(m, "_supports_gradient_checkpointing", False)]
         was = [(m, m.is_gradient_checkpointing) for m in checkpointing]
         try:
             for p, _ in flags:

@@ -47,9 +47,11 @@ class Reward(nn.Module):
         return next(self.parameters()).dtype
 
     def pixels(self, images: torch.Tensor) -> torch.Tensor:
-        """Images in [0, 1] -> normalised model input, in the model's dtype and on its device."""
-        x = images.to(device=self.device, dtype=self.dtype)
-        return ops.preprocess(x, self.image_size, self.mean, self.std, self.interpolation, self.resize_mode)
+        """Images in [0, 1] -> normalised model input, in the model's dtype and on its device (resampled in fp32+)."""
+        wide = torch.float64 if images.dtype == torch.float64 else torch.float32
+        x = images.to(device=self.device, dtype=wide)
+        x = ops.preprocess(x, self.image_size, self.mean, self.std, self.interpolation, self.resize_mode)
+        return x.to(self.dtype)
 
     def check(self, images: torch.Tensor, prompts: list[str]) -> None:
         if isinstance(prompts, str) or len(prompts) != images.shape[0]:

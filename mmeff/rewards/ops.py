@@ -30,7 +30,9 @@ def resize(images: torch.Tensor, shape: tuple[int, int], mode: str = "bicubic") 
     """Resize (B, C, H, W) to ``shape`` with ``mode`` (bicubic or bilinear), anti-aliased as torchvision does."""
     if tuple(images.shape[-2:]) == tuple(shape):
         return images
-    return F.interpolate(images, size=shape, mode=mode, align_corners=False, antialias=True)
+    # anti-aliased kernels lack half precision on some devices (bf16 on CPU): resample in fp32
+    wide = images if images.dtype in (torch.float32, torch.float64) else images.float()
+    return F.interpolate(wide, size=shape, mode=mode, align_corners=False, antialias=True).to(images.dtype)
 
 
 def resize_shortest(images: torch.Tensor, size: int, mode: str = "bicubic") -> torch.Tensor:

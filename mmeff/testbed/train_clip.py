@@ -112,6 +112,19 @@ def build(seed: int = 0):
     return model, tokenizer, cfg
 
 
+def save_clip(model: torch.nn.Module, tokenizer, cfg: dict, out_dir: Path) -> Path:
+    """An open_clip ``local-dir`` folder: config with preprocessing, safetensors weights, HF tokenizer."""
+    from safetensors.torch import save_file
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, out_dir / "open_clip_model.safetensors")
+    tokenizer.save_pretrained(out_dir)
+    config = {"model_cfg": cfg, "preprocess_cfg": {"mean": list(MEAN), "std": list(STD), "interpolation": "bicubic",
+                                                   "resize_mode": "shortest"}}
+    (out_dir / "open_clip_config.json").write_text(json.dumps(config, indent=2))
+    return out_dir
+
+
 class ClipTrainer:
     def __init__(self, run_dir: Path, recipe: ClipRecipe) -> None:
         self.run_dir, self.recipe = run_dir, recipe
@@ -189,15 +202,7 @@ class ClipTrainer:
         return scores
 
     def export(self, out_dir: Path) -> None:
-        from safetensors.torch import save_file
-
-        out_dir.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in self.model.state_dict().items()},
-                  out_dir / "open_clip_model.safetensors")
-        self.tokenizer.save_pretrained(out_dir)
-        config = {"model_cfg": self.cfg, "preprocess_cfg": {"mean": list(MEAN), "std": list(STD),
-                                                            "interpolation": "bicubic", "resize_mode": "shortest"}}
-        (out_dir / "open_clip_config.json").write_text(json.dumps(config, indent=2))
+        save_clip(self.model, self.tokenizer, self.cfg, out_dir)
         plot_losses(self.losses, out_dir / "training_loss.png", titles={"clip": "contrastive loss"})
         info = {"recipe": asdict(self.recipe), "training_minutes": round(self.seconds / 60, 1),
                 "final_loss": sum(self.losses["clip"][-50:]) / max(1, len(self.losses["clip"][-50:])),

@@ -60,7 +60,8 @@ def prompt_batch(step: int, batch: int, seed: int) -> tuple[list[str], torch.Ten
 
 
 class SDTrainer:
-    def __init__(self, run_dir: Path, recipe: SDRecipe, spec: ShapesSDSpec) -> None:
+    def __init__(self, run_dir: Path, recipe: SDRecipe, spec: ShapesSDSpec | None = None) -> None:
+        spec = spec or ShapesSDSpec()
         self.run_dir, self.recipe, self.spec = run_dir, recipe, spec
         run_dir.mkdir(parents=True, exist_ok=True)
         self.ckpt = run_dir / "checkpoint.pt"

@@ -291,7 +291,9 @@ def tiny_pixart(
     return pipe
 
 
-def tiny_flux(seed: int = 0, guidance_embeds: bool = False, scheduler: str = "flow", vae_blocks: int = 1) -> FluxPipeline:
+def tiny_flux(
+    seed: int = 0, guidance_embeds: bool = False, scheduler: str = "flow", vae_blocks: int = 1
+) -> FluxPipeline:
     """A FLUX.1-shaped pipeline: CLIP (pooled) + T5 text encoders, packed 2x2 latents, one latent channel.
 
     ``guidance_embeds=True`` and ``scheduler="flow_dynamic"`` make it FLUX.1-dev-like (distilled

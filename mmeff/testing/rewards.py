@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from transformers import BertTokenizer
@@ -24,15 +23,7 @@ def bert_tokenizer(extra_words: tuple[str, ...] = ()) -> BertTokenizer:
 
 def write_tiny_shapes_clip(out_dir: Path, seed: int = 0) -> Path:
     """An untrained shapes-clip in the layout ``ClipTrainer.export`` writes (open_clip ``local-dir`` folder)."""
-    from safetensors.torch import save_file
-
-    from ..testbed.train_clip import MEAN, STD, build
+    from ..testbed.train_clip import build, save_clip
 
     model, tokenizer, cfg = build(seed)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, out_dir / "open_clip_model.safetensors")
-    tokenizer.save_pretrained(out_dir)
-    config = {"model_cfg": cfg, "preprocess_cfg": {"mean": list(MEAN), "std": list(STD), "interpolation": "bicubic",
-                                                   "resize_mode": "shortest"}}
-    (out_dir / "open_clip_config.json").write_text(json.dumps(config, indent=2))
-    return out_dir
+    return save_clip(model, tokenizer, cfg, out_dir)

@@ -13,7 +13,7 @@ import mmeff
 from mmeff.errors import ConfigError, InputError, UnsupportedModelError
 from mmeff.plugins.reno import RenoConfig, RewardSet, search_noise
 from mmeff.plugins.reno.ops import chi_regulariser, clip_rows_
-from mmeff.testing import tiny_llava, tiny_sd, tiny_sdxl
+from mmeff.testing import tiny_flux, tiny_llava, tiny_pixart, tiny_sd, tiny_sdxl
 
 PROMPTS = ["a red cube", "a blue sphere"]
 
@@ -59,12 +59,17 @@ def reno(**options) -> dict:
 def _call(pipe, prompts=PROMPTS, seed=0, **kw):
     kw.setdefault("num_inference_steps", 1)
     kw.setdefault("guidance_scale", 1.0)
+    if pipe.adapter.key == "pixart":
+        kw.setdefault("use_resolution_binning", False)  # the tiny transformer's size has no bin table
     return pipe(prompts, generator=torch.Generator().manual_seed(seed), output_type="np", **kw).images
 
 
-@pytest.fixture(params=["sd", "sdxl"])
+FACTORIES = {"sd": tiny_sd, "sdxl": tiny_sdxl, "pixart": tiny_pixart, "flux": tiny_flux}
+
+
+@pytest.fixture(params=list(FACTORIES))
 def pipe(request):
-    return mmeff.wrap(tiny_sd() if request.param == "sd" else tiny_sdxl())
+    return mmeff.wrap(FACTORIES[request.param]())
 
 
 # -- ops ------------------------------------------------------------------------------------------
@@ -109,16 +114,17 @@ def test_zero_iterations_reproduce_the_plain_pipeline_exactly(pipe):
 
 def test_remove_restores_the_plain_pipeline_and_weights(pipe):
     plain = _call(pipe)
-    before = {k: v.clone() for k, v in pipe.obj.unet.state_dict().items()}
-    flags = {n: p.requires_grad for n, p in pipe.obj.unet.named_parameters()}
+    denoiser = pipe.adapter.denoiser
+    before = {k: v.clone() for k, v in denoiser.state_dict().items()}
+    flags = {n: p.requires_grad for n, p in denoiser.named_parameters()}
     pipe.add_plugin("reno", **reno(iterations=3))
     changed = _call(pipe)
     assert not np.array_equal(changed, plain)
     pipe.remove_plugin("reno")
     assert np.array_equal(_call(pipe), plain)
-    assert all(torch.equal(v, before[k]) for k, v in pipe.obj.unet.state_dict().items())
-    assert flags == {n: p.requires_grad for n, p in pipe.obj.unet.named_parameters()}
-    assert all(p.grad is None for p in pipe.obj.unet.parameters())
+    assert all(torch.equal(v, before[k]) for k, v in denoiser.state_dict().items())
+    assert flags == {n: p.requires_grad for n, p in denoiser.named_parameters()}
+    assert all(p.grad is None for m in pipe.adapter.hook_roots() for p in m.parameters())
 
 
 def test_positional_and_keyword_prompt_agree():
@@ -256,3 +262,12 @@ def test_unsupported_models_and_bad_calls_raise():
     with pytest.raises(InputError, match="multiple of"):
         pipe(PROMPTS, height=30, num_inference_steps=1)
     assert _call(pipe).shape[0] == 2  # a failed call leaves the plugin usable
+
+
+def test_gradient_checkpointing_gives_the_same_optimisation_and_is_undone():
+    pipe = mmeff.wrap(tiny_sd())
+    pipe.add_plugin("reno", **reno(iterations=3, lr=20.0))
+    plain_run = _call(pipe)
+    pipe.add_plugin("reno", **reno(iterations=3, lr=20.0, gradient_checkpointing=True))
+    assert np.allclose(_call(pipe), plain_run, atol=1e-5)
+    assert not pipe.obj.unet.is_gradient_checkpointing and not pipe.obj.vae.is_gradient_checkpointing

@@ -1,0 +1,81 @@
+"""The text-to-image prompt set: grammar, scenes that satisfy it, and GenEval-style oracle scoring."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from mmeff.testbed.oracle import Detection
+from mmeff.testbed.render import render
+from mmeff.testbed.t2i_prompts import (
+    CATEGORIES,
+    Group,
+    T2IPrompt,
+    eval_prompts,
+    parse_prompt,
+    sample_prompt,
+    satisfied,
+    scene_for_prompt,
+    score_image,
+)
+from mmeff.testbed.train_clip import corrupt
+
+
+def _truth(scene) -> list[Detection]:
+    return [Detection(o.shape, o.color, o.cx, o.cy, 1.0) for o in scene.objects]
+
+
+def test_prompt_texts_read_as_english():
+    assert T2IPrompt("colors", (Group("star", "red"),)).text == "a red star"
+    assert T2IPrompt("colors", (Group("star", "orange"),)).text == "an orange star"
+    assert T2IPrompt("counting", (Group("cross", None, 3),)).text == "three crosses"
+    assert T2IPrompt("position", (Group("hexagon"), Group("circle")), "left of").text == "a hexagon left of a circle"
+    assert T2IPrompt("color_attr", (Group("star", "red"), Group("square", "blue"))).text == \
+        "a red star and a blue square"
+
+
+@pytest.mark.parametrize("category", CATEGORIES)
+def test_scenes_satisfy_their_prompt_in_truth_and_for_the_oracle(category):
+    rng = random.Random(1)
+    for i in range(8):
+        prompt = sample_prompt(rng, category)
+        scene = scene_for_prompt(prompt, seed=i)
+        assert satisfied(prompt, _truth(scene)), prompt.text
+        assert score_image(prompt, render(scene)), prompt.text
+
+
+def test_a_corrupted_caption_is_false_for_the_scene():
+    rng = random.Random(2)
+    for i in range(120):
+        prompt = sample_prompt(rng)
+        scene = scene_for_prompt(prompt, seed=i)
+        wrong = corrupt(prompt, rng)
+        assert wrong.text != prompt.text
+        assert not satisfied(wrong, _truth(scene)), (prompt.text, wrong.text)
+
+
+def test_scoring_rules():
+    two = T2IPrompt("counting", (Group("star", None, 2),))
+    stars = [Detection("star", "red", 0.2, 0.5, 1), Detection("star", "blue", 0.7, 0.5, 1)]
+    assert satisfied(two, stars)
+    assert not satisfied(two, stars[:1])
+    assert not satisfied(two, [*stars, Detection("circle", "red", 0.5, 0.2, 1)])  # a stray object spoils a count
+    left = T2IPrompt("position", (Group("star"), Group("circle")), "left of")
+    assert satisfied(left, [Detection("star", "red", 0.2, 0.5, 1), Detection("circle", "red", 0.6, 0.5, 1)])
+    assert not satisfied(left, [Detection("star", "red", 0.6, 0.5, 1), Detection("circle", "red", 0.2, 0.5, 1)])
+    assert not satisfied(left, [Detection("star", "red", 0.45, 0.5, 1), Detection("circle", "red", 0.5, 0.5, 1)])
+    colour = T2IPrompt("colors", (Group("star", "red"),))
+    assert not satisfied(colour, [Detection("star", "blue", 0.5, 0.5, 1)])
+
+
+def test_eval_prompts_are_deterministic_distinct_and_parse_back():
+    prompts = eval_prompts(8)
+    assert prompts == eval_prompts(8)
+    assert len({p.text for p in prompts}) == len(prompts)
+    assert {p.category for p in prompts} == set(CATEGORIES)
+    assert all(parse_prompt(p.text) == p for p in prompts)
+    assert parse_prompt("A  Red star") == T2IPrompt("colors", (Group("star", "red"),))
+    assert parse_prompt("a red dragon") is None
+    with pytest.raises(ValueError, match="allowed"):
+        sample_prompt(random.Random(0), "style")
