@@ -11,6 +11,7 @@ from mmeff.plugin import PluginConfig
 #: the paper's reward mix, the same for every model in the released code
 PAPER_REWARDS = {"hpsv2": 5.0, "imagereward": 1.0, "clip": 0.01, "pickscore": 0.05}
 SEARCHES = ("gradient", "random")
+PRECISIONS = ("pipeline", "bf16", "fp16")
 
 
 @dataclass
@@ -19,6 +20,8 @@ class RenoConfig(PluginConfig):
     load a reward from (hub id or folder); ``reward_models`` passes already-built
     :class:`mmeff.rewards.Reward` modules by name instead (custom or tiny rewards).
 
+    ``precision="bf16"``/``"fp16"`` runs the differentiable path under autocast (memory and speed
+    on GPUs) while the noise itself is optimised in fp32; ``"pipeline"`` uses the pipeline's dtype.
     ``iterations`` counts reward evaluations; iteration 0 is the unoptimised noise, so 50
     iterations make 49 updates, as released. ``search="random"`` is the best-of-N control at
     equal compute: ``iterations`` noises, the one with the best reward kept.
@@ -37,6 +40,7 @@ class RenoConfig(PluginConfig):
     search: str = "gradient"
     seed: int | None = None
     gradient_checkpointing: bool = False
+    precision: str = "pipeline"
     decode_chunk: int | None = None
     progress: bool = False
 
@@ -66,6 +70,8 @@ class RenoConfig(PluginConfig):
             raise ConfigError(f"reg_weight must be >= 0, got {self.reg_weight!r}")
         if self.search not in SEARCHES:
             raise ConfigError(f"search must be one of {SEARCHES}, got {self.search!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.decode_chunk is not None and (not isinstance(self.decode_chunk, int) or self.decode_chunk < 1):
             raise ConfigError(f"decode_chunk must be a positive int or None, got {self.decode_chunk!r}")
 

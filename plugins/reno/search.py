@@ -85,7 +85,8 @@ def search_noise(adapter: T2IAdapter, req: T2IRequest, rewards: RewardSet, confi
     with adapter.differentiable(config.gradient_checkpointing):
         for it in bar:
             candidate = master if config.search == "gradient" or it == 0 else _fresh_noise(noise0, it)
-            with contextlib.nullcontext() if config.search == "gradient" else torch.no_grad():
+            with _autocast(config.precision, adapter.device), \
+                    contextlib.nullcontext() if config.search == "gradient" else torch.no_grad():
                 images = adapter.render(candidate.to(noise0.dtype), embeds, req, rewind(req.generator, state),
                                         decode_chunk=config.decode_chunk)
                 scores = rewards(images, req.prompts)
@@ -107,6 +108,12 @@ def search_noise(adapter: T2IAdapter, req: T2IRequest, rewards: RewardSet, confi
             optimizer.step()
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    if precision == "pipeline":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
 def _fresh_noise(like: torch.Tensor, iteration: int) -> torch.Tensor:

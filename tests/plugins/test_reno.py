@@ -242,6 +242,8 @@ def test_unknown_reward_and_bad_options_raise_naming_what_is_allowed():
         pipe.add_plugin("reno", rewards={"no_such_reward": 1.0})
     with pytest.raises(ConfigError, match="search must be one of"):
         pipe.add_plugin("reno", **reno(search="grid"))
+    with pytest.raises(ConfigError, match="precision must be one of"):
+        pipe.add_plugin("reno", **reno(precision="fp8"))
     with pytest.raises(ConfigError, match="iterations"):
         pipe.add_plugin("reno", **reno(iterations=-1))
     with pytest.raises(ConfigError, match="weight"):
@@ -271,3 +273,21 @@ def test_gradient_checkpointing_gives_the_same_optimisation_and_is_undone():
     pipe.add_plugin("reno", **reno(iterations=3, lr=20.0, gradient_checkpointing=True))
     assert np.allclose(_call(pipe), plain_run, atol=1e-5)
     assert not pipe.obj.unet.is_gradient_checkpointing and not pipe.obj.vae.is_gradient_checkpointing
+
+
+def test_bf16_autocast_path_still_raises_the_reward():
+    pipe = mmeff.wrap(tiny_sd())
+    pipe.add_plugin("reno", **reno(iterations=6, lr=20.0, precision="bf16"))
+    images = _call(pipe)
+    stats = pipe.last_stats["reno"]
+    assert stats["reward"][-1] > stats["reward"][0] and np.isfinite(images).all()
+
+
+def test_the_prompt_is_encoded_once_per_search():
+    pipe = mmeff.wrap(tiny_sd())
+    calls = []
+    handle = pipe.obj.text_encoder.register_forward_hook(lambda *a: calls.append(1))
+    pipe.add_plugin("reno", **reno(iterations=5))
+    _call(pipe)
+    handle.remove()
+    assert len(calls) == 2  # once for the search, once in the final diffusers call
