@@ -156,8 +156,9 @@ class DiffusersT2IAdapter(T2IAdapter):
                 embeds = torch.cat([negative_embeds, embeds])
             return {"encoder_hidden_states": embeds, "added_cond_kwargs": None}
         embeds, negative_embeds, pooled, negative_pooled = pipe.encode_prompt(
-            prompt=req.prompts, device=self.device, num_images_per_prompt=1, do_classifier_free_guidance=cfg,
-            negative_prompt=negative)
+            prompt=req.prompts, prompt_2=req.extra.get("prompt_2"), device=self.device, num_images_per_prompt=1,
+            do_classifier_free_guidance=cfg, negative_prompt=negative,
+            negative_prompt_2=req.extra.get("negative_prompt_2"))
         text_2 = self.components.get("text_encoder_2")
         projection_dim = int(pooled.shape[-1]) if text_2 is None else text_2.config.projection_dim
         size = (req.height, req.width)
@@ -199,7 +200,23 @@ class DiffusersT2IAdapter(T2IAdapter):
         image = self.decode_chunked(latents, self._decode, decode_chunk)
         return (image / 2 + 0.5).clamp(0, 1)
 
+    @property
+    def path_keywords(self) -> tuple[str, ...]:  # type: ignore[override]
+        sdxl = ("prompt_2", "negative_prompt_2") if self.is_sdxl else ()
+        return ("timesteps", "sigmas", "negative_prompt", "eta", *sdxl)
+
     def _decode(self, latents: torch.Tensor) -> torch.Tensor:
+        vae = self.vae
+        if self.is_sdxl and vae.dtype == torch.float16 and vae.config.force_upcast:
+            # SDXL's __call__ decodes in fp32 here (its fp16 VAE overflows); so must the path
+            vae.to(torch.float32)
+            try:
+                return self._decode_in(latents.float())
+            finally:
+                vae.to(torch.float16)
+        return self._decode_in(latents)
+
+    def _decode_in(self, latents: torch.Tensor) -> torch.Tensor:
         config = self.vae.config
         mean, std = getattr(config, "latents_mean", None), getattr(config, "latents_std", None)
         latents = latents.to(self.vae.dtype)

@@ -61,6 +61,14 @@ def rewind(generator: torch.Generator | list[torch.Generator] | None, state: Any
     return _copy(generator, state)
 
 
+def restore(generator: torch.Generator | list[torch.Generator] | None, state: Any) -> None:
+    """Put the caller's own generator(s) back in the snapshotted state (so later draws advance them)."""
+    if generator is None:
+        return
+    for g, st in zip(generator, state) if isinstance(generator, list) else [(generator, state)]:
+        g.set_state(st)
+
+
 def _copy(g: torch.Generator, state: torch.Tensor) -> torch.Generator:
     new = torch.Generator(device=g.device)
     new.set_state(state)
@@ -73,6 +81,9 @@ class T2IAdapter(Adapter):
     family = "t2i"
     #: call keywords passed through to the differentiable path (besides prompt, sizes, steps, guidance)
     path_keywords: tuple[str, ...] = ("timesteps", "sigmas", "negative_prompt", "eta")
+    #: keywords every path honours, and those that do not change the image
+    BASE_KEYWORDS = ("prompt", "height", "width", "num_inference_steps", "guidance_scale", "generator", "latents",
+                     "num_images_per_prompt", "output_type", "return_dict")
 
     def __init__(self, obj: Any, processor: Any = None) -> None:
         super().__init__(obj, processor)
@@ -123,6 +134,13 @@ class T2IAdapter(Adapter):
             if len(args) > 1 or "prompt" in kwargs:
                 raise InputError("pass the prompt as the only positional argument or as prompt=")
             kwargs = {**kwargs, "prompt": args[0]}
+        unknown = sorted(k for k in kwargs if k not in (*self.BASE_KEYWORDS, *self.path_keywords))
+        if unknown:
+            raise InputError(
+                f"{unknown} change the image in ways the differentiable path of {type(self.pipeline).__name__} "
+                f"does not reproduce, so the optimised noise would be rendered differently; allowed here: "
+                f"{sorted({*self.BASE_KEYWORDS, *self.path_keywords})}"
+            )
         prompt = kwargs.get("prompt")
         if prompt is None:
             raise InputError("this plugin needs prompt= (text), not prompt_embeds: the rewards score the prompt text")
@@ -185,6 +203,7 @@ class T2IAdapter(Adapter):
         """Frozen weights, eval mode, gradients on; optional checkpointing; all undone afterwards."""
         modules = self.path_modules()
         flags = [(p, p.requires_grad) for m in modules for p in m.parameters()]
+        modes = [(sub, sub.training) for m in modules for sub in m.modules()]
         # the denoiser and VAE (diffusers models) carry the graph; text encoders run once under no_grad
         checkpointing = [m for m in modules if gradient_checkpointing and hasattr(m, "enable_gradient_checkpointing")
                          and getattr(m, "_supports_gradient_checkpointing", False)]
@@ -192,6 +211,8 @@ class T2IAdapter(Adapter):
         try:
             for p, _ in flags:
                 p.requires_grad_(False)
+            for m in modules:
+                m.eval()
             for m in checkpointing:
                 m.enable_gradient_checkpointing()
             with torch.enable_grad():
@@ -199,6 +220,8 @@ class T2IAdapter(Adapter):
         finally:
             for p, flag in flags:
                 p.requires_grad_(flag)
+            for sub, mode in modes:
+                sub.training = mode
             for m, on in was:
                 if not on:
                     m.disable_gradient_checkpointing()

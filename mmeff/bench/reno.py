@@ -47,24 +47,23 @@ def run_search(adapter: T2IAdapter, rewards: Any, prompts: list[T2IPrompt], seed
         batch, batch_seeds = prompts[start : start + batch_size], seeds[start : start + batch_size]
         req = adapter.parse_call((), {**call, "prompt": [p.text for p in batch],
                                       "generator": [torch.Generator().manual_seed(s) for s in batch_seeds]})
-        best = np.full(len(batch), -np.inf)
         hits = np.zeros(len(batch), bool)
-
+        best_reward = np.full(len(batch), -np.inf)
         started = time.perf_counter()
         captured: list[torch.Tensor] = []
         result = search_noise(adapter, req, rewards, config, on_iteration=_collector(captured))
         trace.seconds += time.perf_counter() - started
-        totals = [h["total"] for h in result.history]
+        if len(result.history) != iterations:
+            raise RuntimeError(f"expected {iterations} iterations, the search ran {len(result.history)}")
         batch_best, batch_current, batch_hit = [], [], []
-        for images, total in zip(captured, totals):
-            total = np.array(total)
-            better = total > best
-            if better.any():
-                arrays = to_uint8(images[torch.from_numpy(better)])
-                for row, img in zip(np.flatnonzero(better), arrays):
+        for it, (images, record) in enumerate(zip(captured, result.history)):
+            total = np.array(record["total"])
+            new = np.array(record["best_iteration"]) == it  # the search's own keep-best decided this
+            if new.any():
+                for row, img in zip(np.flatnonzero(new), to_uint8(images[torch.from_numpy(new)])):
                     hits[row] = score_image(batch[row], img)
-                best[better] = total[better]
-            batch_best.append(best.tolist())
+                best_reward[new] = total[new]
+            batch_best.append(best_reward.tolist())
             batch_current.append(total.tolist())
             batch_hit.append(hits.tolist())
         _extend(trace, batch_best, batch_current, batch_hit, start == 0)
@@ -102,21 +101,26 @@ def run_bench(pipe: Any, rewards: Any, prompts: list[T2IPrompt], seeds: int, *, 
               budgets: tuple[int, ...] = (1, 10, 25, 50), num_inference_steps: int = 1, guidance_scale: float = 1.0,
               batch_size: int = 32, reno_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Plain pipeline (budget 1 = iteration 0), ReNO and best-of-N, on every prompt x seed."""
+    if (reno_options or {}).get("reward_target") is not None:
+        raise ValueError("bench reno compares fixed budgets; reward_target would stop batches early")
     adapter: T2IAdapter = pipe.adapter
     pairs = [(p, s) for p in prompts for s in range(seeds)]
     all_prompts, all_seeds = [p for p, _ in pairs], [s for _, s in pairs]
     call = {"num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale}
-    results: dict[str, Any] = {"methods": {}, "curves": {}}
-    plain_start = time.perf_counter()
-    for start in range(0, len(all_prompts), batch_size):
-        chunk = all_prompts[start : start + batch_size]
-        gens = [torch.Generator().manual_seed(s) for s in all_seeds[start : start + batch_size]]
-        with torch.no_grad():
-            pipe([p.text for p in chunk], generator=gens, output_type="np", **call)
-    plain_seconds = (time.perf_counter() - plain_start) / len(all_prompts)
+    results: dict[str, Any] = {"methods": {}, "curves": {}, "peak_memory_mb": {}}
+    cuda = adapter.device.type == "cuda"
+    plain_hits, plain_seconds = _plain(pipe, all_prompts, all_seeds, call, batch_size)
+    results["plain"] = {"oracle": summarise(all_prompts, plain_hits), "seconds_per_image": plain_seconds,
+                        "n": len(all_prompts)}
     for method, search in SEARCHES.items():
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(adapter.device)
         trace = run_search(adapter, rewards, all_prompts, all_seeds, search, iterations, call, reno_options or {},
                            batch_size)
+        if cuda:
+            results["peak_memory_mb"][method] = torch.cuda.max_memory_allocated(adapter.device) / 2**20
+        # iteration 0 is the plain image; a mismatch would mean the differentiable path is off
+        results.setdefault("iteration0_mismatches", {})[method] = sum(a != b for a, b in zip(trace.hit[0], plain_hits))
         rows = summarise_trace(trace, all_prompts, list(budgets))
         results["methods"][method] = {"budgets": rows, "seconds_per_image": trace.seconds / len(all_prompts)}
         results["curves"][method] = {
@@ -124,8 +128,20 @@ def run_bench(pipe: Any, rewards: Any, prompts: list[T2IPrompt], seeds: int, *, 
             "best_reward": [float(np.mean(r)) for r in trace.best_reward],
             "current_reward": [float(np.mean(r)) for r in trace.current_reward],
         }
-    results["plain_seconds_per_image"] = plain_seconds
     results["images"] = len(all_prompts)
-    if torch.cuda.is_available() and adapter.device.type == "cuda":
-        results["peak_memory_mb"] = torch.cuda.max_memory_allocated(adapter.device) / 2**20
     return results
+
+
+@torch.no_grad()
+def _plain(pipe: Any, prompts: list[T2IPrompt], seeds: list[int], call: dict[str, Any],
+           batch_size: int) -> tuple[list[bool], float]:
+    """The unmodified pipeline's verdicts and seconds per image (after one warm-up batch)."""
+    pipe([p.text for p in prompts[:batch_size]], output_type="np", **call)
+    hits: list[bool] = []
+    start = time.perf_counter()
+    for i in range(0, len(prompts), batch_size):
+        chunk = prompts[i : i + batch_size]
+        gens = [torch.Generator().manual_seed(s) for s in seeds[i : i + batch_size]]
+        images = pipe([p.text for p in chunk], generator=gens, output_type="np", **call).images
+        hits += [score_image(p, img) for p, img in zip(chunk, to_uint8(images))]
+    return hits, (time.perf_counter() - start) / len(prompts)

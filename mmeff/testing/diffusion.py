@@ -17,6 +17,7 @@ from diffusers import (
     AutoencoderKL,
     DDIMScheduler,
     DDPMScheduler,
+    EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
     FlowMatchEulerDiscreteScheduler,
     FluxPipeline,
@@ -125,6 +126,9 @@ _SCHEDULERS: dict[str, Callable[[], SchedulerMixin]] = {
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1, timestep_spacing="leading"
     ),
     # PixArt: diffusers' own test scheduler, and the DDPM one PixArt-Alpha-DMD ships (accepts timesteps=[400])
+    "euler_ancestral": lambda: EulerAncestralDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1, timestep_spacing="trailing"
+    ),  # SDXL-Turbo's: draws scheduler noise from the generator at every step
     "ddim_default": DDIMScheduler,
     "ddpm": DDPMScheduler,
     # FLUX.1-schnell (static shift 1) and FLUX.1-dev (resolution-dependent shift mu)
@@ -163,7 +167,7 @@ def tiny_sd(seed: int = 0, scheduler: str = "ddim", sample_size: int = 16) -> St
     torch.manual_seed(seed)
     text_encoder = CLIPTextModel(_text_config(tokenizer))
     pipe = StableDiffusionPipeline(
-        vae=vae,
+        vae=vae.eval(),  # as from_pretrained leaves it
         text_encoder=text_encoder.eval(),
         tokenizer=tokenizer,
         unet=unet.eval(),
@@ -199,7 +203,7 @@ def tiny_sdxl(seed: int = 0, scheduler: str = "euler", sample_size: int = 16) ->
     torch.manual_seed(seed)
     text_encoder_2 = CLIPTextModelWithProjection(_text_config(tokenizer, hidden_act="gelu", projection_dim=32))
     pipe = StableDiffusionXLPipeline(
-        vae=vae,
+        vae=vae.eval(),  # as from_pretrained leaves it
         text_encoder=text_encoder.eval(),
         text_encoder_2=text_encoder_2.eval(),
         tokenizer=tokenizer,
@@ -283,7 +287,7 @@ def tiny_pixart(
     pipe = cls(
         tokenizer=tokenizer,
         text_encoder=text_encoder,
-        vae=vae,
+        vae=vae.eval(),  # as from_pretrained leaves it
         transformer=transformer.eval(),
         scheduler=_scheduler(scheduler),
     )
@@ -339,7 +343,7 @@ def tiny_flux(
     )
     pipe = FluxPipeline(
         scheduler=_scheduler(scheduler),
-        vae=vae,
+        vae=vae.eval(),  # as from_pretrained leaves it
         text_encoder=text_encoder.eval(),
         tokenizer=tokenizer,
         text_encoder_2=text_encoder_2,

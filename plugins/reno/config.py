@@ -59,6 +59,13 @@ class RenoConfig(PluginConfig):
                               f"{sorted(weights)}")
         if isinstance(self.iterations, bool) or not isinstance(self.iterations, int) or self.iterations < 0:
             raise ConfigError(f"iterations must be an int >= 0, got {self.iterations!r}")
+        for name in ("lr", "grad_clip", "momentum", "reg_weight"):
+            if isinstance(getattr(self, name), bool) or not isinstance(getattr(self, name), (int, float)):
+                raise ConfigError(f"{name} must be a number, got {getattr(self, name)!r}")
+        if self.reward_target is not None and not isinstance(self.reward_target, (int, float)):
+            raise ConfigError(f"reward_target must be a number or None, got {self.reward_target!r}")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
+            raise ConfigError(f"seed must be an int or None, got {self.seed!r}")
         for name in ("lr", "grad_clip"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}")

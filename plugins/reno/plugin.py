@@ -72,12 +72,13 @@ class RenoPlugin(Plugin):
         self._last = search_noise(adapter, req, self.rewards, self.config)
         if cuda:
             self._peak_mb = torch.cuda.max_memory_allocated(adapter.device) / 2**20
-        from mmeff.adapters.t2i_base import rewind
+        from mmeff.adapters.t2i_base import restore
 
         out = dict(kwargs)
         out["latents"] = self._last.noise
-        if req.generator is not None:
-            out["generator"] = rewind(req.generator, self._last.generator_state)
+        if req.generator is not None:  # the caller's own generator(s), where the pipeline would have left them
+            restore(req.generator, self._last.generator_state)
+            out["generator"] = req.generator
         return out
 
     def stats(self) -> dict[str, Any]:

@@ -52,11 +52,8 @@ class RewardSet:
         return self
 
     def __call__(self, images: torch.Tensor, prompts: list[str]) -> dict[str, torch.Tensor]:
-        out = {}
-        for name, module in self.modules.items():
-            dtype = next(module.parameters()).dtype
-            out[name] = module(images.to(dtype), prompts)
-        return out
+        """Each reward sees the images in [0, 1]; rewards resample and cast them to their own dtype."""
+        return {name: module(images, prompts) for name, module in self.modules.items()}
 
     def total(self, rewards: dict[str, torch.Tensor]) -> torch.Tensor:
         """The weighted reward per image (what keep-best and ``reward_target`` compare)."""
@@ -72,6 +69,10 @@ def search_noise(adapter: T2IAdapter, req: T2IRequest, rewards: RewardSet, confi
     """
     start = time.perf_counter()
     noise0 = adapter.initial_noise(req)  # consumes the call's generator as __call__ would
+    if req.generator is None and config.iterations > 0:
+        # ReNO fixes the scheduler noise across iterations; without a generator, seed one from the global RNG
+        req.generator = torch.Generator(device=adapter.device).manual_seed(
+            int(torch.randint(0, 2**62, (), dtype=torch.int64)))
     state = snapshot(req.generator)
     result = SearchResult(noise0.detach().clone(), state, [0] * req.batch_size)
     if config.iterations == 0:
@@ -81,21 +82,22 @@ def search_noise(adapter: T2IAdapter, req: T2IRequest, rewards: RewardSet, confi
     master = noise0.detach().float().clone().requires_grad_(config.search == "gradient")
     optimizer = torch.optim.SGD([master], lr=config.lr, momentum=config.momentum, nesterov=config.nesterov)
     best = torch.full((req.batch_size,), float("inf"))
+    seeds = _row_seeds(req)
     bar = tqdm(range(config.iterations), desc="reno", disable=not config.progress, leave=False)
     with adapter.differentiable(config.gradient_checkpointing):
         for it in bar:
-            candidate = master if config.search == "gradient" or it == 0 else _fresh_noise(noise0, it)
+            candidate = master if config.search == "gradient" or it == 0 else _fresh_noise(noise0, seeds, it)
             with _autocast(config.precision, adapter.device), \
                     contextlib.nullcontext() if config.search == "gradient" else torch.no_grad():
                 images = adapter.render(candidate.to(noise0.dtype), embeds, req, rewind(req.generator, state),
                                         decode_chunk=config.decode_chunk)
                 scores = rewards(images, req.prompts)
             if on_iteration is not None:
-                on_iteration(it, candidate.detach(), images.detach())
+                on_iteration(it, candidate.detach().clone(), images.detach())
             loss = reward_loss(scores, rewards.weights, rewards.offsets)
             _keep_best(result, best, loss.detach().float().cpu(), candidate, it)
             total = rewards.total(scores)
-            result.history.append(_record(it, scores, total))
+            result.history.append(_record(it, scores, total, result.best_iteration))
             bar.set_postfix(reward=f"{total.mean().item():.3f}")
             if config.reward_target is not None and bool((total >= config.reward_target).all()):
                 break
@@ -116,9 +118,20 @@ def _autocast(precision: str, device: torch.device) -> contextlib.AbstractContex
     return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
-def _fresh_noise(like: torch.Tensor, iteration: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(RANDOM_SEARCH_SEED + iteration)
-    return torch.randn(like.shape, generator=g).to(like.device, torch.float32)
+def _row_seeds(req: T2IRequest) -> list[int]:
+    """One seed per image for the best-of-N draws, from that image's own generator, so an image's
+    candidates depend on its seed and not on its batch."""
+    g = req.generator
+    gens = g if isinstance(g, list) else [g] * req.batch_size
+    return [int(x.initial_seed()) * RANDOM_SEARCH_SEED + row * (not isinstance(g, list))
+            for row, x in enumerate(gens)]
+
+
+def _fresh_noise(like: torch.Tensor, seeds: list[int], iteration: int) -> torch.Tensor:
+    """Candidate ``iteration`` of best-of-N: N(0, I) per image (packed layouts are permutations of it)."""
+    rows = [torch.randn(like.shape[1:], generator=torch.Generator().manual_seed((s + iteration) % 2**63))
+            for s in seeds]
+    return torch.stack(rows).to(like.device, torch.float32)
 
 
 def _keep_best(result: SearchResult, best: torch.Tensor, loss: torch.Tensor, candidate: torch.Tensor, it: int) -> None:
@@ -135,9 +148,10 @@ def _keep_best(result: SearchResult, best: torch.Tensor, loss: torch.Tensor, can
         result.best_iteration[r] = it
 
 
-def _record(it: int, scores: dict[str, torch.Tensor], total: torch.Tensor) -> dict[str, Any]:
+def _record(it: int, scores: dict[str, torch.Tensor], total: torch.Tensor, best: list[int]) -> dict[str, Any]:
     return {
         "iteration": it,
+        "best_iteration": list(best),  # the kept iterate per image after this evaluation
         "total": total.tolist(),
         **{name: value.detach().float().cpu().tolist() for name, value in scores.items()},
     }

@@ -185,3 +185,59 @@ def test_load_saved_pipeline_folder(tmp_path):
     assert np.array_equal(pipe(PROMPT, **_call_kwargs()).images, original(PROMPT, **_call_kwargs()).images)
     auto = AutoPipelineForText2Image.from_pretrained(tmp_path)
     assert mmeff.wrap(auto).adapter.key == "diffusers_t2i"
+
+
+# -- the differentiable path (ReNO) -----------------------------------------------------------------
+def _render(pipe: MMPipeline, kwargs: dict):
+    from mmeff.adapters.t2i_base import rewind, snapshot
+
+    adapter = pipe.adapter
+    req = adapter.parse_call((), kwargs)
+    noise = adapter.initial_noise(req)
+    state = snapshot(req.generator)
+    embeds = adapter.encode(req)
+    noise = noise.clone().requires_grad_(True)
+    with adapter.differentiable():
+        image = adapter.render(noise, embeds, req, rewind(req.generator, state))
+    return image, noise
+
+
+@pytest.mark.parametrize("factory,scheduler", [(tiny_sd, "ddim"), (tiny_sd, "euler"), (tiny_sd, "euler_ancestral"),
+                                               (tiny_sdxl, "euler"), (tiny_sdxl, "euler_ancestral")])
+@pytest.mark.parametrize("steps,guidance", [(1, 1.0), (2, 3.0)])
+def test_render_matches_call_and_reaches_only_the_noise(factory, scheduler, steps, guidance):
+    pipe = mmeff.wrap(factory(scheduler=scheduler))
+    kwargs = {"prompt": ["a cube", "a sphere"], "num_inference_steps": steps, "guidance_scale": guidance,
+              "generator": _gen(3)}
+    image, noise = _render(pipe, kwargs)
+    reference = pipe.obj(**{**kwargs, "generator": _gen(3)}, output_type="pt").images
+    assert torch.equal(image.detach(), reference)
+    image.sum().backward()
+    assert noise.grad.abs().sum() > 0
+    assert all(p.grad is None for m in pipe.adapter.hook_roots() for p in m.parameters())
+
+
+def test_sdxl_prompt_2_reaches_the_path():
+    pipe = mmeff.wrap(tiny_sdxl())
+    kwargs = {"prompt": ["a cube"], "prompt_2": ["a ring"], "num_inference_steps": 1, "guidance_scale": 1.0,
+              "generator": _gen()}
+    image, _ = _render(pipe, kwargs)
+    assert torch.equal(image.detach(), pipe.obj(**{**kwargs, "generator": _gen()}, output_type="pt").images)
+
+
+def test_fp16_sdxl_decodes_in_fp32_like_call():
+    pipe = mmeff.wrap(tiny_sdxl().to(torch.float16))
+    kwargs = {"prompt": ["a cube"], "num_inference_steps": 1, "guidance_scale": 1.0, "generator": _gen()}
+    image, _ = _render(pipe, kwargs)
+    reference = pipe.obj(**{**kwargs, "generator": _gen()}, output_type="pt").images
+    assert image.dtype == torch.float32 and torch.equal(image.detach(), reference)
+    assert pipe.obj.vae.dtype == torch.float16  # put back
+
+
+def test_keywords_the_path_does_not_reproduce_are_refused(sd, sdxl):
+    with pytest.raises(InputError, match="guidance_rescale"):
+        sd.adapter.parse_call((), {"prompt": "a cube", "guidance_rescale": 0.7})
+    with pytest.raises(InputError, match="original_size"):
+        sdxl.adapter.parse_call((), {"prompt": "a cube", "original_size": (64, 64)})
+    with pytest.raises(InputError, match="prompt_2"):  # SD has no second prompt
+        sd.adapter.parse_call((), {"prompt": "a cube", "prompt_2": "a ring"})

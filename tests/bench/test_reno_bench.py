@@ -1,0 +1,56 @@
+"""``mmeff bench reno`` end to end on a tiny pipeline and an untrained shapes-clip reward."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import mmeff
+from mmeff.bench.reno import run_bench
+from mmeff.bench.reno_report import write_report
+from mmeff.plugins.reno import RewardSet
+from mmeff.rewards import load_reward
+from mmeff.testbed.t2i_prompts import eval_prompts
+from mmeff.testing import tiny_sd
+from mmeff.testing.rewards import write_tiny_shapes_clip
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    folder = write_tiny_shapes_clip(tmp_path_factory.mktemp("clip"))
+    rewards = RewardSet({"shapes_clip": load_reward("shapes_clip", str(folder))}, {"shapes_clip": 1.0})
+    pipe = mmeff.wrap(tiny_sd())
+    return run_bench(pipe, rewards, eval_prompts(1), seeds=2, iterations=4, budgets=(1, 2, 4), batch_size=5,
+                     reno_options={"lr": 50.0})
+
+
+def test_every_method_has_every_budget_and_curves_of_full_length(results):
+    assert results["images"] == 12  # six categories x one prompt x two seeds
+    assert set(results["methods"]) == {"reno", "best_of_n"}
+    for method, data in results["methods"].items():
+        assert [b["iterations"] for b in data["budgets"]] == [1, 2, 4]
+        rewards = [b["reward"] for b in data["budgets"]]
+        assert rewards == sorted(rewards)  # best-so-far never falls
+        curves = results["curves"][method]
+        assert len(curves["oracle"]) == len(curves["best_reward"]) == 4
+    assert results["iteration0_mismatches"] == {"reno": 0, "best_of_n": 0}
+    # iteration 0 of both searches is the same plain image, so the same reward
+    assert results["methods"]["reno"]["budgets"][0]["reward"] == \
+        pytest.approx(results["methods"]["best_of_n"]["budgets"][0]["reward"])
+
+
+def test_report_files(results, tmp_path):
+    meta = {"model": "tiny", "rewards": {"shapes_clip": 1.0}, "prompts": 6, "seeds": 2, "steps": 1,
+            "guidance": 1.0, "device": "cpu"}
+    write_report(tmp_path, results, meta)
+    data = json.loads((tmp_path / "reno.json").read_text())
+    assert data["benchmark"] == "reno" and "plain" in data
+    md = (tmp_path / "reno.md").read_text()
+    assert "plain pipeline" in md and "ReNO" in md and "best-of-N" in md and "Targets" in md
+    assert (tmp_path / "reno_curves.png").stat().st_size > 0 and (tmp_path / "reno_categories.png").is_file()
+
+
+def test_reward_target_is_refused():
+    with pytest.raises(ValueError, match="reward_target"):
+        run_bench(mmeff.wrap(tiny_sd()), None, eval_prompts(1), 1, reno_options={"reward_target": 1.0})
