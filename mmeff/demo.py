@@ -6,7 +6,6 @@ on a tiny random-weight LLaVA (whose answers are noise: it shows the mechanics o
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,10 +14,11 @@ from rich.table import Table
 
 import mmeff
 
+from .testbed.assets import SHAPES_LLAVA
 from .testbed.render import render
 from .testbed.world import ObjectSpec, SceneSpec
 
-BUNDLED = Path(__file__).resolve().parents[1] / "assets" / "models" / "shapes-llava"
+BUNDLED = SHAPES_LLAVA
 
 
 def demo_inputs() -> tuple[list[np.ndarray], list[str]]:

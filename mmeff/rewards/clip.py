@@ -141,9 +141,9 @@ class HPSv2Reward(OpenClipReward):
 
 
 def default_shapes_clip_dir() -> Path:
-    import mmeff
+    from ..testbed.assets import SHAPES_CLIP
 
-    return Path(mmeff.__file__).resolve().parents[1] / "assets" / "models" / "shapes-clip"
+    return SHAPES_CLIP
 
 
 @register_reward

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-MODELS = Path(__file__).resolve().parents[2] / "assets" / "models"
+MODELS = Path(__file__).resolve().parents[2] / "assets" / "models"  # beside the mmeff package
 SHAPES_LLAVA = MODELS / "shapes-llava"
 SHAPES_SD = MODELS / "shapes-sd"
 SHAPES_CLIP = MODELS / "shapes-clip"

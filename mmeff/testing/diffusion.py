@@ -63,17 +63,20 @@ def clip_tokenizer(extra_words: Iterable[str] = (), model_max_length: int = MAX_
     vocab: dict[str, int] = {}
     for token in [BOS, EOS, *chars, *(c + "</w>" for c in chars)]:
         vocab.setdefault(token, len(vocab))
-    merges: list[tuple[str, str]] = []
+    ranks: dict[tuple[str, str], int] = {}
     words = [w.lower() for w in (*BASE_WORDS, *PROMPT_WORDS, *extra_words) if w.strip().isalpha() and len(w) > 1]
     for word in dict.fromkeys(words):
-        pieces = [*word[:-1], word[-1] + "</w>"]
+        # what the merges so far make of this word, then new (lower-priority) merges that join those
+        # pieces: an earlier word's merges can split a later word, so a plain letter chain is not enough
+        pieces = _apply_bpe([*word[:-1], word[-1] + "</w>"], ranks)
         left = pieces[0]
         for right in pieces[1:]:
             merged = left + right
-            if merged not in vocab:
-                merges.append((left, right))
-                vocab[merged] = len(vocab)
+            if (left, right) not in ranks:
+                ranks[(left, right)] = len(ranks)
+            vocab.setdefault(merged, len(vocab))
             left = merged
+    merges = sorted(ranks, key=ranks.get)
     return CLIPTokenizer(
         vocab=vocab,
         merges=merges,
@@ -83,6 +86,17 @@ def clip_tokenizer(extra_words: Iterable[str] = (), model_max_length: int = MAX_
         pad_token=EOS,
         model_max_length=model_max_length,
     )
+
+
+def _apply_bpe(pieces: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
+    """Byte-pair encoding as the tokenizer runs it: merge the best-ranked adjacent pair until none applies."""
+    while len(pieces) > 1:
+        pairs = [(ranks.get((a, b), len(ranks) + 1), i) for i, (a, b) in enumerate(zip(pieces, pieces[1:]))]
+        rank, i = min(pairs)
+        if rank > len(ranks):
+            break
+        pieces = [*pieces[:i], pieces[i] + pieces[i + 1], *pieces[i + 2:]]
+    return pieces
 
 
 def _text_config(tokenizer: CLIPTokenizer, **overrides) -> CLIPTextConfig:

@@ -241,3 +241,13 @@ def test_keywords_the_path_does_not_reproduce_are_refused(sd, sdxl):
         sdxl.adapter.parse_call((), {"prompt": "a cube", "original_size": (64, 64)})
     with pytest.raises(InputError, match="prompt_2"):  # SD has no second prompt
         sd.adapter.parse_call((), {"prompt": "a cube", "prompt_2": "a ring"})
+
+
+def test_offline_clip_tokenizer_keeps_every_listed_word_whole():
+    """BPE applies merges by rank across the whole vocabulary: a letter chain per word is not enough."""
+    from mmeff.testing.diffusion import clip_tokenizer
+
+    words = ["orange", "triangle", "green", "hexagon", "crosses", "and", "an", "or"]
+    tok = clip_tokenizer(words)
+    assert all(tok.tokenize(w) == [w + "</w>"] for w in words)
+    assert tok.tokenize("an orange triangle") == ["an</w>", "orange</w>", "triangle</w>"]
