@@ -22,6 +22,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(VENV)/bin/mmeff bench tokens
 	$(VENV)/bin/mmeff bench halluc
+	$(VENV)/bin/mmeff bench reno
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check mmeff plugins tests demos

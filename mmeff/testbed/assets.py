@@ -9,4 +9,4 @@ SHAPES_LLAVA = MODELS / "shapes-llava"
 SHAPES_SD = MODELS / "shapes-sd"
 SHAPES_CLIP = MODELS / "shapes-clip"
 #: the call settings shapes-sd was measured with (few steps, as SD-Turbo is used)
-SHAPES_SD_CALL = {"num_inference_steps": 2, "guidance_scale": 1.0}
+SHAPES_SD_CALL = {"num_inference_steps": 1, "guidance_scale": 1.0}
