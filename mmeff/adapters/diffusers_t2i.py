@@ -8,7 +8,6 @@ pays diffusers' import time.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -20,8 +19,6 @@ from .t2i_base import T2IAdapter, T2IRequest
 
 TEXT_ENCODER_KEYS = ("text_encoder", "text_encoder_2")
 TOKENIZER_KEYS = ("tokenizer", "tokenizer_2")
-#: SD and SDXL ``check_inputs`` reject heights and widths that are not multiples of 8
-PIPELINE_SIZE_MULTIPLE = 8
 
 
 def _from_diffusers(obj: Any) -> bool:
@@ -64,10 +61,6 @@ class DiffusersT2IAdapter(T2IAdapter):
         components = self.components
         return [components[k] for k in TOKENIZER_KEYS if components.get(k) is not None]
 
-    def hook_roots(self) -> list[nn.Module]:
-        roots = [self.denoiser, self.vae, *self.text_encoders]
-        return list({id(m): m for m in roots}.values())  # one module shared twice is one root
-
     # -- facts ---------------------------------------------------------------------------
     @property
     def is_sdxl(self) -> bool:
@@ -75,25 +68,6 @@ class DiffusersT2IAdapter(T2IAdapter):
         from diffusers import StableDiffusionXLPipeline
 
         return isinstance(self.pipeline, StableDiffusionXLPipeline)
-
-    @property
-    def latent_channels(self) -> int:
-        return int(self.denoiser.config.in_channels)
-
-    @property
-    def vae_scale_factor(self) -> int:
-        factor = getattr(self.pipeline, "vae_scale_factor", None)
-        return int(factor or 2 ** (len(self.vae.config.block_out_channels) - 1))
-
-    @property
-    def size_multiple(self) -> int:
-        """Heights/widths must divide by this: the VAE's downsampling and the pipeline's own check."""
-        return math.lcm(self.vae_scale_factor, PIPELINE_SIZE_MULTIPLE)
-
-    @property
-    def default_size(self) -> int:
-        """The pipeline's default height and width in pixels (what ``height=None`` gives)."""
-        return int(self.denoiser.config.sample_size) * self.vae_scale_factor
 
     def latent_shape(
         self, height: int | None = None, width: int | None = None, batch_size: int = 1
@@ -107,15 +81,7 @@ class DiffusersT2IAdapter(T2IAdapter):
         return batch_size, self.latent_channels, h // f, w // f
 
     def _check_size(self, name: str, value: int | None) -> int:
-        if value is None:
-            return self.default_size
-        m = self.size_multiple
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value % m:
-            raise InputError(
-                f"{name} must be a positive multiple of {m} pixels ({m}, {2 * m}, {3 * m}, ...; "
-                f"default {self.default_size}) for {type(self.pipeline).__name__}, got {value!r}"
-            )
-        return value
+        return self.default_size if value is None else self.check_side(name, value)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -130,13 +96,6 @@ class DiffusersT2IAdapter(T2IAdapter):
         }
 
     # -- differentiable path (ReNO and other noise-optimising plugins) -----------------------
-    def default_hw(self) -> tuple[int, int]:
-        return self.default_size, self.default_size
-
-    def check_size(self, height: int, width: int) -> None:
-        self._check_size("height", height)
-        self._check_size("width", width)
-
     def noise_shape(self, req: T2IRequest) -> tuple[int, ...]:
         return self.latent_shape(req.height, req.width, req.batch_size)
 

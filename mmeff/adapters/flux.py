@@ -19,7 +19,6 @@ import torch.nn as nn
 from ..errors import InputError
 from ..registry import register_adapter
 from .diffusers_t2i import _from_diffusers
-from .pixart import call_default, check_multiple
 from .t2i_base import T2IAdapter, T2IRequest
 
 #: ``FluxPipeline.check_inputs`` rejects longer T5 prompts
@@ -59,20 +58,11 @@ class FluxAdapter(T2IAdapter):
         """``[text_encoder (CLIP, pooled), text_encoder_2 (T5)]``."""
         return [self.components["text_encoder"], self.components["text_encoder_2"]]
 
-    def hook_roots(self) -> list[nn.Module]:
-        roots = [self.denoiser, self.vae, *self.text_encoders]
-        return list({id(m): m for m in roots}.values())
-
     # -- facts ---------------------------------------------------------------------------
     @property
     def latent_channels(self) -> int:
         """Channels of the unpacked latents (the VAE's); packed tokens carry four times as many."""
         return int(self.denoiser.config.in_channels) // 4
-
-    @property
-    def vae_scale_factor(self) -> int:
-        factor = getattr(self.pipeline, "vae_scale_factor", None)
-        return int(factor or 2 ** (len(self.vae.config.block_out_channels) - 1))
 
     @property
     def size_multiple(self) -> int:
@@ -107,20 +97,12 @@ class FluxAdapter(T2IAdapter):
             "latent_channels": self.latent_channels,
             "vae_scale_factor": self.vae_scale_factor,
             "guidance_embeds": self.guidance_embeds,
-            "max_sequence_length": call_default(self.pipeline, "max_sequence_length"),
+            "max_sequence_length": self.call_default("max_sequence_length"),
             "text_encoders": [type(m).__name__ for m in self.text_encoders],
             "scheduler": type(self.scheduler).__name__,
         }
 
     # -- the call --------------------------------------------------------------------------
-    def default_hw(self) -> tuple[int, int]:
-        return self.default_size, self.default_size
-
-    def check_size(self, height: int, width: int) -> None:
-        name = type(self.pipeline).__name__
-        check_multiple("height", height, self.size_multiple, self.default_size, name)
-        check_multiple("width", width, self.size_multiple, self.default_size, name)
-
     def parse_call(self, args: tuple, kwargs: dict[str, Any]) -> T2IRequest:
         req = super().parse_call(args, kwargs)
         extra = req.extra
@@ -139,10 +121,6 @@ class FluxAdapter(T2IAdapter):
         if isinstance(prompt_2, (list, tuple)) and len(prompt_2) != req.batch_size:
             raise InputError(f"got {len(prompt_2)} prompt_2 entries for {req.batch_size} prompts; pass one per prompt")
         return req
-
-    def _option(self, req: T2IRequest, name: str) -> Any:
-        value = req.extra.get(name)
-        return call_default(self.pipeline, name) if value is None else value
 
     # -- the differentiable path -----------------------------------------------------------
     def noise_shape(self, req: T2IRequest) -> tuple[int, ...]:

@@ -9,8 +9,6 @@ scheduler's ``pred_original_sample``, exactly as ``__call__`` does.
 
 from __future__ import annotations
 
-import inspect
-import math
 from typing import Any
 
 import torch
@@ -20,25 +18,6 @@ from ..errors import InputError
 from ..registry import register_adapter
 from .diffusers_t2i import _from_diffusers
 from .t2i_base import T2IAdapter, T2IRequest
-
-#: ``check_inputs`` of both PixArt pipelines rejects heights and widths that are not multiples of 8
-PIPELINE_SIZE_MULTIPLE = 8
-
-
-def check_multiple(name: str, value: Any, multiple: int, default: int, pipeline: str) -> int:
-    """``value`` if it is a positive multiple of ``multiple`` pixels, else an :class:`InputError` saying so."""
-    m = multiple
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value % m:
-        raise InputError(
-            f"{name} must be a positive multiple of {m} pixels ({m}, {2 * m}, {3 * m}, ...; "
-            f"default {default}) for {pipeline}, got {value!r}"
-        )
-    return value
-
-
-def call_default(pipeline: Any, name: str) -> Any:
-    """The default of keyword ``name`` in the pipeline class's own ``__call__`` (e.g. ``max_sequence_length``)."""
-    return inspect.signature(type(pipeline).__call__).parameters[name].default
 
 
 @register_adapter
@@ -76,10 +55,6 @@ class PixArtAdapter(T2IAdapter):
     def text_encoders(self) -> list[nn.Module]:
         return [self.text_encoder]
 
-    def hook_roots(self) -> list[nn.Module]:
-        roots = [self.denoiser, self.vae, self.text_encoder]
-        return list({id(m): m for m in roots}.values())
-
     # -- facts ---------------------------------------------------------------------------
     @property
     def is_sigma(self) -> bool:
@@ -87,23 +62,6 @@ class PixArtAdapter(T2IAdapter):
         from diffusers import PixArtSigmaPipeline
 
         return isinstance(self.pipeline, PixArtSigmaPipeline)
-
-    @property
-    def latent_channels(self) -> int:
-        return int(self.denoiser.config.in_channels)
-
-    @property
-    def vae_scale_factor(self) -> int:
-        factor = getattr(self.pipeline, "vae_scale_factor", None)
-        return int(factor or 2 ** (len(self.vae.config.block_out_channels) - 1))
-
-    @property
-    def size_multiple(self) -> int:
-        return math.lcm(self.vae_scale_factor, PIPELINE_SIZE_MULTIPLE)
-
-    @property
-    def default_size(self) -> int:
-        return int(self.denoiser.config.sample_size) * self.vae_scale_factor
 
     def describe(self) -> dict[str, Any]:
         f, size = self.vae_scale_factor, self.default_size
@@ -115,7 +73,7 @@ class PixArtAdapter(T2IAdapter):
             "latent_shape": (1, self.latent_channels, size // f, size // f),
             "vae_scale_factor": f,
             "learned_sigma": self._learned_sigma,
-            "max_sequence_length": call_default(self.pipeline, "max_sequence_length"),
+            "max_sequence_length": self.call_default("max_sequence_length"),
             "text_encoders": [type(self.text_encoder).__name__],
             "scheduler": type(self.scheduler).__name__,
         }
@@ -125,14 +83,6 @@ class PixArtAdapter(T2IAdapter):
         return self.denoiser.config.out_channels // 2 == self.latent_channels
 
     # -- the call --------------------------------------------------------------------------
-    def default_hw(self) -> tuple[int, int]:
-        return self.default_size, self.default_size
-
-    def check_size(self, height: int, width: int) -> None:
-        name = type(self.pipeline).__name__
-        check_multiple("height", height, self.size_multiple, self.default_size, name)
-        check_multiple("width", width, self.size_multiple, self.default_size, name)
-
     def parse_call(self, args: tuple, kwargs: dict[str, Any]) -> T2IRequest:
         req = super().parse_call(args, kwargs)
         length = req.extra.get("max_sequence_length")
@@ -140,10 +90,6 @@ class PixArtAdapter(T2IAdapter):
             raise InputError(f"max_sequence_length must be a positive int, got {length!r}")
         self.generation_hw(req)  # an unbinnable sample size fails here, as in __call__
         return req
-
-    def _option(self, req: T2IRequest, name: str) -> Any:
-        value = req.extra.get(name)
-        return call_default(self.pipeline, name) if value is None else value
 
     def _bins(self) -> dict[str, list[float]]:
         from diffusers.pipelines.pixart_alpha import pipeline_pixart_alpha as alpha

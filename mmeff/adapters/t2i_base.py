@@ -14,6 +14,8 @@ pipeline's own output type for it.
 from __future__ import annotations
 
 import contextlib
+import inspect
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -110,22 +112,57 @@ class T2IAdapter(Adapter):
     def device(self) -> torch.device:
         return self.pipeline._execution_device
 
+    def call_default(self, name: str) -> Any:
+        """The default of keyword ``name`` in the pipeline class's own ``__call__``."""
+        return inspect.signature(type(self.pipeline).__call__).parameters[name].default
+
+    def _option(self, req: T2IRequest, name: str) -> Any:
+        """A path keyword from the call, else ``__call__``'s default for it."""
+        value = req.extra.get(name)
+        return self.call_default(name) if value is None else value
+
     @property
     def default_steps(self) -> int:
         """``num_inference_steps`` when the call does not say (the pipeline's own default)."""
-        import inspect
-
-        default = inspect.signature(type(self.pipeline).__call__).parameters["num_inference_steps"].default
-        return int(default)
+        return int(self.call_default("num_inference_steps"))
 
     @property
     def default_guidance(self) -> float:
-        import inspect
+        return float(self.call_default("guidance_scale"))
 
-        return float(inspect.signature(type(self.pipeline).__call__).parameters["guidance_scale"].default)
+    # -- facts shared by the latent-diffusion pipelines ------------------------------------------
+    #: ``check_inputs`` of SD, SDXL and PixArt rejects heights and widths that are not multiples of 8
+    pipeline_size_multiple: int = 8
+
+    @property
+    def text_encoders(self) -> list[nn.Module]:
+        raise NotImplementedError
+
+    def hook_roots(self) -> list[nn.Module]:
+        roots = [self.denoiser, self.vae, *self.text_encoders]
+        return list({id(m): m for m in roots}.values())  # one module shared twice is one root
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.denoiser.config.in_channels)
+
+    @property
+    def vae_scale_factor(self) -> int:
+        factor = getattr(self.pipeline, "vae_scale_factor", None)
+        return int(factor or 2 ** (len(self.vae.config.block_out_channels) - 1))
+
+    @property
+    def size_multiple(self) -> int:
+        """Heights/widths must divide by this: the VAE's downsampling and the pipeline's own check."""
+        return math.lcm(self.vae_scale_factor, self.pipeline_size_multiple)
+
+    @property
+    def default_size(self) -> int:
+        """The pipeline's default height and width in pixels (what ``height=None`` gives)."""
+        return int(self.denoiser.config.sample_size) * self.vae_scale_factor
 
     def default_hw(self) -> tuple[int, int]:
-        raise NotImplementedError
+        return self.default_size, self.default_size
 
     # -- the call ---------------------------------------------------------------------------
     def parse_call(self, args: tuple, kwargs: dict[str, Any]) -> T2IRequest:
@@ -167,6 +204,18 @@ class T2IAdapter(Adapter):
 
     def check_size(self, height: int, width: int) -> None:
         """Raise :class:`InputError` for sizes the pipeline cannot make."""
+        self.check_side("height", height)
+        self.check_side("width", width)
+
+    def check_side(self, name: str, value: Any) -> int:
+        """``value`` if it is a positive multiple of :attr:`size_multiple` pixels, else an :class:`InputError`."""
+        m = self.size_multiple
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value % m:
+            raise InputError(
+                f"{name} must be a positive multiple of {m} pixels ({m}, {2 * m}, {3 * m}, ...; "
+                f"default {self.default_size}) for {type(self.pipeline).__name__}, got {value!r}"
+            )
+        return value
 
     # -- the differentiable path -------------------------------------------------------------
     def noise_shape(self, req: T2IRequest) -> tuple[int, ...]:
