@@ -18,6 +18,16 @@ from .errors import ConfigError, InputError, UnsupportedModelError
 from .plugin import Plugin, PluginConfig, PluginContext
 
 
+class _Default:
+    """Marks "not given" where None is a meaningful value (guidance_scale=None turns guidance off)."""
+
+    def __repr__(self) -> str:
+        return "<model default>"
+
+
+DEFAULT = _Default()
+
+
 @dataclass
 class GenerationOutput:
     """Decoded answers plus the token ids that produced them."""
@@ -37,6 +47,7 @@ class MMPipeline:
         self._plugins: OrderedDict[str, Plugin] = OrderedDict()
         self._suspended = False  # inside plugins_disabled(): call-time plugin steps are skipped too
         self.last_stats: dict[str, Any] = {}
+        self.last_codes: torch.Tensor | None = None  # image tokens of the last generate_images call
 
     @property
     def model(self) -> Any:
@@ -69,7 +80,8 @@ class MMPipeline:
                     f"{cls.name!r} and {other_name!r} both take over the {'/'.join(shared)} stage; use one of "
                     f"them (stages: vision = token reduction in the vision tower, prefill = in the decoder, "
                     f"decode = KV-cache policy, decode_loop = the token-choosing loop of contrastive decoding, "
-                    f"initial_noise = where a text-to-image call's starting noise comes from; "
+                    f"initial_noise = where a text-to-image call's starting noise comes from, image_decode_loop = "
+                    f"the token loop of autoregressive image generation; "
                     f"plugins on different stages compose)"
                 )
         ctx = self._context(cls.name)
@@ -234,6 +246,73 @@ class MMPipeline:
         })
         return out
 
+    @torch.no_grad()
+    def generate_images(
+        self,
+        prompts: str | Sequence[str],
+        *,
+        guidance_scale: float | None | _Default = DEFAULT,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+        output_type: str = "pil",
+    ) -> Any:
+        """Text -> images with an autoregressive image-token model (Janus, LlamaGen-style ``ar_image``).
+
+        ``guidance_scale`` defaults to the model's own (None turns guidance off); ``temperature=0``
+        is greedy. ``seed`` (or a ``generator``) fixes the one random stream the decode loop uses.
+        A plugin that owns the image decode loop (``sjd``, ``lantern``, ``zipar``) replaces plain
+        token-by-token sampling. Returns PIL images, or a (B, 3, H, W) tensor in [0, 1] for
+        ``output_type="pt"``, or a (B, H, W, 3) float array for ``"np"``.
+        """
+        from .adapters.ar_base import ARImageAdapter
+        from .ar.loop import plain_decode
+        from .ar.sampling import SamplingConfig
+        from .ar.session import DecodeSession
+
+        if not isinstance(self.adapter, ARImageAdapter):
+            raise UnsupportedModelError(
+                f"generate_images() is for autoregressive image-token models; {self.adapter.key!r} is a "
+                f"{self.adapter.family!r} model"
+            )
+        prompt_list = [prompts] if isinstance(prompts, str) else list(prompts)
+        if not prompt_list or any(not isinstance(p, str) or not p.strip() for p in prompt_list):
+            raise InputError("prompts must be a non-empty string or a non-empty list of non-empty strings")
+        if output_type not in ("pil", "pt", "np"):
+            raise InputError(f"output_type must be 'pil', 'pt' or 'np', got {output_type!r}")
+        if seed is not None and generator is not None:
+            raise InputError("pass seed or generator, not both")
+        scale = self.adapter.default_guidance if isinstance(guidance_scale, _Default) else guidance_scale
+        sampling = SamplingConfig(scale, temperature, top_k, top_p)
+        if generator is None and seed is not None:
+            generator = torch.Generator(device=self.adapter.device).manual_seed(seed)
+        self.reset_state()
+        start = time.perf_counter()
+        session = DecodeSession(self.adapter, prompt_list, scale)
+        loops = [p for p in self._active() if "image_decode_loop" in p.owned_stages()]
+        codes = loops[0].decode(session, sampling, generator) if loops else plain_decode(session, sampling, generator)
+        images = self.adapter.decode_codes(codes)
+        n = self.adapter.num_image_tokens
+        self._collect_stats({
+            "wall_time_s": time.perf_counter() - start,
+            "images": len(prompt_list),
+            "image_tokens": n,
+            "sequential_forwards": session.forwards,
+            "tokens_per_forward": n / session.forwards,
+            "guidance_scale": scale,
+        })
+        self.last_codes = codes
+        if output_type == "pt":
+            return images
+        array = images.permute(0, 2, 3, 1).float().cpu().numpy()
+        if output_type == "np":
+            return array
+        from PIL import Image
+
+        return [Image.fromarray((a * 255).round().astype("uint8")) for a in array]
+
     def __repr__(self) -> str:
         return f"MMPipeline({self.adapter.key}: {type(self.obj).__name__}, plugins={list(self._plugins)})"
 
@@ -281,12 +360,19 @@ def load(
 ) -> MMPipeline:
     """``from_pretrained`` under the hood, for a hub id or a local folder.
 
-    Folders with a ``model_index.json`` load as diffusers pipelines; everything else as a
-    transformers image-text-to-text model plus its processor.
+    Folders with a ``model_index.json`` load as diffusers pipelines, folders with an
+    ``ar_image.json`` as LlamaGen-style image generators (``mmeff.ar.model``); everything else
+    as a transformers image-text-to-text model plus its processor.
     """
     kwargs = dict(from_pretrained_kwargs)
     if device_map is not None:
         kwargs["device_map"] = device_map
+    from .ar.model import ARImageModel
+
+    if ARImageModel.is_folder(name_or_path):
+        if torch_dtype is not None:
+            kwargs["dtype"] = torch_dtype
+        return wrap(ARImageModel.from_pretrained(name_or_path, **kwargs))
     if _is_diffusers_repo(name_or_path):
         import diffusers
 

@@ -64,7 +64,8 @@ class Plugin:
     #: fnmatch patterns over adapter keys, e.g. ``("llava", "llava_next")``
     supports: ClassVar[tuple[str, ...]]
     #: the stages this plugin takes over ("vision", "prefill", "decode" for token reduction,
-    #: "decode_loop" for contrastive decoding, "initial_noise" for noise-optimising T2I plugins);
+    #: "decode_loop" for contrastive decoding, "initial_noise" for noise-optimising T2I plugins,
+    #: "image_decode_loop" for plugins that take over autoregressive image-token decoding);
     #: two plugins that own the same stage are refused at ``add_plugin``
     owns: ClassVar[tuple[str, ...]] = ()
     description: ClassVar[str] = ""

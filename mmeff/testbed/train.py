@@ -10,6 +10,7 @@ and a loss-curve plot. See ``shared/notes/testbed-training.md`` for the probes b
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -17,6 +18,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -55,6 +57,19 @@ class Recipe:
     colour_negatives: float = 0.35  # share of existence negatives with a present colour, absent shape
     isolated_turns: bool = True  # each question sees only the image, never earlier turns
     checkpoint_every: int = 250
+
+
+def parse_overrides(recipe_cls: type, pairs: list[str]) -> dict[str, Any]:
+    """``["unet_steps=12000", "lr=1e-3"]`` -> typed fields of the recipe dataclass; unknown names raise."""
+    casts = {"int": int, "float": float, "str": str, int: int, float: float, str: str}
+    types = {f.name: casts[f.type] for f in dataclasses.fields(recipe_cls)}
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or key not in types:
+            raise ValueError(f"--recipe takes name=value with a name among {sorted(types)}; got {pair!r}")
+        out[key] = types[key](value)
+    return out
 
 
 def lr_factor(step: int, total: int, warmup: float = 0.05) -> float:

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from .assets import MODELS
+from .batches import step_batches
 from .render import render
 from .sd_model import images_to_tensor
 from .t2i_prompts import RELATIONS, T2I_IMAGE_SIZE, T2I_WORDS, Group, T2IPrompt, sample_prompt, scene_for_prompt
@@ -45,6 +47,10 @@ class ClipRecipe:
     batch: int = 96
     lr: float = 1e-3
     checkpoint_every: int = 250
+    workers: int = 0  # DataLoader processes rendering batches (0: render in the training loop)
+    vae: str = "assets/models/shapes-sd/vae"  # AutoencoderKL folder (relative: to the repo); "" = clean renders
+    degraded_fraction: float = 0.5  # share of each batch seen through the autoencoder
+    latent_noise: float = 1.0  # largest noise std added to the latents, in units of their std
 
 
 def model_cfg(vocab_size: int, eos_id: int, pad_id: int) -> dict:
@@ -126,15 +132,22 @@ def save_clip(model: torch.nn.Module, tokenizer, cfg: dict, out_dir: Path) -> Pa
 
 
 class ClipTrainer:
-    def __init__(self, run_dir: Path, recipe: ClipRecipe) -> None:
-        self.run_dir, self.recipe = run_dir, recipe
+    def __init__(self, run_dir: Path, recipe: ClipRecipe, device: str | torch.device = "cpu") -> None:
+        self.run_dir, self.recipe, self.device = run_dir, recipe, torch.device(device)
         run_dir.mkdir(parents=True, exist_ok=True)
         self.ckpt = run_dir / "checkpoint.pt"
         self.model, self.tokenizer, self.cfg = build(recipe.seed)
+        self.model.to(self.device)
+        self.vae = None
+        if recipe.vae:
+            from diffusers import AutoencoderKL
+
+            vae_dir = Path(recipe.vae) if Path(recipe.vae).is_absolute() else MODELS.parents[1] / recipe.vae
+            self.vae = AutoencoderKL.from_pretrained(vae_dir).to(self.device).eval().requires_grad_(False)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=recipe.lr, weight_decay=0.05)
         self.step, self.seconds, self.losses = 0, 0.0, {"clip": []}
         if self.ckpt.exists():
-            state = torch.load(self.ckpt, weights_only=False)
+            state = torch.load(self.ckpt, weights_only=False, map_location=self.device)
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.step, self.seconds, self.losses = state["step"], state["seconds"], state["losses"]
@@ -142,18 +155,35 @@ class ClipTrainer:
 
     def tokens(self, texts: list[str]) -> torch.Tensor:
         return self.tokenizer(texts, padding="max_length", max_length=CONTEXT_LENGTH, truncation=True,
-                              return_tensors="pt").input_ids
+                              return_tensors="pt").input_ids.to(self.device)
 
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
-        x = (images + 1) / 2
-        return (x - torch.tensor(MEAN)[:, None, None]) / torch.tensor(STD)[:, None, None]
+        x = (images.to(self.device) + 1) / 2
+        mean, std = (torch.tensor(c, device=self.device)[:, None, None] for c in (MEAN, STD))
+        return (x - mean) / std
+
+    @torch.no_grad()
+    def degrade(self, images: torch.Tensor, seed: int, fraction: float | None = None) -> torch.Tensor:
+        """The first ``fraction`` of the batch through the autoencoder, latents noised at random strength."""
+        fraction = self.recipe.degraded_fraction if fraction is None else fraction
+        k = int(round(len(images) * fraction))
+        if self.vae is None or k == 0:
+            return images
+        g = torch.Generator().manual_seed(seed)
+        images = images.to(self.device)
+        posterior = self.vae.encode(images[:k]).latent_dist
+        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=g).to(self.device)
+        strength = torch.rand(k, 1, 1, 1, generator=g).to(self.device) * self.recipe.latent_noise * z.std()
+        z = z + strength * torch.randn(z.shape, generator=g).to(self.device)
+        return torch.cat([self.vae.decode(z).sample.clamp(-1, 1), images[k:]])
 
     def loss(self, texts: list[str], negatives: list[str], images: torch.Tensor) -> torch.Tensor:
         img = F.normalize(self.model.encode_image(self.normalise(images)), dim=-1)
         txt = F.normalize(self.model.encode_text(self.tokens(texts + negatives)), dim=-1)
         logits = self.model.logit_scale.exp() * img @ txt.T  # (B, 2B)
         all_texts = texts + negatives
-        positive = torch.tensor([[t == u for u in all_texts] for t in texts], dtype=torch.float32)
+        positive = torch.tensor([[t == u for u in all_texts] for t in texts], dtype=torch.float32,
+                                device=self.device)
         i2t = -(F.log_softmax(logits, 1) * positive / positive.sum(1, keepdim=True)).sum(1).mean()
         t_logits = logits[:, : len(texts)].T  # text -> image, positives only
         pos_t = positive[:, : len(texts)].T
@@ -165,8 +195,9 @@ class ClipTrainer:
         self.model.train()
         bar = tqdm(range(self.step, r.steps), desc="shapes-clip", initial=self.step, total=r.steps)
         start = time.time()
-        for step in bar:
-            loss = self.loss(*clip_batch(step, r.batch, r.seed))
+        batches = step_batches(clip_batch, self.step, r.steps, r.batch, r.seed, workers=r.workers)
+        for step, (texts, negatives, images) in zip(bar, batches):
+            loss = self.loss(texts, negatives, self.degrade(images, TRAIN_SEED + step))
             for group in self.optimizer.param_groups:
                 group["lr"] = r.lr * lr_factor(step, r.steps, warmup=0.1)
             self.optimizer.zero_grad(set_to_none=True)
@@ -185,34 +216,40 @@ class ClipTrainer:
                             "step": self.step, "seconds": self.seconds, "losses": self.losses}, self.ckpt)
 
     @torch.no_grad()
-    def pick_accuracy(self, n: int = 256) -> dict[str, float]:
+    def pick_accuracy(self, n: int = 256, degraded: bool = False) -> dict[str, float]:
         """Held-out: how often the true caption outscores its corrupted copy, per category."""
         self.model.eval()
         texts, negatives, images = clip_batch(10**7, n, self.recipe.seed + 99)
+        if degraded:
+            images = self.degrade(images, 10**7, fraction=1.0)
         img = F.normalize(self.model.encode_image(self.normalise(images)), dim=-1)
         pos = (img * F.normalize(self.model.encode_text(self.tokens(texts)), dim=-1)).sum(-1)
         neg = (img * F.normalize(self.model.encode_text(self.tokens(negatives)), dim=-1)).sum(-1)
         rng = random.Random(TRAIN_SEED + (self.recipe.seed + 99) * 1_000_003 + 10**7)
         cats = [sample_prompt(rng).category for _ in range(n)]
         out: dict[str, list[bool]] = {}
-        for c, win in zip(cats, (pos > neg).tolist()):
+        for c, win in zip(cats, (pos > neg).cpu().tolist()):
             out.setdefault(c, []).append(win)
         scores = {c: sum(v) / len(v) for c, v in sorted(out.items())}
         scores["overall"] = float((pos > neg).float().mean())
         return scores
 
     def export(self, out_dir: Path) -> None:
-        save_clip(self.model, self.tokenizer, self.cfg, out_dir)
+        save_clip(self.model.to("cpu"), self.tokenizer, self.cfg, out_dir)
+        self.model.to(self.device)
         plot_losses(self.losses, out_dir / "training_loss.png", titles={"clip": "contrastive loss"})
-        info = {"recipe": asdict(self.recipe), "training_minutes": round(self.seconds / 60, 1),
+        info = {"recipe": asdict(self.recipe), "device": self.device.type,
+                "training_minutes": round(self.seconds / 60, 1),
                 "final_loss": sum(self.losses["clip"][-50:]) / max(1, len(self.losses["clip"][-50:])),
                 "caption_vs_corrupted_accuracy": self.pick_accuracy()}
+        if self.vae is not None:
+            info["caption_vs_corrupted_accuracy_through_vae"] = self.pick_accuracy(degraded=True)
         (out_dir / "training.json").write_text(json.dumps(info, indent=2))
-        print(json.dumps(info["caption_vs_corrupted_accuracy"]))
+        print(json.dumps({k: v for k, v in info.items() if k.startswith("caption_vs")}))
 
 
-def train_clip(out_dir: Path, run_dir: Path, recipe: ClipRecipe | None = None) -> Path:
-    trainer = ClipTrainer(run_dir, recipe or ClipRecipe())
+def train_clip(out_dir: Path, run_dir: Path, recipe: ClipRecipe | None = None, device: str = "cpu") -> Path:
+    trainer = ClipTrainer(run_dir, recipe or ClipRecipe(), device=device)
     trainer.train()
     trainer.export(out_dir)
     print(f"trained in {trainer.seconds / 60:.1f} min; saved to {out_dir}")

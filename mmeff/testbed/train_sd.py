@@ -6,6 +6,11 @@ Stage ``unet``: the text encoder and UNet together, from scratch, on the v-predi
 objective over DDPM's 1000 training timesteps, with 10% empty captions so that
 classifier-free guidance works. A checkpoint is written every ``checkpoint_every`` steps;
 rerunning the command resumes from it.
+
+The same recipe runs on a GPU (``--device cuda``): batches are then rendered by DataLoader
+workers, and an exponential moving average of the UNet and text-encoder weights
+(``ema_decay`` > 0, diffusers' ``EMAModel``) is what gets exported. Any field of
+``SDRecipe`` can be overridden from the command line (``--recipe unet_steps=12000``).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from .batches import step_batches
 from .render import render
 from .sd_model import (
     ShapesSDSpec,
@@ -49,6 +55,8 @@ class SDRecipe:
     unet_lr: float = 5e-4
     caption_dropout: float = 0.1
     checkpoint_every: int = 250
+    ema_decay: float = 0.0  # 0: export the raw weights
+    workers: int = 0  # DataLoader processes rendering batches (0: render in the training loop)
 
 
 def prompt_batch(step: int, batch: int, seed: int) -> tuple[list[str], torch.Tensor]:
@@ -60,39 +68,57 @@ def prompt_batch(step: int, batch: int, seed: int) -> tuple[list[str], torch.Ten
 
 
 class SDTrainer:
-    def __init__(self, run_dir: Path, recipe: SDRecipe, spec: ShapesSDSpec | None = None) -> None:
+    def __init__(self, run_dir: Path, recipe: SDRecipe, spec: ShapesSDSpec | None = None,
+                 device: str | torch.device = "cpu") -> None:
         spec = spec or ShapesSDSpec()
         self.run_dir, self.recipe, self.spec = run_dir, recipe, spec
+        self.device = torch.device(device)
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         run_dir.mkdir(parents=True, exist_ok=True)
         self.ckpt = run_dir / "checkpoint.pt"
         torch.manual_seed(recipe.seed)
         self.tokenizer = build_tokenizer(spec)
-        self.text_encoder = build_text_encoder(spec, self.tokenizer)
-        self.vae = build_vae(spec)
-        self.unet = build_unet(spec)
+        self.text_encoder = build_text_encoder(spec, self.tokenizer).to(self.device)
+        self.vae = build_vae(spec).to(self.device)
+        self.unet = build_unet(spec).to(self.device)
         self.noise_scheduler = training_scheduler(spec)
         self.stage, self.step, self.seconds = "vae", 0, 0.0
         self.losses: dict[str, list[float]] = {"vae": [], "unet": []}
+        self.ema = self._ema()
         self.optimizer = self._optimizer()
         if self.ckpt.exists():
             self._load()
 
+    def _denoiser_params(self) -> list[torch.nn.Parameter]:
+        return [*self.unet.parameters(), *self.text_encoder.parameters()]
+
+    def _ema(self):
+        if self.recipe.ema_decay <= 0:
+            return None
+        from diffusers.training_utils import EMAModel
+
+        return EMAModel(self._denoiser_params(), decay=self.recipe.ema_decay)
+
+    def _batches(self, start: int, stop: int, batch: int, seed: int):
+        return step_batches(prompt_batch, start, stop, batch, seed, workers=self.recipe.workers)
+
     def _optimizer(self) -> torch.optim.Optimizer:
         if self.stage == "vae":
             return torch.optim.AdamW(self.vae.parameters(), lr=self.recipe.vae_lr, weight_decay=0.0)
-        params = [*self.unet.parameters(), *self.text_encoder.parameters()]
-        return torch.optim.AdamW(params, lr=self.recipe.unet_lr, weight_decay=1e-2)
+        return torch.optim.AdamW(self._denoiser_params(), lr=self.recipe.unet_lr, weight_decay=1e-2)
 
     def _save(self) -> None:
         state = {"stage": self.stage, "step": self.step, "seconds": self.seconds, "losses": self.losses,
                  "vae": self.vae.state_dict(), "unet": self.unet.state_dict(),
                  "text_encoder": self.text_encoder.state_dict(), "optimizer": self.optimizer.state_dict(),
-                 "scaling_factor": self.vae.config.scaling_factor}
+                 "scaling_factor": self.vae.config.scaling_factor,
+                 "ema": self.ema.state_dict() if self.ema is not None else None}
         torch.save(state, self.ckpt.with_suffix(".tmp"))
         self.ckpt.with_suffix(".tmp").replace(self.ckpt)
 
     def _load(self) -> None:
-        state = torch.load(self.ckpt, weights_only=False)
+        state = torch.load(self.ckpt, weights_only=False, map_location=self.device)
         self.stage, self.step = state["stage"], state["step"]
         self.seconds, self.losses = state["seconds"], state["losses"]
         self.vae.load_state_dict(state["vae"])
@@ -101,6 +127,8 @@ class SDTrainer:
         self.vae.register_to_config(scaling_factor=state["scaling_factor"])
         self.optimizer = self._optimizer()
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.ema is not None and state.get("ema") is not None:
+            self.ema.load_state_dict(state["ema"])
         print(f"resumed at stage {self.stage}, step {self.step}")
 
     def _update(self, loss: torch.Tensor, step: int, total: int, base_lr: float, stage: str) -> None:
@@ -110,6 +138,8 @@ class SDTrainer:
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]], 1.0)
         self.optimizer.step()
+        if stage == "unet" and self.ema is not None:
+            self.ema.step(self._denoiser_params())
         self.losses[stage].append(loss.item())
 
     def _timed(self, fn) -> None:
@@ -123,8 +153,8 @@ class SDTrainer:
         r = self.recipe
         self.vae.train()
         bar = tqdm(range(self.step, r.vae_steps), desc="stage vae", initial=self.step, total=r.vae_steps)
-        for step in bar:
-            _, images = prompt_batch(step, r.vae_batch, r.seed)
+        for step, (_, images) in zip(bar, self._batches(self.step, r.vae_steps, r.vae_batch, r.seed)):
+            images = images.to(self.device)
             posterior = self.vae.encode(images).latent_dist
             recon = self.vae.decode(posterior.sample()).sample
             rec = F.mse_loss(recon, images)
@@ -143,12 +173,12 @@ class SDTrainer:
     @torch.no_grad()
     def _measure_scaling(self) -> float:
         _, images = prompt_batch(10**6, 256, self.recipe.seed)
-        latents = self.vae.encode(images).latent_dist.sample()
+        latents = self.vae.encode(images.to(self.device)).latent_dist.sample()
         return float(1.0 / latents.std())
 
     def encode_text(self, texts: list[str]) -> torch.Tensor:
         ids = self.tokenizer(texts, padding="max_length", max_length=self.spec.max_prompt_tokens, truncation=True,
-                             return_tensors="pt").input_ids
+                             return_tensors="pt").input_ids.to(self.device)
         return self.text_encoder(ids).last_hidden_state
 
     def train_unet(self) -> None:
@@ -157,14 +187,16 @@ class SDTrainer:
         self.text_encoder.train()
         sched = self.noise_scheduler
         bar = tqdm(range(self.step, r.unet_steps), desc="stage unet", initial=self.step, total=r.unet_steps)
-        for step in bar:
-            texts, images = prompt_batch(step, r.unet_batch, r.seed + 1)
+        for step, (texts, images) in zip(bar, self._batches(self.step, r.unet_steps, r.unet_batch, r.seed + 1)):
             g = torch.Generator().manual_seed(r.seed * 7919 + step)
             texts = ["" if torch.rand((), generator=g) < r.caption_dropout else t for t in texts]
             with torch.no_grad():
-                latents = self.vae.encode(images).latent_dist.sample(g) * self.vae.config.scaling_factor
-            noise = torch.randn(latents.shape, generator=g)
-            t = torch.randint(0, sched.config.num_train_timesteps, (len(texts),), generator=g)
+                posterior = self.vae.encode(images.to(self.device)).latent_dist
+                # the draws come from the CPU generator, so a run is the same on any device
+                eps = torch.randn(posterior.mean.shape, generator=g).to(self.device)
+                latents = (posterior.mean + posterior.std * eps) * self.vae.config.scaling_factor
+            noise = torch.randn(latents.shape, generator=g).to(self.device)
+            t = torch.randint(0, sched.config.num_train_timesteps, (len(texts),), generator=g).to(self.device)
             noisy = sched.add_noise(latents, noise, t)
             target = sched.get_velocity(latents, noise, t) if self.spec.prediction_type == "v_prediction" else noise
             pred = self.unet(noisy, t, self.encode_text(texts)).sample
@@ -178,13 +210,16 @@ class SDTrainer:
         self._save()
 
     def pipeline(self):
+        """The pipeline with the exported weights: the EMA ones when the recipe keeps an average."""
+        if self.ema is not None and self.stage == "done":
+            self.ema.copy_to(self._denoiser_params())
         return assemble(self.spec, self.tokenizer, self.text_encoder, self.vae, self.unet)
 
     def export(self, out_dir: Path, metrics: dict | None = None) -> None:
         out_dir.mkdir(parents=True, exist_ok=True)
-        self.pipeline().save_pretrained(out_dir, safe_serialization=True)
+        self.pipeline().to("cpu").save_pretrained(out_dir, safe_serialization=True)
         plot_losses(self.losses, out_dir / "training_loss.png", titles={"vae": "autoencoder", "unet": "UNet + text"})
-        info = {"recipe": asdict(self.recipe), "spec": asdict(self.spec),
+        info = {"recipe": asdict(self.recipe), "spec": asdict(self.spec), "device": self.device.type,
                 "scaling_factor": self.vae.config.scaling_factor, "training_minutes": round(self.seconds / 60, 1),
                 "final_loss": {k: sum(v[-50:]) / max(1, len(v[-50:])) for k, v in self.losses.items()},
                 "metrics": metrics or {}}
@@ -192,8 +227,8 @@ class SDTrainer:
 
 
 def train_sd(out_dir: Path, run_dir: Path, recipe: SDRecipe | None = None, spec: ShapesSDSpec | None = None,
-             eval_prompts_per_category: int = 8) -> Path:
-    trainer = SDTrainer(run_dir, recipe or SDRecipe(), spec or ShapesSDSpec())
+             eval_prompts_per_category: int = 8, device: str = "cpu") -> Path:
+    trainer = SDTrainer(run_dir, recipe or SDRecipe(), spec or ShapesSDSpec(), device=device)
     if trainer.stage == "vae":
         trainer._timed(trainer.train_vae)
     if trainer.stage == "unet":
@@ -204,6 +239,8 @@ def train_sd(out_dir: Path, run_dir: Path, recipe: SDRecipe | None = None, spec:
     metrics = {f"oracle_{n}_steps": oracle_scores(pipe, num_inference_steps=n,
                                                    per_category=eval_prompts_per_category)["overall"]
                for n in (1, 2, 4)}
+    metrics["oracle_4_steps_guidance_3"] = oracle_scores(pipe, num_inference_steps=4, guidance_scale=3.0,
+                                                         per_category=eval_prompts_per_category)["overall"]
     trainer.export(out_dir, metrics)
     print(f"trained in {trainer.seconds / 60:.1f} min; {metrics}; saved to {out_dir}")
     return out_dir

@@ -1,0 +1,1 @@
+"""Autoregressive image-token generation: the model container, the decode session, sampling and loops."""
