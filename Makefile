@@ -23,6 +23,7 @@ bench: $(STAMP)
 	$(VENV)/bin/mmeff bench tokens
 	$(VENV)/bin/mmeff bench halluc
 	$(VENV)/bin/mmeff bench reno
+	$(VENV)/bin/mmeff bench ar
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check mmeff plugins tests demos

@@ -44,6 +44,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
 def cmd_bench(args: argparse.Namespace) -> None:
     if args.suite == "reno":
         _bench_reno(args)
+    if args.suite == "ar":
+        _bench_ar(args)
     if args.suite == "halluc":
         _bench_halluc(args)
     if args.suite == "tokens":
@@ -125,6 +127,7 @@ def _bench_reno(args: argparse.Namespace) -> None:
 
     model = args.model or str(SHAPES_SD)
     pipe = mmeff.load(model)
+    pipe.model.to(args.device)
     weights = _parse_rewards(args.reward or ["shapes_clip"])
     paths = dict(p.split("=", 1) for p in args.reward_path)
     rewards = RewardSet({n: load_reward(n, paths.get(n)) for n in weights}, weights)
@@ -134,7 +137,7 @@ def _bench_reno(args: argparse.Namespace) -> None:
     options = {"lr": args.lr} if args.lr else {}
     results = run_bench(pipe, rewards, prompts, args.seeds, iterations=args.iterations,
                         budgets=tuple(sorted({1, *(b for b in (10, 25) if b < args.iterations), args.iterations})),
-                        num_inference_steps=steps, guidance_scale=guidance, batch_size=args.batch_size,
+                        num_inference_steps=steps, guidance_scale=guidance, batch_size=args.batch_size or 32,
                         reno_options=options)
     device = pipe.adapter.device
     meta = {"command": "mmeff " + " ".join(sys.argv[1:]), "model": model, "rewards": weights,
@@ -144,6 +147,38 @@ def _bench_reno(args: argparse.Namespace) -> None:
     out = Path(args.out) / "reno"
     write_report(out, results, meta)
     Console().print(f"wrote {out}/reno.md (+ reno.json and plots)")
+
+
+def _bench_ar(args: argparse.Namespace) -> None:
+    import sys
+
+    import torch
+
+    import mmeff
+
+    from .bench.ar import run_bench
+    from .bench.ar_report import write_report
+    from .testbed.ar_eval import SHAPES_AR_SAMPLING
+    from .testbed.assets import SHAPES_AR
+    from .testbed.t2i_prompts import eval_prompts
+
+    model = args.model or str(SHAPES_AR)
+    pipe = mmeff.load(model)
+    pipe.model.to(args.device)
+    prompts = eval_prompts(args.per_category)
+    sampling = dict(SHAPES_AR_SAMPLING)
+    if args.guidance is not None:
+        sampling["guidance_scale"] = args.guidance
+    batch_size = args.batch_size or 1
+    results = run_bench(pipe, prompts, list(range(args.seeds)), batch_size=batch_size, sampling=sampling)
+    device = pipe.adapter.device
+    meta = {"command": "mmeff " + " ".join(sys.argv[1:]), "model": model, "prompts": len(prompts),
+            "seeds": args.seeds, "images": len(prompts) * args.seeds, "batch_size": batch_size, "sampling": sampling,
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda"
+            else f"CPU, {torch.get_num_threads()} threads"}
+    out = Path(args.out) / "ar"
+    write_report(out, results, meta)
+    Console().print(f"wrote {out}/ar.md (+ ar.json and plots)")
 
 
 def _parse_rewards(specs: list[str]) -> dict[str, float]:
@@ -186,7 +221,11 @@ def cmd_testbed(args: argparse.Namespace) -> None:
         check_oracle(args.n_scenes, args.image_size, Path(args.out or "eval_results/oracle"))
         return
     if args.model is None:
-        raise SystemExit("usage: mmeff testbed train vlm|sd|clip [--out DIR] [--run-dir DIR]")
+        raise SystemExit("usage: mmeff testbed train vlm|sd|clip|ar [--out DIR] [--run-dir DIR]")
+    from .testbed.train import parse_overrides
+
+    if args.model == "vlm" and (args.recipe or args.device != "cpu"):
+        raise SystemExit("--recipe and --device apply to `train sd`, `train clip` and `train ar`")
     out = Path(args.out or f"assets/models/shapes-{TESTBED_MODELS[args.model]}")
     run_dir = Path(args.run_dir or f"runs/shapes-{TESTBED_MODELS[args.model]}")
     if args.model == "vlm":
@@ -194,16 +233,20 @@ def cmd_testbed(args: argparse.Namespace) -> None:
 
         train_vlm(out, run_dir)
     elif args.model == "sd":
-        from .testbed.train_sd import train_sd
+        from .testbed.train_sd import SDRecipe, train_sd
 
-        train_sd(out, run_dir)
+        train_sd(out, run_dir, SDRecipe(**parse_overrides(SDRecipe, args.recipe)), device=args.device)
+    elif args.model == "ar":
+        from .testbed.train_ar import ARRecipe, train_ar
+
+        train_ar(out, run_dir, ARRecipe(**parse_overrides(ARRecipe, args.recipe)), device=args.device)
     else:
-        from .testbed.train_clip import train_clip
+        from .testbed.train_clip import ClipRecipe, train_clip
 
-        train_clip(out, run_dir)
+        train_clip(out, run_dir, ClipRecipe(**parse_overrides(ClipRecipe, args.recipe)), device=args.device)
 
 
-TESTBED_MODELS = {"vlm": "llava", "sd": "sd", "clip": "clip"}
+TESTBED_MODELS = {"vlm": "llava", "sd": "sd", "clip": "clip", "ar": "ar"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -235,16 +278,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("testbed", help="train the bundled shapes-testbed models; measure the OpenCV oracle")
     p.add_argument("what", choices=["train", "oracle"])
     p.add_argument("model", nargs="?", choices=list(TESTBED_MODELS),
-                   help="what to train (train only): vlm = shapes-llava, sd = shapes-sd, clip = shapes-clip")
+                   help="what to train (train only): vlm = shapes-llava, sd = shapes-sd, clip = shapes-clip, "
+                        "ar = shapes-ar")
     p.add_argument("--out", help="train: where save_pretrained writes (default assets/models/shapes-<model>); "
                                  "oracle: report folder (default eval_results/oracle)")
     p.add_argument("--run-dir", help="checkpoints (resume from here) and logs (default runs/shapes-<model>)")
+    p.add_argument("--device", default="cpu",
+                   help="train sd|clip|ar: torch device (cuda trains the same recipe faster)")
+    p.add_argument("--recipe", action="append", default=[], metavar="NAME=VALUE",
+                   help="train sd|clip|ar: override a field of the recipe, e.g. unet_steps=12000 "
+                        "(repeatable)")
     p.add_argument("--n-scenes", type=int, default=500, help="oracle: held-out scenes to score")
     p.add_argument("--image-size", type=int, default=96, help="oracle: render size in pixels")
     p.set_defaults(func=cmd_testbed)
 
     p = sub.add_parser("bench", help="benchmarks that write JSON, a markdown report and plots")
-    p.add_argument("suite", choices=["tokens", "halluc", "reno"])
+    p.add_argument("suite", choices=["tokens", "halluc", "reno", "ar"])
     p.add_argument("--speed", action="store_true", help="only prefill/decode time, KV cache and FLOPs "
                                                          "on a 7B-layout random model")
     p.add_argument("--quality", action="store_true", help="only testbed accuracy per method and budget")
@@ -261,12 +310,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"])
     p.add_argument("--reward", action="append", help="reno: name[:weight], repeatable (default shapes_clip)")
     p.add_argument("--reward-path", action="append", default=[], help="reno: name=path to load a reward from")
-    p.add_argument("--per-category", type=int, default=8, help="reno: prompts per GenEval-style category")
+    p.add_argument("--per-category", type=int, default=8, help="reno, ar: prompts per GenEval-style category")
     p.add_argument("--iterations", type=int, default=50, help="reno: generator + reward evaluations per image")
     p.add_argument("--steps", type=int, default=None, help="reno: denoising steps (default: the testbed's)")
-    p.add_argument("--guidance", type=float, default=None, help="reno: guidance scale (default: the testbed's)")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="reno, ar: guidance scale (default: the testbed's)")
     p.add_argument("--lr", type=float, default=None, help="reno: learning rate (default ReNO's 5.0)")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=None, help="reno: default 32; ar: default 1 (per-sequence "
+                                                                     "acceleration, as the papers measure it)")
+    p.add_argument("--device", default="cpu", help="reno, ar: where the model runs")
     p.add_argument("--out", default="bench_results")
     p.set_defaults(func=cmd_bench)
     return parser

@@ -8,5 +8,6 @@ MODELS = Path(__file__).resolve().parents[2] / "assets" / "models"  # beside the
 SHAPES_LLAVA = MODELS / "shapes-llava"
 SHAPES_SD = MODELS / "shapes-sd"
 SHAPES_CLIP = MODELS / "shapes-clip"
+SHAPES_AR = MODELS / "shapes-ar"
 #: the call settings shapes-sd was measured with (few steps, as SD-Turbo is used)
 SHAPES_SD_CALL = {"num_inference_steps": 1, "guidance_scale": 1.0}

@@ -48,7 +48,7 @@ class ClipRecipe:
     lr: float = 1e-3
     checkpoint_every: int = 250
     workers: int = 0  # DataLoader processes rendering batches (0: render in the training loop)
-    vae: str = "assets/models/shapes-sd/vae"  # AutoencoderKL folder (relative: to the repo); "" = clean renders
+    vae: str = ""  # AutoencoderKL folder (relative: to the repo), e.g. assets/models/shapes-sd/vae; "" = clean only
     degraded_fraction: float = 0.5  # share of each batch seen through the autoencoder
     latent_noise: float = 1.0  # largest noise std added to the latents, in units of their std
 
