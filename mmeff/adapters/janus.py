@@ -11,7 +11,6 @@ prompt with every token except BOS and ``<begin_of_image>`` replaced by the pad 
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import torch
@@ -19,7 +18,7 @@ import torch.nn as nn
 
 from ..errors import ConfigError, InputError
 from ..registry import register_adapter
-from .ar_base import ARImageAdapter
+from .ar_base import ARImageAdapter, run_decoder
 
 
 def _janus_class() -> type | None:
@@ -34,16 +33,18 @@ def _janus_class() -> type | None:
 class JanusAdapter(ARImageAdapter):
     key = "janus"
     description = "Janus / Janus-Pro text-to-image (Llama decoder + generation head over a VQ codebook)"
-    default_guidance = 5.0  # what Janus's generate uses when no guidance_scale is given
 
     def __init__(self, obj: nn.Module, processor: Any = None) -> None:
         super().__init__(obj, processor)
         self.model = obj
         self.inner = obj.model  # JanusModel: language_model, generation_*, vqmodel
         self.language_model: nn.Module = self.inner.language_model
-        params = inspect.signature(self.language_model.forward).parameters
-        # transformers renamed past_key_values to cache; pass whichever this version takes
-        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+
+    @property
+    def default_guidance(self) -> float:
+        """What Janus's ``generate`` uses when no guidance_scale is given: the generation config's, else 5."""
+        scale = getattr(self.model.generation_config, "guidance_scale", None)
+        return float(scale) if scale is not None else 5.0
 
     @classmethod
     def matches(cls, obj: Any) -> bool:
@@ -128,9 +129,7 @@ class JanusAdapter(ARImageAdapter):
 
     def backbone(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
                  cache: Any) -> torch.Tensor:
-        out = self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                                  position_ids=position_ids, use_cache=True, **{self._cache_kw: cache})
-        return out.last_hidden_state
+        return run_decoder(self.language_model, inputs_embeds, attention_mask, position_ids, cache)
 
     def code_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.inner.generation_head(hidden)

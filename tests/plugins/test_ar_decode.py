@@ -174,3 +174,16 @@ def test_every_plugin_generates_through_a_tiny_janus(name, options):
     assert images.shape == plain.shape and pipe.last_stats["sequential_forwards"] < pipe.adapter.num_image_tokens
     pipe.remove_plugin(name)
     assert torch.equal(pipe.generate_images(["a red circle"] * 2, guidance_scale=2.0, seed=0, output_type="pt"), plain)
+
+
+@pytest.mark.parametrize("name,options", [("sjd", {"window": 8}), ("lantern", {"window": 8, "k": 4}),
+                                          ("zipar", {"window": 1})])
+def test_cfg_rows_stay_paired(name, options):
+    """Every forward feeds the conditional and unconditional row of an image the same codes."""
+    pipe = mmeff.wrap(tiny_ar_image())
+    fed = []
+    original = pipe.adapter.embed_codes
+    pipe.adapter.embed_codes = lambda codes: fed.append(codes.clone()) or original(codes)
+    pipe.add_plugin(name, **options)
+    pipe.generate_images(PROMPTS, guidance_scale=3.0, seed=0)
+    assert fed and all(torch.equal(c[: len(PROMPTS)], c[len(PROMPTS) :]) for c in fed)
