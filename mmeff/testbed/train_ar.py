@@ -20,9 +20,9 @@ overridden from the command line (``--recipe ar_steps=6000``).
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +32,8 @@ from tqdm import tqdm
 from ..ar.model import ARImageConfig, ARImageModel
 from .ar_model import ShapesARSpec, assemble, build_lm, build_tokenizer, build_vq, model_config
 from .batches import step_batches
-from .train import lr_factor, plot_losses
+from .staged import StagedTrainer
+from .train import plot_losses
 from .train_sd import prompt_batch
 
 HELDOUT_STEP = 10**6  # batch index of the held-out scenes (training steps stay far below it)
@@ -114,36 +115,34 @@ def training_rows(tokenizer, config: ARImageConfig, texts: list[str], codes: tor
     return {"input_ids": input_ids, "attention_mask": mask, "position_ids": position_ids, "labels": labels}
 
 
-class ARTrainer:
+class ARTrainer(StagedTrainer):
+    stages = ("vq", "ar")
+
     def __init__(self, run_dir: Path, recipe: ARRecipe, spec: ShapesARSpec | None = None,
                  device: str | torch.device = "cpu") -> None:
-        spec = spec or ShapesARSpec()
-        self.run_dir, self.recipe, self.spec = run_dir, recipe, spec
-        self.device = torch.device(device)
-        if self.device.type == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-        run_dir.mkdir(parents=True, exist_ok=True)
-        self.ckpt = run_dir / "checkpoint.pt"
-        torch.manual_seed(recipe.seed)  # weights are initialised on the CPU, then moved
+        super().__init__(run_dir, recipe, device)
+        self.spec = spec = spec or ShapesARSpec()
         self.tokenizer = build_tokenizer()
         self.config = model_config(spec, self.tokenizer, null_caption=recipe.caption_dropout > 0)
         self.vq = build_vq(spec).to(self.device)
         self.lm = build_lm(spec, self.tokenizer).to(self.device)
-        self.stage, self.step, self.seconds = "vq", 0, 0.0
-        self.losses: dict[str, list[float]] = {"vq": [], "ar": []}
         self.usage = torch.zeros(spec.codebook_size, dtype=torch.long)  # picks since the last restart
         self.restarted = 0  # codebook entries re-seeded after the initial one
-        self.ema = self._ema()
-        self.optimizer = self._optimizer()
-        if self.ckpt.exists():
-            self._load()
+        self._start()
 
-    def _ema(self):
-        if self.recipe.ema_decay <= 0:
-            return None
-        from diffusers.training_utils import EMAModel
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {"vq": self.vq, "lm": self.lm}
 
-        return EMAModel(self.lm.parameters(), decay=self.recipe.ema_decay)
+    def ema_parameters(self) -> list[torch.nn.Parameter]:
+        return list(self.lm.parameters())
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"usage": self.usage, "restarted": self.restarted}
+
+    def load_extra(self, state: dict[str, Any]) -> None:
+        self.usage, self.restarted = state["usage"].cpu(), state["restarted"]
+        if self.stage != "vq":
+            self._freeze_vq()
 
     def _batches(self, start: int, stop: int, batch: int, seed: int):
         return step_batches(prompt_batch, start, stop, batch, seed, workers=self.recipe.workers)
@@ -155,47 +154,6 @@ class ARTrainer:
 
     def _freeze_vq(self) -> None:
         self.vq.eval().requires_grad_(False)
-
-    def _save(self) -> None:
-        state = {"stage": self.stage, "step": self.step, "seconds": self.seconds, "losses": self.losses,
-                 "vq": self.vq.state_dict(), "lm": self.lm.state_dict(), "optimizer": self.optimizer.state_dict(),
-                 "usage": self.usage, "restarted": self.restarted,
-                 "ema": self.ema.state_dict() if self.ema is not None else None}
-        torch.save(state, self.ckpt.with_suffix(".tmp"))
-        self.ckpt.with_suffix(".tmp").replace(self.ckpt)
-
-    def _load(self) -> None:
-        state = torch.load(self.ckpt, weights_only=False, map_location=self.device)
-        self.stage, self.step = state["stage"], state["step"]
-        self.seconds, self.losses = state["seconds"], state["losses"]
-        self.usage, self.restarted = state["usage"].cpu(), state["restarted"]
-        self.vq.load_state_dict(state["vq"])
-        self.lm.load_state_dict(state["lm"])
-        if self.stage != "vq":
-            self._freeze_vq()
-        self.optimizer = self._optimizer()
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.ema is not None and state.get("ema") is not None:
-            self.ema.load_state_dict(state["ema"])
-        print(f"resumed at stage {self.stage}, step {self.step}")
-
-    def _update(self, loss: torch.Tensor, step: int, total: int, base_lr: float, stage: str) -> None:
-        for group in self.optimizer.param_groups:
-            group["lr"] = base_lr * lr_factor(step, total)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]], 1.0)
-        self.optimizer.step()
-        if stage == "ar" and self.ema is not None:
-            self.ema.step(self.lm.parameters())
-        self.losses[stage].append(loss.item())
-
-    def _timed(self, fn) -> None:
-        start = time.time()
-        try:
-            fn()
-        finally:
-            self.seconds += time.time() - start
 
     def _restart(self, z: torch.Tensor, step: int) -> None:
         """Dead-code restart, and fresh Adam moments for the re-seeded rows (their old ones are stale)."""
@@ -274,8 +232,7 @@ class ARTrainer:
 
     def model(self) -> ARImageModel:
         """The model with the exported weights: the EMA ones when the recipe keeps an average."""
-        if self.ema is not None and self.stage == "done":
-            self.ema.copy_to(self.lm.parameters())
+        self._averaged()
         return assemble(self.spec, self.tokenizer, self.lm, self.vq, self.config.null_caption)
 
     def export(self, out_dir: Path, metrics: dict | None = None) -> None:
@@ -285,7 +242,7 @@ class ARTrainer:
         plot_losses(self.losses, out_dir / "training_loss.png", titles={"vq": "VQ tokenizer", "ar": "Llama on codes"})
         info = {"recipe": asdict(self.recipe), "spec": asdict(self.spec), "config": asdict(self.config),
                 "device": self.device.type, "training_minutes": round(self.seconds / 60, 1),
-                "final_loss": {k: sum(v[-50:]) / max(1, len(v[-50:])) for k, v in self.losses.items()},
+                "final_loss": self.final_losses(),
                 "codebook": codebook, "codes_restarted": self.restarted, "metrics": metrics or {}}
         (out_dir / "training.json").write_text(json.dumps(info, indent=2))
 

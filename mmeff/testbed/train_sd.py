@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import json
 import random
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -37,8 +37,9 @@ from .sd_model import (
     images_to_tensor,
     training_scheduler,
 )
+from .staged import StagedTrainer
 from .t2i_prompts import sample_prompt, scene_for_prompt
-from .train import lr_factor, plot_losses
+from .train import plot_losses
 
 TRAIN_SEED = 20_000_000
 
@@ -67,38 +68,25 @@ def prompt_batch(step: int, batch: int, seed: int) -> tuple[list[str], torch.Ten
     return [p.text for p in prompts], images_to_tensor([render(s) for s in scenes])
 
 
-class SDTrainer:
+class SDTrainer(StagedTrainer):
+    stages = ("vae", "unet")
+
     def __init__(self, run_dir: Path, recipe: SDRecipe, spec: ShapesSDSpec | None = None,
                  device: str | torch.device = "cpu") -> None:
-        spec = spec or ShapesSDSpec()
-        self.run_dir, self.recipe, self.spec = run_dir, recipe, spec
-        self.device = torch.device(device)
-        if self.device.type == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-        run_dir.mkdir(parents=True, exist_ok=True)
-        self.ckpt = run_dir / "checkpoint.pt"
-        torch.manual_seed(recipe.seed)
+        super().__init__(run_dir, recipe, device)
+        self.spec = spec = spec or ShapesSDSpec()
         self.tokenizer = build_tokenizer(spec)
         self.text_encoder = build_text_encoder(spec, self.tokenizer).to(self.device)
         self.vae = build_vae(spec).to(self.device)
         self.unet = build_unet(spec).to(self.device)
         self.noise_scheduler = training_scheduler(spec)
-        self.stage, self.step, self.seconds = "vae", 0, 0.0
-        self.losses: dict[str, list[float]] = {"vae": [], "unet": []}
-        self.ema = self._ema()
-        self.optimizer = self._optimizer()
-        if self.ckpt.exists():
-            self._load()
+        self._start()
 
-    def _denoiser_params(self) -> list[torch.nn.Parameter]:
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {"vae": self.vae, "unet": self.unet, "text_encoder": self.text_encoder}
+
+    def ema_parameters(self) -> list[torch.nn.Parameter]:
         return [*self.unet.parameters(), *self.text_encoder.parameters()]
-
-    def _ema(self):
-        if self.recipe.ema_decay <= 0:
-            return None
-        from diffusers.training_utils import EMAModel
-
-        return EMAModel(self._denoiser_params(), decay=self.recipe.ema_decay)
 
     def _batches(self, start: int, stop: int, batch: int, seed: int):
         return step_batches(prompt_batch, start, stop, batch, seed, workers=self.recipe.workers)
@@ -106,48 +94,13 @@ class SDTrainer:
     def _optimizer(self) -> torch.optim.Optimizer:
         if self.stage == "vae":
             return torch.optim.AdamW(self.vae.parameters(), lr=self.recipe.vae_lr, weight_decay=0.0)
-        return torch.optim.AdamW(self._denoiser_params(), lr=self.recipe.unet_lr, weight_decay=1e-2)
+        return torch.optim.AdamW(self.ema_parameters(), lr=self.recipe.unet_lr, weight_decay=1e-2)
 
-    def _save(self) -> None:
-        state = {"stage": self.stage, "step": self.step, "seconds": self.seconds, "losses": self.losses,
-                 "vae": self.vae.state_dict(), "unet": self.unet.state_dict(),
-                 "text_encoder": self.text_encoder.state_dict(), "optimizer": self.optimizer.state_dict(),
-                 "scaling_factor": self.vae.config.scaling_factor,
-                 "ema": self.ema.state_dict() if self.ema is not None else None}
-        torch.save(state, self.ckpt.with_suffix(".tmp"))
-        self.ckpt.with_suffix(".tmp").replace(self.ckpt)
+    def extra_state(self) -> dict[str, Any]:
+        return {"scaling_factor": self.vae.config.scaling_factor}
 
-    def _load(self) -> None:
-        state = torch.load(self.ckpt, weights_only=False, map_location=self.device)
-        self.stage, self.step = state["stage"], state["step"]
-        self.seconds, self.losses = state["seconds"], state["losses"]
-        self.vae.load_state_dict(state["vae"])
-        self.unet.load_state_dict(state["unet"])
-        self.text_encoder.load_state_dict(state["text_encoder"])
+    def load_extra(self, state: dict[str, Any]) -> None:
         self.vae.register_to_config(scaling_factor=state["scaling_factor"])
-        self.optimizer = self._optimizer()
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.ema is not None and state.get("ema") is not None:
-            self.ema.load_state_dict(state["ema"])
-        print(f"resumed at stage {self.stage}, step {self.step}")
-
-    def _update(self, loss: torch.Tensor, step: int, total: int, base_lr: float, stage: str) -> None:
-        for group in self.optimizer.param_groups:
-            group["lr"] = base_lr * lr_factor(step, total)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]], 1.0)
-        self.optimizer.step()
-        if stage == "unet" and self.ema is not None:
-            self.ema.step(self._denoiser_params())
-        self.losses[stage].append(loss.item())
-
-    def _timed(self, fn) -> None:
-        start = time.time()
-        try:
-            fn()
-        finally:
-            self.seconds += time.time() - start
 
     def train_vae(self) -> None:
         r = self.recipe
@@ -211,8 +164,7 @@ class SDTrainer:
 
     def pipeline(self):
         """The pipeline with the exported weights: the EMA ones when the recipe keeps an average."""
-        if self.ema is not None and self.stage == "done":
-            self.ema.copy_to(self._denoiser_params())
+        self._averaged()
         return assemble(self.spec, self.tokenizer, self.text_encoder, self.vae, self.unet)
 
     def export(self, out_dir: Path, metrics: dict | None = None) -> None:
@@ -221,7 +173,7 @@ class SDTrainer:
         plot_losses(self.losses, out_dir / "training_loss.png", titles={"vae": "autoencoder", "unet": "UNet + text"})
         info = {"recipe": asdict(self.recipe), "spec": asdict(self.spec), "device": self.device.type,
                 "scaling_factor": self.vae.config.scaling_factor, "training_minutes": round(self.seconds / 60, 1),
-                "final_loss": {k: sum(v[-50:]) / max(1, len(v[-50:])) for k, v in self.losses.items()},
+                "final_loss": self.final_losses(),
                 "metrics": metrics or {}}
         (out_dir / "training.json").write_text(json.dumps(info, indent=2))
 
