@@ -258,21 +258,26 @@ class MMPipeline:
         seed: int | None = None,
         generator: torch.Generator | None = None,
         output_type: str = "pil",
+        diffusion_steps: int | None = None,
     ) -> Any:
-        """Text -> images with an autoregressive image-token model (Janus, LlamaGen-style ``ar_image``).
+        """Text -> images with an autoregressive image-token model (Janus, LlamaGen-style ``ar_image``,
+        continuous-token ``continuous_ar``).
 
         ``guidance_scale`` defaults to the model's own (None turns guidance off); ``temperature=0``
         is greedy. ``seed`` (or a ``generator``) fixes the one random stream the decode loop uses.
         A plugin that owns the image decode loop (``sjd``, ``lantern``, ``zipar``) replaces plain
         token-by-token sampling. Returns PIL images, or a (B, 3, H, W) tensor in [0, 1] for
-        ``output_type="pt"``, or a (B, H, W, 3) float array for ``"np"``.
+        ``output_type="pt"``, or a (B, H, W, 3) float array for ``"np"``. Continuous-token models
+        take ``diffusion_steps`` (head denoising steps per token; DiSA anneals them) instead of
+        top-k / top-p.
         """
         from .adapters.ar_base import ARImageAdapter
         from .ar.loop import plain_decode
         from .ar.sampling import SamplingConfig
         from .ar.session import DecodeSession
 
-        if not isinstance(self.adapter, ARImageAdapter):
+        continuous = self.adapter.family == "ar_continuous"
+        if not isinstance(self.adapter, ARImageAdapter) and not continuous:
             raise UnsupportedModelError(
                 f"generate_images() is for autoregressive image-token models; {self.adapter.key!r} is a "
                 f"{self.adapter.family!r} model"
@@ -285,10 +290,21 @@ class MMPipeline:
         if seed is not None and generator is not None:
             raise InputError("pass seed or generator, not both")
         scale = self.adapter.default_guidance if isinstance(guidance_scale, _Default) else guidance_scale
-        sampling = SamplingConfig(scale, temperature, top_k, top_p)
+        sampling = None if continuous else SamplingConfig(scale, temperature, top_k, top_p)
         if generator is None and seed is not None:
             generator = torch.Generator(device=self.adapter.device).manual_seed(seed)
         self.reset_state()
+        if continuous:
+            from .car.generate import generate_continuous
+
+            if top_k is not None or top_p is not None:
+                raise InputError("top_k / top_p apply to discrete image tokens, not continuous ones")
+            images, out = generate_continuous(self, prompt_list, scale, temperature, diffusion_steps, generator)
+            self._collect_stats(out["stats"])
+            self.last_codes = out["tokens"]
+            return _images_as(images, output_type)
+        if diffusion_steps is not None:
+            raise InputError("diffusion_steps applies to continuous-token models (a per-token diffusion head)")
         start = time.perf_counter()
         session = DecodeSession(self.adapter, prompt_list, scale)
         loops = [p for p in self._active() if "image_decode_loop" in p.owned_stages()]
@@ -304,17 +320,22 @@ class MMPipeline:
             "guidance_scale": scale,
         })
         self.last_codes = codes
-        if output_type == "pt":
-            return images
-        array = images.permute(0, 2, 3, 1).float().cpu().numpy()
-        if output_type == "np":
-            return array
-        from PIL import Image
-
-        return [Image.fromarray((a * 255).round().astype("uint8")) for a in array]
+        return _images_as(images, output_type)
 
     def __repr__(self) -> str:
         return f"MMPipeline({self.adapter.key}: {type(self.obj).__name__}, plugins={list(self._plugins)})"
+
+
+def _images_as(images: torch.Tensor, output_type: str) -> Any:
+    """(B, 3, H, W) in [0, 1] -> what ``output_type`` asks for."""
+    if output_type == "pt":
+        return images
+    array = images.permute(0, 2, 3, 1).float().cpu().numpy()
+    if output_type == "np":
+        return array
+    from PIL import Image
+
+    return [Image.fromarray((a * 255).round().astype("uint8")) for a in array]
 
 
 def _module_device(model: Any) -> torch.device:
@@ -368,11 +389,13 @@ def load(
     if device_map is not None:
         kwargs["device_map"] = device_map
     from .ar.model import ARImageModel
+    from .car.model import ContinuousARModel
 
-    if ARImageModel.is_folder(name_or_path):
-        if torch_dtype is not None:
-            kwargs["dtype"] = torch_dtype
-        return wrap(ARImageModel.from_pretrained(name_or_path, **kwargs))
+    for container in (ARImageModel, ContinuousARModel):
+        if container.is_folder(name_or_path):
+            if torch_dtype is not None:
+                kwargs["dtype"] = torch_dtype
+            return wrap(container.from_pretrained(name_or_path, **kwargs))
     if _is_diffusers_repo(name_or_path):
         import diffusers
 

@@ -1,7 +1,9 @@
 """Bundled plugins, installed as ``mmeff.plugins``; importing this registers them all."""
 
 from . import (  # noqa: F401
+    continuous_spec,
     damro,
+    disa,
     fastv,
     icd,
     lantern,

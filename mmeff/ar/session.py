@@ -19,16 +19,16 @@ from typing import Any
 
 import torch
 
-from ..adapters.ar_base import ARImageAdapter
 from ..errors import InputError
 
 
 class DecodeSession:
-    def __init__(self, adapter: ARImageAdapter, prompts: list[str], guidance_scale: float | None) -> None:
+    def __init__(self, adapter: Any, prompts: list[str], guidance_scale: float | None) -> None:
         if guidance_scale is not None and not adapter.has_unconditional():
             raise InputError(f"guidance_scale needs an unconditional path, which {adapter.key!r} models lack; "
                              "pass guidance_scale=None")
         self.adapter = adapter
+        self.prompts = list(prompts)
         self.guidance_scale = guidance_scale
         self.cfg = guidance_scale is not None
         self.batch = len(prompts)
@@ -45,8 +45,15 @@ class DecodeSession:
         additive = self._additive(self._prefix_visibility(mask.shape[1]))
         hidden = adapter.backbone(embeds, additive, position_ids, self.cache)
         self.forwards += 1
-        #: (rows, K) logits for image position 0
-        self.first_logits = adapter.code_logits(hidden[:, -1])
+        #: (rows, K) logits for image position 0 (hidden states for continuous-token models)
+        self.first_logits = self._read(hidden[:, -1])
+
+    # -- what goes in and comes out per image token (continuous-token sessions override) ----------
+    def _embed(self, items: torch.Tensor) -> torch.Tensor:
+        return self.adapter.embed_codes(items)
+
+    def _read(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.adapter.code_logits(hidden)
 
     # -- masks -------------------------------------------------------------------------
     def _prefix_visibility(self, length: int) -> torch.Tensor:
@@ -79,10 +86,10 @@ class DecodeSession:
         The output at a token predicts the token after it in raster order.
         """
         proxies = proxies or [False] * len(positions)
-        if codes.shape != (self.batch, len(positions)) or len(proxies) != len(positions):
+        if tuple(codes.shape[:2]) != (self.batch, len(positions)) or len(proxies) != len(positions):
             raise ValueError(f"codes {tuple(codes.shape)} do not match {len(positions)} positions")
         rows_codes = torch.cat([codes, codes]) if self.cfg else codes
-        embeds = self.adapter.embed_codes(rows_codes.to(self.prefix_mask.device))
+        embeds = self._embed(rows_codes.to(self.prefix_mask.device))
         self.slot_pos += list(positions)
         self.slot_proxy += list(proxies)
         position_ids = self.prefix_len[:, None] + torch.tensor(positions, device=self.prefix_len.device)[None]
@@ -90,7 +97,7 @@ class DecodeSession:
         hidden = self.adapter.backbone(embeds, additive, position_ids, self.cache)
         self.forwards += 1
         self.tokens_fed += len(positions)
-        return self.adapter.code_logits(hidden)
+        return self._read(hidden)
 
     def rollback(self, n: int) -> None:
         """Forget the last ``n`` cache slots (rejected drafts), in both CFG halves at once."""

@@ -1,0 +1,95 @@
+"""Adapter for continuous-token AR generators (``mmeff.car.model.ContinuousARModel``; MAR / Harmon style).
+
+The decode loops need four things from a model: the prompt's embeddings (with null-caption
+rows for guidance), the embedding of a clean token, the decoder stack run with an explicit
+cache / positions / 4D mask (``hidden state`` per position), and the per-token diffusion head
+with its scheduler. Wrapping MAR or Harmon means one subclass providing those
+(``prefix``, ``embed_tokens``, ``backbone``, ``head``/``scheduler``, ``decode_tokens``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+import torch.nn as nn
+
+from ..car.model import ContinuousARModel
+from ..registry import register_adapter
+from .ar_base import run_decoder
+from .base import Adapter
+
+
+@register_adapter
+class ContinuousARAdapter(Adapter):
+    key = "continuous_ar"
+    family: ClassVar[str] = "ar_continuous"
+    description = "continuous-token AR: transformers decoder + per-token diffusion head + diffusers AutoencoderKL"
+    default_guidance: ClassVar[float | None] = 3.0
+    default_steps: ClassVar[int] = 50  # head denoising steps per token without DiSA (MAR's training-time count)
+
+    obj: ContinuousARModel
+
+    @classmethod
+    def matches(cls, obj: Any) -> bool:
+        return isinstance(obj, ContinuousARModel)
+
+    def hook_roots(self) -> list[nn.Module]:
+        return [self.obj.backbone, self.obj.head]
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return tuple(self.obj.config.grid)
+
+    @property
+    def num_image_tokens(self) -> int:
+        return self.obj.config.num_image_tokens
+
+    @property
+    def token_dim(self) -> int:
+        return self.obj.config.token_dim
+
+    @property
+    def device(self) -> torch.device:
+        return self.obj.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.obj.backbone.parameters()).dtype
+
+    @property
+    def head(self) -> nn.Module:
+        return self.obj.head
+
+    @property
+    def scheduler(self) -> Any:
+        return self.obj.scheduler
+
+    def has_unconditional(self) -> bool:
+        return self.obj.config.null_caption
+
+    def prefix(self, prompts: list[str], unconditional: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        ids, mask = self.obj.prompt_ids(list(prompts), unconditional)
+        return self.obj.backbone.get_input_embeddings()(ids), mask
+
+    def embed_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.obj.head.embed_tokens(tokens.to(self.dtype))
+
+    def backbone(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
+                 cache: Any) -> torch.Tensor:
+        return run_decoder(self.obj.backbone, inputs_embeds, attention_mask, position_ids, cache)
+
+    def new_cache(self) -> Any:
+        from transformers import DynamicCache
+
+        return DynamicCache()
+
+    def decode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.obj.decode_tokens(tokens)
+
+    def vae_fingerprint(self) -> str:
+        return self.obj.vae_fingerprint()
+
+    def describe(self) -> dict[str, Any]:
+        return {"adapter": self.key, "grid": self.grid, "token_dim": self.token_dim,
+                "image_tokens": self.num_image_tokens}

@@ -1,0 +1,1 @@
+"""Autoregressive image generation over continuous tokens (MAR / Harmon / FlowAR style)."""

@@ -1,0 +1,180 @@
+"""Continuous speculative decoding (Wang et al., 2024) with a smaller draft model of the same family.
+
+Each round the draft proposes ``draft_len`` tokens (its own backbone forward and head sampling
+per token); one target forward then gives the target's hidden state at every drafted position,
+and the target head is run along the *same* trajectory (same starting and per-step noise).
+A draft token ``x`` is accepted with probability ``min(1, r)``,
+
+    r = N(x; mu_t, (tau sigma_t)^2) / N(x; mu_d, (tau sigma_d)^2)       (last step, std inflated by tau)
+        * prod over earlier steps of sigma_t / sigma_d  *  sigma_d,last / sigma_t,last
+
+(the released ``spec_decode_runner``'s ratio; ``tau`` = ``inner_temperature``, 42 as released).
+The first rejected token is resampled from ``max(0, p - q)`` by acceptance-rejection with target
+samples as proposals, at most ``max_tries`` times; unlike the released code, the drafts after
+a rejection are discarded (they were conditioned on the rejected token) and a failed
+resampling falls back to a target sample instead of a zero vector. The first
+``prefill_ratio`` of the tokens come from the target alone (token pre-filling).
+
+Random streams: head noise (draft, and target proposals when resampling) comes from the call's
+generator in the same order as plain decoding; acceptance uniforms from a second generator
+derived from its seed. So a draft identical to the target accepts everything and reproduces
+plain decoding token for token.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .loop import ContinuousSession, ContinuousStats, HeadSettings, head_sample
+from .ops import residual_by_rejection
+from .sampler import HeadTrajectory, draw_noise, sample_head
+
+
+def log_ratio(x: torch.Tensor, target: HeadTrajectory, draft: HeadTrajectory, tau: float) -> torch.Tensor:
+    """log r per row for tokens ``x`` (B, c) drawn along the draft's trajectory (see the module docstring)."""
+    mu_t, mu_d = target.means[-1], draft.means[-1]
+    s_t, s_d = target.stds[-1] * tau, draft.stds[-1] * tau  # (B, 1)
+    c = x.shape[-1]
+    log_t = -0.5 * (((x - mu_t) / s_t) ** 2).sum(-1) - c * s_t.squeeze(-1).log()
+    log_d = -0.5 * (((x - mu_d) / s_d) ** 2).sum(-1) - c * s_d.squeeze(-1).log()
+    earlier = sum((t.log() - d.log()).squeeze(-1) for t, d in zip(target.stds[:-1], draft.stds[:-1]))
+    last = (draft.stds[-1].log() - target.stds[-1].log()).squeeze(-1)
+    return log_t - log_d + earlier + last
+
+
+def acceptance_generator(generator: torch.Generator | None, device: torch.device) -> torch.Generator:
+    g = torch.Generator(device=device)
+    seed = generator.initial_seed() if generator is not None else int(torch.randint(0, 2**62, ()))
+    return g.manual_seed((seed * 6364136223846793005 + 1442695040888963407) % 2**63)
+
+
+class SpeculativeDecoder:
+    def __init__(self, draft_adapter, draft_len: int = 8, prefill_ratio: float = 0.15, tau: float = 42.0,
+                 max_tries: int = 100) -> None:
+        self.draft_adapter, self.draft_len, self.prefill_ratio = draft_adapter, draft_len, prefill_ratio
+        self.tau, self.max_tries = tau, max_tries
+
+    def decode(self, session: ContinuousSession, settings: HeadSettings, generator: torch.Generator | None,
+               stats: ContinuousStats) -> torch.Tensor:
+        target = session.adapter
+        n, b, c = target.num_image_tokens, session.batch, target.token_dim
+        device = session.first_logits.device
+        draft_session = ContinuousSession(self.draft_adapter, session.prompts, session.guidance_scale)
+        accept_gen = acceptance_generator(generator, device)
+        tokens = torch.zeros(b, n, c, device=device)
+        prefill = min(n, math.ceil(self.prefill_ratio * n))
+        i, draft_fed = 0, 0
+        while i < n:
+            if i < prefill:  # the target alone
+                z = session.first_logits if i == 0 else session.forward(tokens[:, i - 1 : i], [i - 1])[:, -1]
+                traj, _, _ = head_sample(target, z, settings, i, b, generator)
+                tokens[:, i] = traj.sample
+                self._count(stats, traj, i)
+                i += 1
+                continue
+            k = min(self.draft_len, n - i)
+            drafts, noises, draft_trajs = self._draft(draft_session, tokens, i, draft_fed, k, settings, generator,
+                                                      stats)
+            z_t = self._target_hidden(session, tokens, drafts, i, k)  # (rows, k, d)
+            accepted, committed = self._verify(target, z_t, drafts, noises, draft_trajs, settings, i, accept_gen,
+                                               generator, stats)
+            c_round = int(committed.min())
+            tokens[:, i : i + c_round] = self._row_tokens(drafts, accepted, committed)[:, :c_round]
+            session.rollback(k - c_round)
+            draft_session.rollback(k - c_round)
+            draft_fed = i + c_round - 1
+            i += c_round
+        stats.draft_forwards += draft_session.forwards
+        return tokens
+
+    # -- one round ---------------------------------------------------------------------
+    def _draft(self, draft_session, tokens, i, draft_fed, k, settings, generator, stats):
+        """k draft tokens; the draft first catches up on committed tokens it has not seen (one forward)."""
+        if i == 0:
+            z = draft_session.first_logits
+        else:
+            z = draft_session.forward(tokens[:, draft_fed:i], list(range(draft_fed, i)))[:, -1]
+        drafts, noises, trajs, hidden = [], [], [], []
+        for j in range(k):
+            traj, start, per_step = head_sample(self.draft_adapter, z, settings, i + j, tokens.shape[0], generator)
+            drafts.append(traj.sample)
+            noises.append((start, per_step))
+            trajs.append(traj)
+            hidden.append(z)
+            stats.draft_head_steps += len(traj.means)
+            if j + 1 < k:
+                z = draft_session.forward(traj.sample[:, None], [i + j])[:, -1]
+        stats.drafted += k * tokens.shape[0]
+        self._draft_hidden = torch.stack(hidden, 1)  # (rows, k, d): the draft's condition at each position
+        return torch.stack(drafts, 1), noises, trajs
+
+    @staticmethod
+    def _target_hidden(session, tokens, drafts, i, k) -> torch.Tensor:
+        """Target hidden states for positions i .. i+k-1 from one forward (the last committed token + drafts)."""
+        feed = drafts[:, : k - 1] if i == 0 else torch.cat([tokens[:, i - 1 : i], drafts[:, : k - 1]], 1)
+        if feed.shape[1] == 0:
+            return session.first_logits[:, None]
+        out = session.forward(feed, list(range(i - 1 if i > 0 else 0, i + k - 1)))
+        return torch.cat([session.first_logits[:, None], out], 1) if i == 0 else out
+
+    def _verify(self, target, z_t, drafts, noises, draft_trajs, settings, i, accept_gen, generator, stats):
+        """Leading accepted drafts per row, tokens committed per row, and the resampled tokens."""
+        b, k = drafts.shape[:2]
+        ok = torch.zeros(b, k, dtype=torch.bool, device=drafts.device)
+        for j in range(k):
+            start, per_step = noises[j]
+            traj = sample_head(target.head, target.scheduler, z_t[:, j], settings.steps_at(i + j),
+                               settings.guidance_scale, start, per_step, settings.temperature)
+            stats.head_steps += len(traj.means)
+            u = torch.rand(b, generator=accept_gen, device=drafts.device)
+            ok[:, j] = u.log() < log_ratio(drafts[:, j], traj, draft_trajs[j], self.tau).clamp(max=0)
+        accepted = ok.long().cumprod(-1).sum(-1)
+        stats.accepted += int(accepted.sum())
+        committed = torch.where(accepted < k, accepted + 1, accepted)
+        self._resampled = self._resample(target, z_t, accepted, settings, i, generator, stats)
+        return accepted, committed
+
+    def _resample(self, target, z_t, accepted, settings, i, generator, stats) -> torch.Tensor:
+        """A token from ``max(0, p - q)`` at each row's first rejected position, by acceptance-rejection:
+        propose ``x ~ p`` (target head, fresh noise), keep it with probability ``max(0, 1 - q(x)/p(x))``,
+        where ``q`` is the draft head run along the proposal's trajectory."""
+        b, k = accepted.shape[0], z_t.shape[1]
+        out = torch.zeros(b, target.token_dim, device=z_t.device)
+        for pos in sorted({int(a) for a in accepted if int(a) < k}):
+            rows = (accepted == pos).nonzero().flatten()
+            out[rows] = self._resample_rows(target, z_t[:, pos], self._draft_hidden[:, pos], rows, b,
+                                            settings.steps_at(i + pos), settings, generator, stats)
+        return out
+
+    def _resample_rows(self, target, z_t, z_d, rows, b, steps, settings, generator, stats) -> torch.Tensor:
+        cfg = settings.guidance_scale is not None
+        pick = torch.cat([rows, rows + b]) if cfg else rows
+        m = len(rows)
+
+        def propose() -> tuple[torch.Tensor, torch.Tensor]:
+            start, per_step = draw_noise(m, target.token_dim, steps, generator, z_t.device)
+            p = sample_head(target.head, target.scheduler, z_t[pick], steps, settings.guidance_scale, start,
+                            per_step, settings.temperature)
+            q = sample_head(self.draft_adapter.head, self.draft_adapter.scheduler, z_d[pick], steps,
+                            settings.guidance_scale, start, per_step, settings.temperature)
+            stats.head_steps += steps
+            stats.draft_head_steps += steps
+            return p.sample, -log_ratio(p.sample, p, q, self.tau)
+
+        out, done = residual_by_rejection(propose, m, self.max_tries, generator)
+        stats.resample_failures += int((~done).sum())
+        return out
+
+    def _row_tokens(self, drafts, accepted, committed) -> torch.Tensor:
+        b, k = drafts.shape[:2]
+        out = drafts.clone()
+        rows = torch.arange(b, device=drafts.device)
+        rejected = accepted < k
+        out[rows[rejected], accepted[rejected]] = self._resampled[rejected]
+        return out
+
+    @staticmethod
+    def _count(stats: ContinuousStats, traj: HeadTrajectory, i: int) -> None:
+        stats.head_steps += len(traj.means)

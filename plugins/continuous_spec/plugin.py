@@ -1,0 +1,90 @@
+"""Continuous speculative decoding (Wang et al., 2024): a smaller draft of the same family proposes
+``draft_len`` tokens, one target forward verifies them with the density ratio along aligned
+denoising trajectories. The loop is ``mmeff.car.speculative.SpeculativeDecoder``; this plugin
+loads and checks the draft (same family, same grid and token size, the same VAE).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from mmeff.car.loop import ContinuousSession, ContinuousStats, HeadSettings
+from mmeff.car.speculative import SpeculativeDecoder
+from mmeff.errors import ConfigError
+from mmeff.plugin import Plugin, PluginConfig, PluginContext
+from mmeff.registry import register_plugin
+
+
+@dataclass
+class ContinuousSpecConfig(PluginConfig):
+    """``draft``: a folder (or a loaded ``ContinuousARModel``) of the draft; ``draft_len``: tokens per
+    verification (8 as released); ``prefill_ratio``: share of tokens the target draws alone first
+    (0.15); ``inner_temperature``: std inflation of the last-step densities (42 as released);
+    ``max_tries``: acceptance-rejection tries when resampling a rejected token (100)."""
+
+    draft: Any = None
+    draft_len: int = 8
+    prefill_ratio: float = 0.15
+    inner_temperature: float = 42.0
+    max_tries: int = 100
+
+    def validate(self) -> None:
+        if self.draft is None:
+            raise ConfigError("continuous_spec needs draft=<folder of a smaller model of the same family>")
+        if isinstance(self.draft_len, bool) or not isinstance(self.draft_len, int) or self.draft_len < 1:
+            raise ConfigError(f"draft_len must be an integer >= 1, got {self.draft_len!r}")
+        if not 0 <= self.prefill_ratio <= 1:
+            raise ConfigError(f"prefill_ratio must be in [0, 1], got {self.prefill_ratio!r}")
+        if not self.inner_temperature > 0:
+            raise ConfigError(f"inner_temperature must be > 0, got {self.inner_temperature!r}")
+        if isinstance(self.max_tries, bool) or not isinstance(self.max_tries, int) or self.max_tries < 1:
+            raise ConfigError(f"max_tries must be an integer >= 1, got {self.max_tries!r}")
+
+
+@register_plugin
+class ContinuousSpecPlugin(Plugin):
+    name = "continuous_spec"
+    config_cls = ContinuousSpecConfig
+    supports = ("continuous_ar",)
+    owns = ("image_decode_loop",)
+    description = "continuous speculative decoding: a small draft proposes tokens, the target verifies in one pass"
+    config: ContinuousSpecConfig
+
+    def check(self, ctx: PluginContext) -> None:
+        """Load the draft now and refuse one that cannot stand in for the target's tokens."""
+        import mmeff
+        from mmeff.car.model import ContinuousARModel
+
+        draft = self.config.draft
+        if not isinstance(draft, ContinuousARModel):
+            if not ContinuousARModel.is_folder(draft):
+                raise ConfigError(f"draft {draft!r} is not a continuous_ar model folder (no continuous_ar.json); "
+                                  "the draft must be a smaller model of the same family")
+            draft = ContinuousARModel.from_pretrained(draft)
+        target = ctx.adapter.obj
+        if (draft.config.grid, draft.config.token_dim) != (target.config.grid, target.config.token_dim):
+            raise ConfigError(f"draft tokens {draft.config.grid} x {draft.config.token_dim} differ from the "
+                              f"target's {target.config.grid} x {target.config.token_dim}")
+        if draft.vae_fingerprint() != target.vae_fingerprint():
+            raise ConfigError("the draft uses another VAE than the target: its tokens mean something else")
+        if draft.config.null_caption != target.config.null_caption:
+            raise ConfigError("draft and target must both (or neither) have a null-caption path for guidance")
+        self._draft = mmeff.wrap(draft.to(target.device)).adapter
+
+    def attach(self, ctx: PluginContext) -> None:
+        self._stats: dict[str, Any] = {}
+
+    def detach(self, ctx: PluginContext) -> None:
+        ctx.remove_hooks()
+
+    def decode(self, session: ContinuousSession, settings: HeadSettings, generator: torch.Generator | None,
+               stats: ContinuousStats) -> torch.Tensor:
+        c = self.config
+        decoder = SpeculativeDecoder(self._draft, c.draft_len, c.prefill_ratio, c.inner_temperature, c.max_tries)
+        return decoder.decode(session, settings, generator, stats)
+
+    def stats(self) -> dict[str, Any]:
+        return {"draft_len": self.config.draft_len, "prefill_ratio": self.config.prefill_ratio}

@@ -1,0 +1,172 @@
+"""Continuous-token AR generation: schedules, head sampling, DiSA, continuous speculative decoding."""
+
+from __future__ import annotations
+
+import math
+import pytest
+import torch
+
+import mmeff
+from mmeff.car.ops import residual_by_rejection
+from mmeff.car.sampler import HeadTrajectory, draw_noise, sample_head
+from mmeff.car.schedules import SCHEDULES, annealed_steps
+from mmeff.car.speculative import log_ratio
+from mmeff.errors import ConfigError, InputError, UnsupportedModelError
+from mmeff.testing.car import tiny_continuous_ar, write_tiny_pair
+
+PROMPTS = ["red circle", "two blue squares left of star"]
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    return write_tiny_pair(tmp_path_factory.mktemp("car"))
+
+
+def generate(pipe, **kw):
+    pipe.generate_images(PROMPTS, seed=0, output_type="pt", **{"diffusion_steps": 8, **kw})
+    return pipe.last_codes.clone(), dict(pipe.last_stats)
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_annealed_schedules_start_at_upper_end_at_lower_and_never_rise(schedule):
+    steps = [annealed_steps(s, 64, 50, 5, schedule) for s in range(64)]
+    assert steps[0] == 50 and steps[-1] == 5 and all(a >= b for a, b in zip(steps, steps[1:]))
+
+
+def test_two_stage_and_constant_schedules():
+    assert [annealed_steps(s, 4, 9, 2, "two_stage") for s in range(4)] == [9, 9, 2, 2]
+    assert {annealed_steps(s, 4, 9, 2, "constant") for s in range(4)} == {2}
+    assert set(SCHEDULES) == {"linear", "cosine", "two_stage", "constant"}
+    with pytest.raises(ValueError, match="schedule must be one of"):
+        annealed_steps(0, 4, 9, 2, "exp")
+
+
+def test_head_sampling_is_a_function_of_the_noise_and_guidance_shares_it():
+    model = tiny_continuous_ar()
+    z = torch.randn(4, 32)
+    start, per_step = draw_noise(2, 4, 6, torch.Generator().manual_seed(0), z.device)
+    a = sample_head(model.head, model.scheduler, z, 6, 2.0, start, per_step)
+    b = sample_head(model.head, model.scheduler, z, 6, 2.0, start, per_step)
+    assert torch.equal(a.sample, b.sample) and len(a.means) == len(a.stds) == 6
+    assert (torch.stack(a.stds) > 0).all()  # the last step's variance is clipped, never 0
+
+
+def test_disa_constant_at_upper_is_plain_decoding_and_annealing_cuts_head_steps():
+    pipe = mmeff.wrap(tiny_continuous_ar())
+    plain, plain_stats = generate(pipe)
+    pipe.add_plugin("disa", upper=8, lower=8, schedule="constant")
+    codes, _ = generate(pipe)
+    assert torch.equal(codes, plain)
+    pipe.remove_plugin("disa")
+    pipe.add_plugin("disa", upper=8, lower=2)
+    _, stats = generate(pipe)
+    assert stats["head_steps"] < plain_stats["head_steps"] == 8 * 16
+    pipe.remove_plugin("disa")
+    assert torch.equal(generate(pipe)[0], plain)
+
+
+@pytest.mark.parametrize("guidance,prefill", [(3.0, 0.15), (None, 0.0), (2.0, 0.5)])
+def test_speculative_with_the_target_as_draft_accepts_everything_and_is_plain_decoding(pair, guidance, prefill):
+    target, _ = pair
+    pipe = mmeff.load(target)
+    plain, plain_stats = generate(pipe, guidance_scale=guidance)
+    pipe.add_plugin("continuous_spec", draft=str(target), draft_len=4, prefill_ratio=prefill)
+    codes, stats = generate(pipe, guidance_scale=guidance)
+    assert stats["acceptance_rate"] == 1.0 and torch.equal(codes, plain)
+    assert stats["target_forwards"] < plain_stats["target_forwards"]
+
+
+def test_speculative_with_a_real_draft_runs_and_composes_with_disa(pair):
+    target, draft = pair
+    pipe = mmeff.load(target)
+    pipe.add_plugin("continuous_spec", draft=str(draft), draft_len=4)
+    pipe.add_plugin("disa", upper=8, lower=2)
+    images = pipe.generate_images(PROMPTS, seed=0, output_type="pt")
+    stats = pipe.last_stats
+    assert images.shape == (2, 3, 16, 16) and stats["drafted"] > 0 and stats["draft_forwards"] > 0
+    assert stats["head_steps"] < 8 * 16 * 4  # annealed inside the target's verification too
+    assert not torch.isnan(images).any() and pipe.last_codes.abs().sum(-1).gt(0).all()  # no zero-vector tokens
+
+
+def test_acceptance_ratio_matches_its_closed_form_on_gaussians():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 4, generator=g)
+    def traj(mu_scale, stds):
+        means = [torch.randn(3, 4, generator=g) * mu_scale for _ in stds]
+        return HeadTrajectory(x, means, [torch.full((3, 1), s) for s in stds])
+    t, d = traj(1.0, [0.5, 0.3, 0.02]), traj(0.5, [0.4, 0.2, 0.03])
+    tau = 42.0
+    normal = torch.distributions.Normal
+    lt = normal(t.means[-1], 0.02 * tau).log_prob(x).sum(-1)
+    ld = normal(d.means[-1], 0.03 * tau).log_prob(x).sum(-1)
+    expected = lt - ld + math.log(0.5 / 0.4) + math.log(0.3 / 0.2) + math.log(0.03 / 0.02)
+    assert torch.allclose(log_ratio(x, t, d, tau), expected, atol=1e-5)
+
+
+def test_residual_resampling_follows_max_p_minus_q_in_one_dimension():
+    """p = N(0, 1), q = N(1, 1): kept samples must follow norm(max(0, p - q)), all of it at x < 0.5."""
+    g = torch.Generator().manual_seed(0)
+    p, q = torch.distributions.Normal(0.0, 1.0), torch.distributions.Normal(1.0, 1.0)
+    rows = 20_000
+
+    def propose():
+        x = torch.randn(rows, 1, generator=g)
+        return x, (q.log_prob(x) - p.log_prob(x)).squeeze(-1)
+
+    x, done = residual_by_rejection(propose, rows, 200, g)
+    assert done.all()
+    x = x.squeeze(-1)
+    grid = torch.linspace(-4, 0.5, 10)
+    density = (p.log_prob(grid).exp() - q.log_prob(grid).exp()).clamp(min=0)
+    mass = (p.cdf(torch.tensor(0.5)) - q.cdf(torch.tensor(0.5)))  # the residual's total mass
+    assert (x < 0.5).all()
+    for lo, hi in [(-4.0, -1.0), (-1.0, 0.0), (0.0, 0.5)]:
+        expected = float((p.cdf(torch.tensor(hi)) - q.cdf(torch.tensor(hi)) - p.cdf(torch.tensor(lo))
+                          + q.cdf(torch.tensor(lo))) / mass)
+        observed = float(((x >= lo) & (x < hi)).float().mean())
+        assert abs(observed - expected) < 4 * math.sqrt(expected * (1 - expected) / rows) + 1e-3
+    assert density.sum() > 0
+
+
+def test_resampling_that_gives_up_keeps_a_sample_of_p_never_zero():
+    def propose():
+        return torch.ones(3, 2), torch.zeros(3)  # q = p: the residual is empty, nothing is ever kept
+    x, done = residual_by_rejection(propose, 3, 5, torch.Generator().manual_seed(0))
+    assert not done.any() and torch.equal(x, torch.ones(3, 2))
+
+
+def test_cfg_rows_stay_paired(pair):
+    target, draft = pair
+    pipe = mmeff.load(target)
+    pipe.add_plugin("continuous_spec", draft=str(draft), draft_len=3)
+    fed = []
+    original = pipe.adapter.embed_tokens
+    pipe.adapter.embed_tokens = lambda t: fed.append(t.clone()) or original(t)
+    generate(pipe, guidance_scale=3.0)
+    assert fed and all(torch.equal(t[: len(PROMPTS)], t[len(PROMPTS):]) for t in fed)
+
+
+def test_bad_configs_and_drafts_are_refused(pair, tmp_path):
+    target, _ = pair
+    pipe = mmeff.wrap(tiny_continuous_ar())
+    with pytest.raises(ConfigError, match="lower"):
+        pipe.add_plugin("disa", upper=5, lower=10)
+    with pytest.raises(ConfigError, match="schedule"):
+        pipe.add_plugin("disa", schedule="exp")
+    with pytest.raises(ConfigError, match="needs draft"):
+        pipe.add_plugin("continuous_spec")
+    from mmeff.testing.ar import tiny_ar_image
+
+    tiny_ar_image().save_pretrained(tmp_path / "discrete")
+    with pytest.raises(ConfigError, match="same family"):
+        pipe.add_plugin("continuous_spec", draft=str(tmp_path / "discrete"))
+    from mmeff.testing.car import tiny_vae
+
+    other = tiny_continuous_ar(seed=3, vae=tiny_vae(seed=7))
+    with pytest.raises(ConfigError, match="another VAE"):
+        mmeff.load(target).add_plugin("continuous_spec", draft=other)
+    assert not pipe.plugins
+    with pytest.raises(UnsupportedModelError):
+        pipe.add_plugin("sjd")
+    with pytest.raises(InputError, match="top_k"):
+        pipe.generate_images(PROMPTS, top_k=5)
