@@ -24,7 +24,7 @@ from ..testbed.t2i_eval import summarise
 from ..testbed.t2i_prompts import T2IPrompt, satisfied
 from ..testbed.world import COLORS, SHAPES
 
-#: (label, plugin name or None, options); windows sized for the testbed's 8 x 8 grid
+#: discrete tokens (shapes-ar): windows sized for the testbed's 8 x 8 grid
 METHODS: list[tuple[str, str | None, dict[str, Any]]] = [
     ("plain", None, {}),
     ("sjd w16", "sjd", {"window": 16}),
@@ -34,6 +34,22 @@ METHODS: list[tuple[str, str | None, dict[str, Any]]] = [
     ("zipar w4", "zipar", {"window": 4}),
     ("zipar w2", "zipar", {"window": 2}),
 ]
+
+
+def continuous_methods(draft: str) -> list[tuple[str, list[tuple[str, dict[str, Any]]]]]:
+    """Continuous tokens (shapes-mar): DiSA as in the paper (50 -> 5, linear), speculative decoding with
+    the bundled draft, and both together."""
+    disa = ("disa", {"upper": 50, "lower": 5, "schedule": "linear"})
+    spec = ("continuous_spec", {"draft": draft, "draft_len": 8})
+    cosine = ("disa", {**disa[1], "schedule": "cosine"})
+    return [("plain", []), ("disa 50→5 linear", [disa]), ("disa 50→5 cosine", [cosine]),
+            ("continuous_spec k8", [spec]), ("continuous_spec k8 + disa", [spec, disa])]
+
+
+def _as_plugins(plugin: str | None | list, options: dict[str, Any] | None = None) -> list[tuple[str, dict[str, Any]]]:
+    if isinstance(plugin, list):
+        return plugin
+    return [] if plugin is None else [(plugin, options or {})]
 
 
 def js_divergence(a: np.ndarray, b: np.ndarray) -> float:
@@ -59,27 +75,34 @@ def oracle_features(images: Sequence[np.ndarray]) -> dict[str, Any]:
             "area_mean": float(np.mean(areas)) if areas else 0.0, "kind_histogram": hist}
 
 
-def run_method(pipe: Any, plugin: str | None, options: dict[str, Any], prompts: list[T2IPrompt],
+def run_method(pipe: Any, plugin: str | None | list, options: dict[str, Any] | None, prompts: list[T2IPrompt],
                seeds: Sequence[int], batch_size: int, sampling: dict[str, Any]) -> dict[str, Any]:
-    if plugin is not None:
-        pipe.add_plugin(plugin, **options)
+    plugins = _as_plugins(plugin, options)
+    for name, opts in plugins:
+        pipe.add_plugin(name, **opts)
     try:
         pipe.generate_images([prompts[0].text], seed=0, **sampling)  # warm-up
         start = time.perf_counter()
         images, stats, codes = generate_set(pipe, prompts, seeds, batch_size=batch_size, **sampling)
         seconds = time.perf_counter() - start
     finally:
-        if plugin is not None:
-            pipe.remove_plugin(plugin)
+        for name, _ in plugins:
+            pipe.remove_plugin(name)
     ordered = [p for _ in seeds for p in prompts]
     features = oracle_features(images)
     hits = [satisfied(p, d) for p, d in zip(ordered, features.pop("detections"))]
     forwards = [s["sequential_forwards"] for s in stats for _ in range(s["images"])]
     out = {"oracle": summarise(ordered, hits), "n": len(ordered), "seconds_per_image": seconds / len(ordered),
            "forwards_per_image": float(np.mean(forwards)), "codes": codes, "features": features,
-           "tokens_per_forward": float(np.mean([s["tokens_per_forward"] for s in stats]))}
-    if plugin is not None:
-        out["plugin_stats"] = _mean_stats([s[plugin] for s in stats])
+           "tokens_per_forward": float(np.mean([s["image_tokens"] / s["sequential_forwards"] for s in stats]))}
+    if "head_steps" in stats[0]:  # continuous tokens: the diffusion head's work and the draft's
+        out["head_steps_per_image"] = float(np.mean([s["head_steps"] for s in stats]))
+        out["draft_forwards_per_image"] = float(np.mean([s.get("draft_forwards", 0) for s in stats]))
+    accept = [s.get("acceptance_rate", s.get(plugins[0][0], {}).get("acceptance_rate") if plugins else None)
+              for s in stats]
+    out["acceptance_rate"] = float(np.mean(accept)) if accept and accept[0] is not None else None
+    if plugins and isinstance(stats[0].get(plugins[0][0]), dict):
+        out["plugin_stats"] = _mean_stats([s[plugins[0][0]] for s in stats])
     return out
 
 
@@ -89,19 +112,26 @@ def _mean_stats(rows: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def run_bench(pipe: Any, prompts: list[T2IPrompt], seeds: Sequence[int], *, batch_size: int = 1,
-              sampling: dict[str, Any], methods: list[tuple[str, str | None, dict[str, Any]]] = METHODS
-              ) -> dict[str, Any]:
-    k = pipe.adapter.codebook_size
+              sampling: dict[str, Any], methods: list | None = None) -> dict[str, Any]:
+    """Every method (``(label, plugin, options)`` or ``(label, [(plugin, options), ...])``) on the same seeds."""
+    methods = methods if methods is not None else METHODS
     results: dict[str, Any] = {"methods": {}}
-    for label, plugin, options in tqdm(methods, desc="bench ar"):
-        results["methods"][label] = run_method(pipe, plugin, options, prompts, seeds, batch_size, sampling)
+    for method in tqdm(methods, desc="bench ar"):
+        label, plugins = method[0], _as_plugins(*method[1:])
+        results["methods"][label] = run_method(pipe, plugins, None, prompts, seeds, batch_size, sampling)
     other_seeds = [s + 1000 for s in seeds]  # the noise floor of the distribution check
     floor = run_method(pipe, None, {}, prompts, other_seeds, batch_size, sampling)
     plain = results["methods"]["plain"]
-    reference = torch.bincount(plain["codes"].flatten(), minlength=k).numpy()
+    discrete = not plain["codes"].is_floating_point()
+    if discrete:
+        k = pipe.adapter.codebook_size
+        reference = torch.bincount(plain["codes"].flatten(), minlength=k).numpy()
     for data in [*results["methods"].values(), floor]:
-        hist = torch.bincount(data.pop("codes").flatten(), minlength=k).numpy()
-        data["token_js_bits"] = js_divergence(reference, hist)
+        codes = data.pop("codes")
+        data["token_js_bits"] = js_divergence(reference, torch.bincount(codes.flatten(), minlength=k).numpy()) \
+            if discrete else None
+        if "head_steps_per_image" in data:
+            data["head_step_reduction"] = plain["head_steps_per_image"] / data["head_steps_per_image"]
         data["kind_js_bits"] = js_divergence(plain["features"]["kind_histogram"], data["features"]["kind_histogram"])
         data["wall_time_ratio"] = plain["seconds_per_image"] / data["seconds_per_image"]
         data["forward_reduction"] = plain["forwards_per_image"] / data["forwards_per_image"]

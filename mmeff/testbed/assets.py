@@ -9,5 +9,7 @@ SHAPES_LLAVA = MODELS / "shapes-llava"
 SHAPES_SD = MODELS / "shapes-sd"
 SHAPES_CLIP = MODELS / "shapes-clip"
 SHAPES_AR = MODELS / "shapes-ar"
+SHAPES_MAR = MODELS / "shapes-mar"
+SHAPES_MAR_SMALL = MODELS / "shapes-mar-small"
 #: the call settings shapes-sd was measured with (few steps, as SD-Turbo is used)
 SHAPES_SD_CALL = {"num_inference_steps": 1, "guidance_scale": 1.0}

@@ -50,3 +50,24 @@ def test_js_divergence_bounds():
 
     a = np.array([1.0, 0, 0])
     assert js_divergence(a, a) == 0 and js_divergence(a, np.array([0, 1.0, 0])) == pytest.approx(1.0)
+
+
+def test_continuous_methods_report_head_steps_and_targets(tmp_path):
+    from mmeff.bench.ar import continuous_methods
+    from mmeff.bench.ar_report import rows, target_checks
+    from mmeff.testing.car import write_tiny_pair
+
+    target, draft = write_tiny_pair(tmp_path / "pair")
+    methods = [m for m in continuous_methods(str(draft)) if m[0] != "disa 50→5 cosine"]
+    methods = [(label, [(n, {**o, "upper": 8, "lower": 2} if n == "disa" else o) for n, o in plugins])
+               for label, plugins in methods]
+    results = run_bench(mmeff.load(target), eval_prompts(1)[:3], [0], batch_size=1,
+                        sampling={"guidance_scale": 3.0, "diffusion_steps": 8}, methods=methods)
+    plain, disa = results["methods"]["plain"], results["methods"]["disa 50→5 linear"]
+    assert plain["head_steps_per_image"] == 8 * 16 and disa["head_step_reduction"] > 1.5
+    spec = results["methods"]["continuous_spec k8"]
+    assert spec["draft_forwards_per_image"] > 0 and spec["acceptance_rate"] is not None
+    assert plain["token_js_bits"] is None  # continuous tokens: the oracle's statistics only
+    assert len(rows(results)) == len(methods) + 1
+    names = [c[0] for c in target_checks(results)]
+    assert "DiSA: fewer head denoising steps" in names and "both together beat each alone (wall time)" in names
