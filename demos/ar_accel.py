@@ -11,12 +11,12 @@ sequential forwards per image and the wall time) to --out (default demo_results/
 from __future__ import annotations
 
 import argparse
-import textwrap
 from pathlib import Path
 
 import numpy as np
 
 import mmeff
+from mmeff.bench.grid import save_image_grid
 from mmeff.testbed.assets import SHAPES_AR
 
 DEFAULT_PROMPTS = ["a red circle", "two blue squares", "a yellow star left of a green cross",
@@ -45,42 +45,19 @@ def main() -> None:
     pipe = mmeff.load(str(SHAPES_AR) if bundled else args.model)
     prompts = args.prompt or DEFAULT_PROMPTS
     guidance = args.guidance if args.guidance is not None else (3.0 if bundled else pipe.adapter.default_guidance)
-    rows: list[tuple[str, np.ndarray, dict]] = []
+    rows: list[tuple[str, np.ndarray]] = []
     for label, plugin, options in methods(bundled):
         if plugin:
             pipe.add_plugin(plugin, **options)
         images = pipe.generate_images(prompts, guidance_scale=guidance, seed=args.seed, output_type="np")
-        rows.append((label, images, dict(pipe.last_stats)))
+        stats = dict(pipe.last_stats)
+        rows.append((f"{label}\n{stats['sequential_forwards']} forwards, {stats['wall_time_s']:.2f} s", images))
         if plugin:
             pipe.remove_plugin(plugin)
-        stats = rows[-1][2]
         print(f"{label:28s} {stats['sequential_forwards']:4d} forwards for {stats['image_tokens']} tokens, "
               f"{stats['wall_time_s']:.2f} s")
-    save_grid(Path(args.out), prompts, rows)
+    save_image_grid(Path(args.out), prompts, rows)
     print(f"wrote {args.out}")
-
-
-def save_grid(path: Path, prompts: list[str], rows: list[tuple[str, np.ndarray, dict]]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig, axes = plt.subplots(len(rows), len(prompts), figsize=(2.2 * len(prompts), 2.4 * len(rows)), squeeze=False)
-    for r, (label, images, stats) in enumerate(rows):
-        for c, image in enumerate(images):
-            ax = axes[r][c]
-            ax.imshow(image, interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if r == 0:
-                ax.set_title("\n".join(textwrap.wrap(prompts[c], 24)), fontsize=8)
-        axes[r][0].set_ylabel(f"{label}\n{stats['sequential_forwards']} forwards, {stats['wall_time_s']:.2f} s",
-                              fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 if __name__ == "__main__":
