@@ -150,35 +150,43 @@ def _bench_reno(args: argparse.Namespace) -> None:
 
 
 def _bench_ar(args: argparse.Namespace) -> None:
+    """Discrete-token decode loops on shapes-ar and continuous-token ones on shapes-mar (or on --model)."""
     import sys
 
     import torch
 
     import mmeff
 
-    from .bench.ar import run_bench
+    from .bench.ar import continuous_methods, run_bench
     from .bench.ar_report import write_report
     from .testbed.ar_eval import SHAPES_AR_SAMPLING
-    from .testbed.assets import SHAPES_AR
+    from .testbed.assets import SHAPES_AR, SHAPES_MAR, SHAPES_MAR_SMALL
     from .testbed.t2i_prompts import eval_prompts
 
-    model = args.model or str(SHAPES_AR)
-    pipe = mmeff.load(model)
-    pipe.model.to(args.device)
+    models = [args.model] if args.model else [str(m) for m in (SHAPES_AR, SHAPES_MAR) if m.is_dir()]
     prompts = eval_prompts(args.per_category)
-    sampling = dict(SHAPES_AR_SAMPLING)
-    if args.guidance is not None:
-        sampling["guidance_scale"] = args.guidance
     batch_size = args.batch_size or 1
-    results = run_bench(pipe, prompts, list(range(args.seeds)), batch_size=batch_size, sampling=sampling)
-    device = pipe.adapter.device
-    meta = {"command": "mmeff " + " ".join(sys.argv[1:]), "model": model, "prompts": len(prompts),
-            "seeds": args.seeds, "images": len(prompts) * args.seeds, "batch_size": batch_size, "sampling": sampling,
-            "device": torch.cuda.get_device_name(device) if device.type == "cuda"
-            else f"CPU, {torch.get_num_threads()} threads"}
-    out = Path(args.out) / "ar"
-    write_report(out, results, meta)
-    Console().print(f"wrote {out}/ar.md (+ ar.json and plots)")
+    for model in models:
+        pipe = mmeff.load(model)
+        pipe.model.to(args.device)
+        continuous = pipe.adapter.family == "ar_continuous"
+        if continuous:
+            sampling = {"guidance_scale": 3.0, "temperature": 1.0, "diffusion_steps": 50}
+            methods = continuous_methods(args.draft or str(SHAPES_MAR_SMALL))
+        else:
+            sampling, methods = dict(SHAPES_AR_SAMPLING), None
+        if args.guidance is not None:
+            sampling["guidance_scale"] = args.guidance
+        results = run_bench(pipe, prompts, list(range(args.seeds)), batch_size=batch_size, sampling=sampling,
+                            methods=methods)
+        device = pipe.adapter.device
+        meta = {"command": "mmeff " + " ".join(sys.argv[1:]), "model": model, "prompts": len(prompts),
+                "seeds": args.seeds, "images": len(prompts) * args.seeds, "batch_size": batch_size,
+                "sampling": sampling, "device": torch.cuda.get_device_name(device) if device.type == "cuda"
+                else f"CPU, {torch.get_num_threads()} threads"}
+        out = Path(args.out) / ("ar_continuous" if continuous else "ar")
+        write_report(out, results, meta)
+        Console().print(f"wrote {out}/ar.md (+ ar.json and plots)")
 
 
 def _parse_rewards(specs: list[str]) -> dict[str, float]:
@@ -221,11 +229,11 @@ def cmd_testbed(args: argparse.Namespace) -> None:
         check_oracle(args.n_scenes, args.image_size, Path(args.out or "eval_results/oracle"))
         return
     if args.model is None:
-        raise SystemExit("usage: mmeff testbed train vlm|sd|clip|ar [--out DIR] [--run-dir DIR]")
+        raise SystemExit("usage: mmeff testbed train vlm|sd|clip|ar|mar [--out DIR] [--run-dir DIR]")
     from .testbed.train import parse_overrides
 
     if args.model == "vlm" and (args.recipe or args.device != "cpu"):
-        raise SystemExit("--recipe and --device apply to `train sd`, `train clip` and `train ar`")
+        raise SystemExit("--recipe and --device apply to `train sd`, `train clip`, `train ar` and `train mar`")
     out = Path(args.out or f"assets/models/shapes-{TESTBED_MODELS[args.model]}")
     run_dir = Path(args.run_dir or f"runs/shapes-{TESTBED_MODELS[args.model]}")
     if args.model == "vlm":
@@ -240,13 +248,17 @@ def cmd_testbed(args: argparse.Namespace) -> None:
         from .testbed.train_ar import ARRecipe, train_ar
 
         train_ar(out, run_dir, ARRecipe(**parse_overrides(ARRecipe, args.recipe)), device=args.device)
+    elif args.model == "mar":  # the draft goes beside --out: <out>-small
+        from .testbed.train_mar import MARRecipe, train_mar
+
+        train_mar(out, run_dir, MARRecipe(**parse_overrides(MARRecipe, args.recipe)), device=args.device)
     else:
         from .testbed.train_clip import ClipRecipe, train_clip
 
         train_clip(out, run_dir, ClipRecipe(**parse_overrides(ClipRecipe, args.recipe)), device=args.device)
 
 
-TESTBED_MODELS = {"vlm": "llava", "sd": "sd", "clip": "clip", "ar": "ar"}
+TESTBED_MODELS = {"vlm": "llava", "sd": "sd", "clip": "clip", "ar": "ar", "mar": "mar"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -279,15 +291,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("what", choices=["train", "oracle"])
     p.add_argument("model", nargs="?", choices=list(TESTBED_MODELS),
                    help="what to train (train only): vlm = shapes-llava, sd = shapes-sd, clip = shapes-clip, "
-                        "ar = shapes-ar")
+                        "ar = shapes-ar, mar = shapes-mar + its draft shapes-mar-small")
     p.add_argument("--out", help="train: where save_pretrained writes (default assets/models/shapes-<model>); "
                                  "oracle: report folder (default eval_results/oracle)")
     p.add_argument("--run-dir", help="checkpoints (resume from here) and logs (default runs/shapes-<model>)")
     p.add_argument("--device", default="cpu",
-                   help="train sd|clip|ar: torch device (cuda trains the same recipe faster)")
+                   help="train sd|clip|ar|mar: torch device (cuda trains the same recipe faster)")
     p.add_argument("--recipe", action="append", default=[], metavar="NAME=VALUE",
-                   help="train sd|clip|ar: override a field of the recipe, e.g. unet_steps=12000 "
-                        "(repeatable)")
+                   help="train sd|clip|ar|mar: override a field of the recipe, e.g. unet_steps=12000 "
+                        "(repeatable; mar: vae=DIR trains on another AutoencoderKL)")
     p.add_argument("--n-scenes", type=int, default=500, help="oracle: held-out scenes to score")
     p.add_argument("--image-size", type=int, default=96, help="oracle: render size in pixels")
     p.set_defaults(func=cmd_testbed)
@@ -319,6 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=None, help="reno: default 32; ar: default 1 (per-sequence "
                                                                      "acceleration, as the papers measure it)")
     p.add_argument("--device", default="cpu", help="reno, ar: where the model runs")
+    p.add_argument("--draft", default=None, help="ar, continuous-token models: the draft for continuous_spec "
+                                                 "(default: the bundled shapes-mar-small)")
     p.add_argument("--out", default="bench_results")
     p.set_defaults(func=cmd_bench)
     return parser
