@@ -265,8 +265,9 @@ class MMPipeline:
 
         ``guidance_scale`` defaults to the model's own (None turns guidance off); ``temperature=0``
         is greedy. ``seed`` (or a ``generator``) fixes the one random stream the decode loop uses.
-        A plugin that owns the image decode loop (``sjd``, ``lantern``, ``zipar``) replaces plain
-        token-by-token sampling. Returns PIL images, or a (B, 3, H, W) tensor in [0, 1] for
+        A plugin that owns the image decode loop (``sjd``, ``lantern``, ``zipar``; ``continuous_spec``
+        for continuous tokens) replaces plain token-by-token sampling; ``disa`` sets the head-step
+        schedule. Returns PIL images, or a (B, 3, H, W) tensor in [0, 1] for
         ``output_type="pt"``, or a (B, H, W, 3) float array for ``"np"``. Continuous-token models
         take ``diffusion_steps`` (head denoising steps per token; DiSA anneals them) instead of
         top-k / top-p.
