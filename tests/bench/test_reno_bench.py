@@ -35,9 +35,10 @@ def test_every_method_has_every_budget_and_curves_of_full_length(results):
         curves = results["curves"][method]
         assert len(curves["oracle"]) == len(curves["best_reward"]) == 4
     assert results["iteration0_mismatches"] == {"reno": 0, "best_of_n": 0}
-    # iteration 0 of both searches is the same plain image, so the same reward
+    # iteration 0 of both searches is the same plain image, so the same reward (up to float error: the
+    # gradient search renders with autograd on, and the CPU may pick other kernels then)
     assert results["methods"]["reno"]["budgets"][0]["reward"] == \
-        pytest.approx(results["methods"]["best_of_n"]["budgets"][0]["reward"])
+        pytest.approx(results["methods"]["best_of_n"]["budgets"][0]["reward"], abs=1e-5)
 
 
 def test_report_files(results, tmp_path):
