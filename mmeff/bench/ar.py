@@ -76,14 +76,16 @@ def oracle_features(images: Sequence[np.ndarray]) -> dict[str, Any]:
 
 
 def run_method(pipe: Any, plugin: str | None | list, options: dict[str, Any] | None, prompts: list[T2IPrompt],
-               seeds: Sequence[int], batch_size: int, sampling: dict[str, Any]) -> dict[str, Any]:
+               seeds: Sequence[int], batch_size: int, sampling: dict[str, Any], label: str | None = None
+               ) -> dict[str, Any]:
     plugins = _as_plugins(plugin, options)
     for name, opts in plugins:
         pipe.add_plugin(name, **opts)
     try:
         pipe.generate_images([prompts[0].text], seed=0, **sampling)  # warm-up
         start = time.perf_counter()
-        images, stats, codes = generate_set(pipe, prompts, seeds, batch_size=batch_size, **sampling)
+        images, stats, codes = generate_set(pipe, prompts, seeds, batch_size=batch_size, progress=label,
+                                            **sampling)
         seconds = time.perf_counter() - start
     finally:
         for name, _ in plugins:
@@ -118,9 +120,9 @@ def run_bench(pipe: Any, prompts: list[T2IPrompt], seeds: Sequence[int], *, batc
     results: dict[str, Any] = {"methods": {}}
     for method in tqdm(methods, desc="bench ar"):
         label, plugins = method[0], _as_plugins(*method[1:])
-        results["methods"][label] = run_method(pipe, plugins, None, prompts, seeds, batch_size, sampling)
+        results["methods"][label] = run_method(pipe, plugins, None, prompts, seeds, batch_size, sampling, label)
     other_seeds = [s + 1000 for s in seeds]  # the noise floor of the distribution check
-    floor = run_method(pipe, None, {}, prompts, other_seeds, batch_size, sampling)
+    floor = run_method(pipe, None, {}, prompts, other_seeds, batch_size, sampling, "noise floor")
     plain = results["methods"]["plain"]
     discrete = not plain["codes"].is_floating_point()
     if discrete:

@@ -122,19 +122,42 @@ class SpeculativeDecoder:
     def _verify(self, target, z_t, drafts, noises, draft_trajs, settings, i, accept_gen, generator, stats):
         """Leading accepted drafts per row, tokens committed per row, and the resampled tokens."""
         b, k = drafts.shape[:2]
+        trajs = self._target_trajectories(target, z_t, noises, settings, i)
         ok = torch.zeros(b, k, dtype=torch.bool, device=drafts.device)
         for j in range(k):
-            start, per_step = noises[j]
-            traj = sample_head(target.head, target.scheduler, z_t[:, j], settings.steps_at(i + j),
-                               settings.guidance_scale, start, per_step, settings.temperature)
-            stats.head_steps += len(traj.means)
+            stats.head_steps += len(trajs[j].means)
             u = torch.rand(b, generator=accept_gen, device=drafts.device)
-            ok[:, j] = u.log() < log_ratio(drafts[:, j], traj, draft_trajs[j], self.tau).clamp(max=0)
+            ok[:, j] = u.log() < log_ratio(drafts[:, j], trajs[j], draft_trajs[j], self.tau).clamp(max=0)
         accepted = ok.long().cumprod(-1).sum(-1)
         stats.accepted += int(accepted.sum())
         committed = torch.where(accepted < k, accepted + 1, accepted)
         self._resampled = self._resample(target, z_t, accepted, settings, i, generator, stats)
         return accepted, committed
+
+    @staticmethod
+    def _target_trajectories(target, z_t, noises, settings, i) -> list[HeadTrajectory]:
+        """The target head along each draft's trajectory, the k positions as one batch per step count.
+
+        The head is small and sequential in its steps, so k separate calls cost k times one batched
+        call; DiSA gives positions different step counts, so positions are grouped by them."""
+        b, k = len(noises[0][0]), z_t.shape[1]
+        cfg = settings.guidance_scale is not None
+        groups: dict[int, list[int]] = {}
+        for j in range(k):
+            groups.setdefault(settings.steps_at(i + j), []).append(j)
+        out: list[HeadTrajectory | None] = [None] * k
+        for steps, js in groups.items():
+            halves = (z_t[:b], z_t[b:]) if cfg else (z_t,)
+            z = torch.cat([h[:, js].transpose(0, 1).reshape(-1, h.shape[-1]) for h in halves])
+            start = torch.cat([noises[j][0] for j in js])
+            per_step = torch.cat([noises[j][1] for j in js], 1)
+            traj = sample_head(target.head, target.scheduler, z, steps, settings.guidance_scale, start, per_step,
+                               settings.temperature)
+            for n, j in enumerate(js):
+                rows = slice(n * b, (n + 1) * b)
+                out[j] = HeadTrajectory(traj.sample[rows], [m[rows] for m in traj.means],
+                                        [sd[rows] for sd in traj.stds])
+        return out
 
     def _resample(self, target, z_t, accepted, settings, i, generator, stats) -> torch.Tensor:
         """A token from ``max(0, p - q)`` at each row's first rejected position, by acceptance-rejection:

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from .t2i_eval import summarise, to_uint8
 from .t2i_prompts import T2IPrompt, eval_prompts, score_image
@@ -24,8 +25,11 @@ def as_pipeline(model: Any) -> Any:
 
 @torch.no_grad()
 def generate_set(pipe: Any, prompts: Sequence[T2IPrompt], seeds: Sequence[int], *, batch_size: int = 64,
+                 progress: str | None = None,
                  **sampling: Any) -> tuple[list[np.ndarray], list[dict[str, Any]], torch.Tensor]:
     """Every (prompt, seed) image as uint8 arrays, each batch's ``last_stats``, and the codes (rows x N).
+
+    ``progress``: a label for a per-image progress bar (a bench method takes minutes at batch 1).
 
     One seed per batch of prompts: batch ``i`` of seed ``s`` uses ``seed = s * 100_003 + i``, so
     methods compared at the same seeds draw from the same random streams.
@@ -33,6 +37,7 @@ def generate_set(pipe: Any, prompts: Sequence[T2IPrompt], seeds: Sequence[int], 
     images: list[np.ndarray] = []
     stats: list[dict[str, Any]] = []
     codes: list[torch.Tensor] = []
+    bar = tqdm(total=len(prompts) * len(seeds), desc=progress, unit="image", leave=False, disable=progress is None)
     for s in seeds:
         for i in range(0, len(prompts), batch_size):
             chunk = [p.text for p in prompts[i : i + batch_size]]
@@ -40,6 +45,8 @@ def generate_set(pipe: Any, prompts: Sequence[T2IPrompt], seeds: Sequence[int], 
             images += to_uint8(out)
             stats.append(dict(pipe.last_stats))
             codes.append(pipe.last_codes.cpu())
+            bar.update(len(chunk))
+    bar.close()
     return images, stats, torch.cat(codes)
 
 

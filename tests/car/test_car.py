@@ -8,10 +8,11 @@ import pytest
 import torch
 
 import mmeff
+from mmeff.car.loop import HeadSettings
 from mmeff.car.ops import residual_by_rejection
 from mmeff.car.sampler import HeadTrajectory, draw_noise, sample_head
 from mmeff.car.schedules import SCHEDULES, annealed_steps
-from mmeff.car.speculative import log_ratio
+from mmeff.car.speculative import SpeculativeDecoder, log_ratio
 from mmeff.errors import ConfigError, InputError, UnsupportedModelError
 from mmeff.testing.car import tiny_continuous_ar, write_tiny_pair
 
@@ -87,6 +88,26 @@ def test_speculative_with_a_real_draft_runs_and_composes_with_disa(pair):
     assert images.shape == (2, 3, 16, 16) and stats["drafted"] > 0 and stats["draft_forwards"] > 0
     assert stats["head_steps"] < 8 * 16 * 4  # annealed inside the target's verification too
     assert not torch.isnan(images).any() and pipe.last_codes.abs().sum(-1).gt(0).all()  # no zero-vector tokens
+
+
+@pytest.mark.parametrize("guidance", [2.0, None])
+def test_batched_verification_equals_one_head_run_per_position(guidance):
+    """Verification runs the target head over the k drafted positions as one batch per step count
+    (DiSA gives positions different counts); each position must get what a lone run gives it."""
+    model = tiny_continuous_ar()
+    b, k, c = 2, 5, model.config.token_dim
+    rows = 2 * b if guidance is not None else b
+    z_t = torch.randn(rows, k, model.backbone.config.hidden_size)
+    settings = HeadSettings(guidance, steps_at=lambda s: [6, 6, 4, 6, 4][s - 3])  # positions 3..7
+    g = torch.Generator().manual_seed(0)
+    noises = [draw_noise(b, c, settings.steps_at(3 + j), g, z_t.device) for j in range(k)]
+    batched = SpeculativeDecoder._target_trajectories(model, z_t, noises, settings, 3)
+    for j, traj in enumerate(batched):
+        alone = sample_head(model.head, model.scheduler, z_t[:, j], settings.steps_at(3 + j), guidance, *noises[j])
+        assert len(traj.means) == len(alone.means) == settings.steps_at(3 + j)
+        assert torch.allclose(traj.sample, alone.sample, atol=1e-5)
+        assert all(torch.allclose(a, b_, atol=1e-5) for a, b_ in zip(traj.means, alone.means))
+        assert all(torch.equal(a, b_) for a, b_ in zip(traj.stds, alone.stds))
 
 
 def test_acceptance_ratio_matches_its_closed_form_on_gaussians():
