@@ -171,20 +171,38 @@ class SpeculativeDecoder:
                                             settings.steps_at(i + pos), settings, generator, stats)
         return out
 
+    #: acceptance-rejection proposals drawn per head run: tries are sequential in the loop, but the residual
+    #: of two close heads keeps few proposals, so one batched run of many is far cheaper than many runs
+    TRIES_PER_RUN = 16
+
     def _resample_rows(self, target, z_t, z_d, rows, b, steps, settings, generator, stats) -> torch.Tensor:
         cfg = settings.guidance_scale is not None
-        pick = torch.cat([rows, rows + b]) if cfg else rows
         m = len(rows)
+        pending: list[tuple[torch.Tensor, torch.Tensor]] = []
+        left = self.max_tries
+
+        def repeat(z: torch.Tensor, n: int) -> torch.Tensor:
+            halves = (z[rows], z[rows + b]) if cfg else (z[rows],)
+            return torch.cat([h.repeat(n, 1) for h in halves])  # candidate-major, cond rows before uncond
+
+        def run(n: int) -> None:
+            start, per_step = draw_noise(n * m, target.token_dim, steps, generator, z_t.device)
+            p = sample_head(target.head, target.scheduler, repeat(z_t, n), steps, settings.guidance_scale, start,
+                            per_step, settings.temperature)
+            q = sample_head(self.draft_adapter.head, self.draft_adapter.scheduler, repeat(z_d, n), steps,
+                            settings.guidance_scale, start, per_step, settings.temperature)
+            stats.head_steps += n * steps
+            stats.draft_head_steps += n * steps
+            log_q_over_p = -log_ratio(p.sample, p, q, self.tau)
+            pending.extend(zip(p.sample.view(n, m, -1), log_q_over_p.view(n, m)))
 
         def propose() -> tuple[torch.Tensor, torch.Tensor]:
-            start, per_step = draw_noise(m, target.token_dim, steps, generator, z_t.device)
-            p = sample_head(target.head, target.scheduler, z_t[pick], steps, settings.guidance_scale, start,
-                            per_step, settings.temperature)
-            q = sample_head(self.draft_adapter.head, self.draft_adapter.scheduler, z_d[pick], steps,
-                            settings.guidance_scale, start, per_step, settings.temperature)
-            stats.head_steps += steps
-            stats.draft_head_steps += steps
-            return p.sample, -log_ratio(p.sample, p, q, self.tau)
+            nonlocal left
+            if not pending:
+                n = min(self.TRIES_PER_RUN, left)
+                left -= n
+                run(n)
+            return pending.pop(0)
 
         out, done = residual_by_rejection(propose, m, self.max_tries, generator)
         stats.resample_failures += int((~done).sum())
