@@ -157,7 +157,7 @@ def _bench_ar(args: argparse.Namespace) -> None:
 
     import mmeff
 
-    from .bench.ar import continuous_methods, run_bench
+    from .bench.ar import METHODS, continuous_methods, run_bench, select_methods
     from .bench.ar_report import write_report
     from .testbed.ar_eval import SHAPES_AR_SAMPLING
     from .testbed.assets import SHAPES_AR, SHAPES_MAR, SHAPES_MAR_SMALL
@@ -174,7 +174,11 @@ def _bench_ar(args: argparse.Namespace) -> None:
             sampling = {"guidance_scale": 3.0, "temperature": 1.0, "diffusion_steps": 50}
             methods = continuous_methods(args.draft or str(SHAPES_MAR_SMALL))
         else:
-            sampling, methods = dict(SHAPES_AR_SAMPLING), None
+            sampling, methods = dict(SHAPES_AR_SAMPLING), METHODS
+        try:
+            methods = select_methods(methods, args.method)
+        except ValueError as err:
+            raise SystemExit(f"mmeff bench ar: {err}") from None
         if args.guidance is not None:
             sampling["guidance_scale"] = args.guidance
         results = run_bench(pipe, prompts, list(range(args.seeds)), batch_size=batch_size, sampling=sampling,
@@ -331,6 +335,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=None, help="reno: default 32; ar: default 1 (per-sequence "
                                                                      "acceleration, as the papers measure it)")
     p.add_argument("--device", default="cpu", help="reno, ar: where the model runs")
+    p.add_argument("--method", action="append", default=[], metavar="PATTERN",
+                   help="ar: only the methods whose label matches (fnmatch, repeatable; plain always runs), "
+                        "e.g. 'disa*'")
     p.add_argument("--draft", default=None, help="ar, continuous-token models: the draft for continuous_spec "
                                                  "(default: the bundled shapes-mar-small)")
     p.add_argument("--out", default="bench_results")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Sequence
+from fnmatch import fnmatch
 from typing import Any
 
 import numpy as np
@@ -43,7 +44,19 @@ def continuous_methods(draft: str) -> list[tuple[str, list[tuple[str, dict[str, 
     spec = ("continuous_spec", {"draft": draft, "draft_len": 8})
     cosine = ("disa", {**disa[1], "schedule": "cosine"})
     return [("plain", []), ("disa 50→5 linear", [disa]), ("disa 50→5 cosine", [cosine]),
+            ("disa 25→5 linear", [("disa", {"upper": 25, "lower": 5, "schedule": "linear"})]),
             ("continuous_spec k8", [spec]), ("continuous_spec k8 + disa", [spec, disa])]
+
+
+def select_methods(methods: list, patterns: Sequence[str]) -> list:
+    """The methods whose label matches one of the fnmatch ``patterns`` (all when none), plain always first:
+    every ratio is against plain decoding measured in the same run."""
+    if not patterns:
+        return methods
+    chosen = [m for m in methods if m[0] == "plain" or any(fnmatch(m[0], p) for p in patterns)]
+    if len(chosen) == 1:
+        raise ValueError(f"no method matches {list(patterns)}; the methods are {[m[0] for m in methods]}")
+    return chosen
 
 
 def _as_plugins(plugin: str | None | list, options: dict[str, Any] | None = None) -> list[tuple[str, dict[str, Any]]]:

@@ -71,3 +71,14 @@ def test_continuous_methods_report_head_steps_and_targets(tmp_path):
     assert len(rows(results)) == len(methods) + 1
     names = [c[0] for c in target_checks(results)]
     assert "DiSA: fewer head denoising steps" in names and "both together beat each alone (wall time)" in names
+
+
+def test_method_selection_keeps_plain_first_and_names_the_methods_on_no_match():
+    from mmeff.bench.ar import continuous_methods, select_methods
+
+    methods = continuous_methods("draft")
+    assert [m[0] for m in select_methods(methods, ["disa*"])] == \
+        ["plain", "disa 50→5 linear", "disa 50→5 cosine", "disa 25→5 linear"]
+    assert select_methods(methods, []) == methods
+    with pytest.raises(ValueError, match="continuous_spec k8"):
+        select_methods(methods, ["sjd*"])
