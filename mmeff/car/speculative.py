@@ -44,6 +44,11 @@ def log_ratio(x: torch.Tensor, target: HeadTrajectory, draft: HeadTrajectory, ta
     return log_t - log_d + earlier + last
 
 
+def guidance_halves(z: torch.Tensor, batch: int, settings: HeadSettings) -> tuple[torch.Tensor, ...]:
+    """Conditioning rows as ``sample_head`` lays them out: (cond, uncond) with guidance, else (all,)."""
+    return (z[:batch], z[batch:]) if settings.guidance_scale is not None else (z,)
+
+
 def acceptance_generator(generator: torch.Generator | None, device: torch.device) -> torch.Generator:
     g = torch.Generator(device=device)
     seed = generator.initial_seed() if generator is not None else int(torch.randint(0, 2**62, ()))
@@ -141,13 +146,12 @@ class SpeculativeDecoder:
         The head is small and sequential in its steps, so k separate calls cost k times one batched
         call; DiSA gives positions different step counts, so positions are grouped by them."""
         b, k = len(noises[0][0]), z_t.shape[1]
-        cfg = settings.guidance_scale is not None
+        halves = guidance_halves(z_t, b, settings)
         groups: dict[int, list[int]] = {}
         for j in range(k):
             groups.setdefault(settings.steps_at(i + j), []).append(j)
         out: list[HeadTrajectory | None] = [None] * k
         for steps, js in groups.items():
-            halves = (z_t[:b], z_t[b:]) if cfg else (z_t,)
             z = torch.cat([h[:, js].transpose(0, 1).reshape(-1, h.shape[-1]) for h in halves])
             start = torch.cat([noises[j][0] for j in js])
             per_step = torch.cat([noises[j][1] for j in js], 1)
@@ -176,14 +180,12 @@ class SpeculativeDecoder:
     TRIES_PER_RUN = 16
 
     def _resample_rows(self, target, z_t, z_d, rows, b, steps, settings, generator, stats) -> torch.Tensor:
-        cfg = settings.guidance_scale is not None
         m = len(rows)
         pending: list[tuple[torch.Tensor, torch.Tensor]] = []
         left = self.max_tries
 
-        def repeat(z: torch.Tensor, n: int) -> torch.Tensor:
-            halves = (z[rows], z[rows + b]) if cfg else (z[rows],)
-            return torch.cat([h.repeat(n, 1) for h in halves])  # candidate-major, cond rows before uncond
+        def repeat(z: torch.Tensor, n: int) -> torch.Tensor:  # candidate-major, cond rows before uncond
+            return torch.cat([h[rows].repeat(n, 1) for h in guidance_halves(z, b, settings)])
 
         def run(n: int) -> None:
             start, per_step = draw_noise(n * m, target.token_dim, steps, generator, z_t.device)
