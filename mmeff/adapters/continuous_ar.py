@@ -26,7 +26,8 @@ class ContinuousARAdapter(Adapter):
     family: ClassVar[str] = "ar_continuous"
     description = "continuous-token AR: transformers decoder + per-token diffusion head + diffusers AutoencoderKL"
     default_guidance: ClassVar[float | None] = 3.0
-    default_steps: ClassVar[int] = 50  # head denoising steps per token without DiSA (MAR's training-time count)
+    #: head denoising steps per token without DiSA: the testbed's 50 (MAR samples with 100, `--num_sampling_steps`)
+    default_steps: ClassVar[int] = 50
 
     obj: ContinuousARModel
 

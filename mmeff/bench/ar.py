@@ -37,24 +37,32 @@ METHODS: list[tuple[str, str | None, dict[str, Any]]] = [
 ]
 
 
-def continuous_methods(draft: str) -> list[tuple[str, list[tuple[str, dict[str, Any]]]]]:
-    """Continuous tokens (shapes-mar): DiSA as in the paper (50 -> 5, linear), speculative decoding with
-    the bundled draft, and both together."""
+#: MAR's sampling default (``--num_sampling_steps 100``): the baseline the DiSA paper's speed-ups are against
+MAR_HEAD_STEPS = 100
+PLAIN_MAR_STEPS = f"plain, {MAR_HEAD_STEPS} head steps"
+
+
+def continuous_methods(draft: str) -> list[tuple[str, list[tuple[str, dict[str, Any]]], dict[str, Any]]]:
+    """Continuous tokens (shapes-mar): ``(label, plugins, sampling overrides)``. DiSA as in the paper
+    (50 -> 5, linear) next to plain decoding at the testbed's 50 head steps and at MAR's 100 (the
+    paper's baseline), speculative decoding with the bundled draft, and both together."""
     disa = ("disa", {"upper": 50, "lower": 5, "schedule": "linear"})
     spec = ("continuous_spec", {"draft": draft, "draft_len": 8})
     cosine = ("disa", {**disa[1], "schedule": "cosine"})
-    return [("plain", []), ("disa 50→5 linear", [disa]), ("disa 50→5 cosine", [cosine]),
-            ("disa 25→5 linear", [("disa", {"upper": 25, "lower": 5, "schedule": "linear"})]),
-            ("continuous_spec k8", [spec]), ("continuous_spec k8 + disa", [spec, disa])]
+    return [("plain", [], {}), (PLAIN_MAR_STEPS, [], {"diffusion_steps": MAR_HEAD_STEPS}),
+            ("disa 50→5 linear", [disa], {}), ("disa 50→5 cosine", [cosine], {}),
+            ("disa 25→5 linear", [("disa", {"upper": 25, "lower": 5, "schedule": "linear"})], {}),
+            ("continuous_spec k8", [spec], {}), ("continuous_spec k8 + disa", [spec, disa], {})]
 
 
 def select_methods(methods: list, patterns: Sequence[str]) -> list:
-    """The methods whose label matches one of the fnmatch ``patterns`` (all when none), plain always first:
-    every ratio is against plain decoding measured in the same run."""
+    """The methods whose label matches one of the fnmatch ``patterns`` (all when none), the plain baselines
+    always first: every ratio is against plain decoding measured in the same run."""
     if not patterns:
         return methods
-    chosen = [m for m in methods if m[0] == "plain" or any(fnmatch(m[0], p) for p in patterns)]
-    if len(chosen) == 1:
+    baselines = [m for m in methods if m[0].startswith("plain")]
+    chosen = baselines + [m for m in methods if m not in baselines and any(fnmatch(m[0], p) for p in patterns)]
+    if len(chosen) == len(baselines):
         raise ValueError(f"no method matches {list(patterns)}; the methods are {[m[0] for m in methods]}")
     return chosen
 
@@ -128,12 +136,14 @@ def _mean_stats(rows: list[dict[str, Any]]) -> dict[str, float]:
 
 def run_bench(pipe: Any, prompts: list[T2IPrompt], seeds: Sequence[int], *, batch_size: int = 1,
               sampling: dict[str, Any], methods: list | None = None) -> dict[str, Any]:
-    """Every method (``(label, plugin, options)`` or ``(label, [(plugin, options), ...])``) on the same seeds."""
+    """Every method (``(label, plugin, options)``, or ``(label, [(plugin, options), ...], sampling overrides)``
+    with the overrides optional) on the same seeds."""
     methods = methods if methods is not None else METHODS
     results: dict[str, Any] = {"methods": {}}
     for method in tqdm(methods, desc="bench ar"):
         label, plugins = method[0], _as_plugins(*method[1:])
-        results["methods"][label] = run_method(pipe, plugins, None, prompts, seeds, batch_size, sampling, label)
+        own = {**sampling, **method[2]} if isinstance(method[1], list) and len(method) > 2 else sampling
+        results["methods"][label] = run_method(pipe, plugins, None, prompts, seeds, batch_size, own, label)
     other_seeds = [s + 1000 for s in seeds]  # the noise floor of the distribution check
     floor = run_method(pipe, None, {}, prompts, other_seeds, batch_size, sampling, "noise floor")
     plain = results["methods"]["plain"]

@@ -7,7 +7,7 @@ import json
 import pytest
 
 import mmeff
-from mmeff.bench.ar import js_divergence, run_bench
+from mmeff.bench.ar import PLAIN_MAR_STEPS, js_divergence, run_bench
 from mmeff.bench.ar_report import write_report
 from mmeff.testbed.t2i_prompts import eval_prompts
 from mmeff.testing.ar import tiny_ar_image
@@ -59,18 +59,22 @@ def test_continuous_methods_report_head_steps_and_targets(tmp_path):
 
     target, draft = write_tiny_pair(tmp_path / "pair")
     methods = [m for m in continuous_methods(str(draft)) if m[0] != "disa 50→5 cosine"]
-    methods = [(label, [(n, {**o, "upper": 8, "lower": 2} if n == "disa" else o) for n, o in plugins])
-               for label, plugins in methods]
+    methods = [(label, [(n, {**o, "upper": 8, "lower": 2} if n == "disa" else o) for n, o in plugins],
+                {"diffusion_steps": 16} if overrides else {}) for label, plugins, overrides in methods]
     results = run_bench(mmeff.load(target), eval_prompts(1)[:3], [0], batch_size=1,
                         sampling={"guidance_scale": 3.0, "diffusion_steps": 8}, methods=methods)
     plain, disa = results["methods"]["plain"], results["methods"]["disa 50→5 linear"]
     assert plain["head_steps_per_image"] == 8 * 16 and disa["head_step_reduction"] > 1.5
+    assert results["methods"][PLAIN_MAR_STEPS]["head_steps_per_image"] == 16 * 16  # its own step count
     spec = results["methods"]["continuous_spec k8"]
     assert spec["draft_forwards_per_image"] > 0 and spec["acceptance_rate"] is not None
     assert plain["token_js_bits"] is None  # continuous tokens: the oracle's statistics only
     assert len(rows(results)) == len(methods) + 1
     names = [c[0] for c in target_checks(results)]
-    assert "DiSA: fewer head denoising steps" in names and "both together beat each alone (wall time)" in names
+    assert "DiSA: fewer head denoising steps than plain at 50" in names
+    assert "both together beat each alone (wall time)" in names
+    against_mar = next(c for c in target_checks(results) if PLAIN_MAR_STEPS in c[0] and c[1] == ">= 3x")
+    assert against_mar[2] == f"{256 / disa['head_steps_per_image']:.2f}x"
 
 
 def test_method_selection_keeps_plain_first_and_names_the_methods_on_no_match():
@@ -78,7 +82,7 @@ def test_method_selection_keeps_plain_first_and_names_the_methods_on_no_match():
 
     methods = continuous_methods("draft")
     assert [m[0] for m in select_methods(methods, ["disa*"])] == \
-        ["plain", "disa 50→5 linear", "disa 50→5 cosine", "disa 25→5 linear"]
+        ["plain", PLAIN_MAR_STEPS, "disa 50→5 linear", "disa 50→5 cosine", "disa 25→5 linear"]
     assert select_methods(methods, []) == methods
     with pytest.raises(ValueError, match="continuous_spec k8"):
         select_methods(methods, ["sjd*"])
