@@ -73,6 +73,15 @@ def _as_plugins(plugin: str | None | list, options: dict[str, Any] | None = None
     return [] if plugin is None else [(plugin, options or {})]
 
 
+def _unpack(method: tuple) -> tuple[str, list[tuple[str, dict[str, Any]]], dict[str, Any]]:
+    """``(label, plugins, sampling overrides)`` from either method layout: discrete ``(label, plugin,
+    options)`` or continuous ``(label, [(plugin, options), ...], overrides)`` (overrides optional)."""
+    label, first, *rest = method
+    if isinstance(first, list):
+        return label, first, rest[0] if rest else {}
+    return label, _as_plugins(first, rest[0] if rest else None), {}
+
+
 def js_divergence(a: np.ndarray, b: np.ndarray) -> float:
     """Jensen-Shannon divergence (bits) between two histograms."""
     p, q = a / max(a.sum(), 1), b / max(b.sum(), 1)
@@ -141,9 +150,9 @@ def run_bench(pipe: Any, prompts: list[T2IPrompt], seeds: Sequence[int], *, batc
     methods = methods if methods is not None else METHODS
     results: dict[str, Any] = {"methods": {}}
     for method in tqdm(methods, desc="bench ar"):
-        label, plugins = method[0], _as_plugins(*method[1:])
-        own = {**sampling, **method[2]} if isinstance(method[1], list) and len(method) > 2 else sampling
-        results["methods"][label] = run_method(pipe, plugins, None, prompts, seeds, batch_size, own, label)
+        label, plugins, overrides = _unpack(method)
+        results["methods"][label] = run_method(pipe, plugins, None, prompts, seeds, batch_size,
+                                               {**sampling, **overrides}, label)
     other_seeds = [s + 1000 for s in seeds]  # the noise floor of the distribution check
     floor = run_method(pipe, None, {}, prompts, other_seeds, batch_size, sampling, "noise floor")
     plain = results["methods"]["plain"]
