@@ -233,7 +233,7 @@ def cmd_testbed(args: argparse.Namespace) -> None:
         check_oracle(args.n_scenes, args.image_size, Path(args.out or "eval_results/oracle"))
         return
     if args.model is None:
-        raise SystemExit("usage: mmeff testbed train vlm|sd|clip|ar|mar [--out DIR] [--run-dir DIR]")
+        raise SystemExit("usage: mmeff testbed train vlm|sd|clip|ar|mar|mar-draft [--out DIR] [--run-dir DIR]")
     from .testbed.train import parse_overrides
 
     if args.model == "vlm" and (args.recipe or args.device != "cpu"):
@@ -252,6 +252,10 @@ def cmd_testbed(args: argparse.Namespace) -> None:
         from .testbed.train_ar import ARRecipe, train_ar
 
         train_ar(out, run_dir, ARRecipe(**parse_overrides(ARRecipe, args.recipe)), device=args.device)
+    elif args.model == "mar-draft":  # fine-tunes the draft on the target's predictions
+        from .testbed.distill_mar import DistillRecipe, distill_draft
+
+        distill_draft(out, run_dir, DistillRecipe(**parse_overrides(DistillRecipe, args.recipe)), device=args.device)
     elif args.model == "mar":  # the draft goes beside --out: <out>-small
         from .testbed.train_mar import MARRecipe, train_mar
 
@@ -262,7 +266,7 @@ def cmd_testbed(args: argparse.Namespace) -> None:
         train_clip(out, run_dir, ClipRecipe(**parse_overrides(ClipRecipe, args.recipe)), device=args.device)
 
 
-TESTBED_MODELS = {"vlm": "llava", "sd": "sd", "clip": "clip", "ar": "ar", "mar": "mar"}
+TESTBED_MODELS = {"vlm": "llava", "sd": "sd", "clip": "clip", "ar": "ar", "mar": "mar", "mar-draft": "mar-small"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -295,7 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("what", choices=["train", "oracle"])
     p.add_argument("model", nargs="?", choices=list(TESTBED_MODELS),
                    help="what to train (train only): vlm = shapes-llava, sd = shapes-sd, clip = shapes-clip, "
-                        "ar = shapes-ar, mar = shapes-mar + its draft shapes-mar-small")
+                        "ar = shapes-ar, mar = shapes-mar + its draft shapes-mar-small, "
+                        "mar-draft = distil shapes-mar-small on shapes-mar's predictions")
     p.add_argument("--out", help="train: where save_pretrained writes (default assets/models/shapes-<model>); "
                                  "oracle: report folder (default eval_results/oracle)")
     p.add_argument("--run-dir", help="checkpoints (resume from here) and logs (default runs/shapes-<model>)")
