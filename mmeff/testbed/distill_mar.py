@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import random
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -35,9 +36,10 @@ from tqdm import tqdm
 from ..car.loop import ContinuousSession, ContinuousStats, HeadSettings, plain_decode
 from ..car.model import ContinuousARModel
 from .assets import SHAPES_MAR, SHAPES_MAR_SMALL
+from .t2i_prompts import sample_prompt
 from .train import lr_factor, plot_losses
 from .train_mar import backbone_hidden, token_conditions, training_rows
-from .train_sd import prompt_batch
+from .train_sd import TRAIN_SEED, prompt_batch
 
 BUNDLED_TARGET = SHAPES_MAR
 BUNDLED_DRAFT = SHAPES_MAR_SMALL
@@ -101,7 +103,8 @@ def target_pool(target: ContinuousARModel, adapter, recipe: DistillRecipe) -> tu
     g = torch.Generator(device=target.device).manual_seed(recipe.seed + 104729)
     settings = HeadSettings(recipe.guidance_scale, 1.0, lambda s: recipe.pool_head_steps)
     for k in tqdm(range(0, recipe.pool, 64), desc="target samples"):
-        prompts, _ = prompt_batch(10_000 + k // 64, min(64, recipe.pool - k), recipe.seed)
+        rng = random.Random(TRAIN_SEED + recipe.seed * 1_000_003 + 10_000 + k // 64)  # prompts only: no renders
+        prompts = [sample_prompt(rng).text for _ in range(min(64, recipe.pool - k))]
         session = ContinuousSession(adapter, list(prompts), recipe.guidance_scale)
         chunks.append(plain_decode(session, settings, g, ContinuousStats()).cpu())
         texts += list(prompts)
