@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..adapters.t2i_base import T2IAdapter
+from ..testbed.reward_alignment import reward_alignment
 from ..testbed.t2i_eval import summarise, to_uint8
 from ..testbed.t2i_prompts import T2IPrompt, score_image
 
@@ -99,8 +100,13 @@ def summarise_trace(trace: Trace, prompts: list[T2IPrompt], budgets: list[int]) 
 
 def run_bench(pipe: Any, rewards: Any, prompts: list[T2IPrompt], seeds: int, *, iterations: int = 50,
               budgets: tuple[int, ...] = (1, 10, 25, 50), num_inference_steps: int = 1, guidance_scale: float = 1.0,
-              batch_size: int = 32, reno_options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Plain pipeline (budget 1 = iteration 0), ReNO and best-of-N, on every prompt x seed."""
+              batch_size: int = 32, reno_options: dict[str, Any] | None = None,
+              alignment_samples: int = 8) -> dict[str, Any]:
+    """Plain pipeline (budget 1 = iteration 0), ReNO and best-of-N, on every prompt x seed.
+
+    Also how well the reward ranks the pipeline's own samples (``alignment_samples`` seeds per
+    prompt, seeds from 1000, away from the benchmark's): the reward can only buy what it sees.
+    """
     if (reno_options or {}).get("reward_target") is not None:
         raise ValueError("bench reno compares fixed budgets; reward_target would stop batches early")
     adapter: T2IAdapter = pipe.adapter
@@ -128,6 +134,11 @@ def run_bench(pipe: Any, rewards: Any, prompts: list[T2IPrompt], seeds: int, *, 
             "best_reward": [float(np.mean(r)) for r in trace.best_reward],
             "current_reward": [float(np.mean(r)) for r in trace.current_reward],
         }
+    if alignment_samples > 1:
+        with torch.no_grad():
+            results["reward_alignment"] = reward_alignment(
+                pipe, lambda images, texts: rewards.total(rewards(images, texts)), prompts,
+                samples=alignment_samples, call=call, batch_size=batch_size)
     results["images"] = len(all_prompts)
     return results
 

@@ -53,6 +53,17 @@ def target_checks(results: dict[str, Any]) -> list[list[Any]]:
     ]
 
 
+def alignment_rows(results: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
+    """The reward's ranking of the plain pipeline's samples, against the oracle's verdicts."""
+    a = results.get("reward_alignment")
+    if not a:
+        return [], []
+    headers = ["samples / prompt", "one sample (plain)", "reward's pick", "oracle's pick (ceiling)",
+               "within-prompt AUC", "pairs"]
+    return headers, [[a["samples_per_prompt"], a["mean_hit"]["overall"], a["reward_pick"]["overall"],
+                      a["oracle_pick"]["overall"], a["auc"], a["pairs"]]]
+
+
 def write_report(out_dir: Path, results: dict[str, Any], meta: dict[str, Any]) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "reno.json", {"benchmark": "reno", **meta, **results})
@@ -69,6 +80,7 @@ def write_report(out_dir: Path, results: dict[str, Any], meta: dict[str, Any]) -
         "overall. Best-of-N draws as many noises as ReNO makes generator and reward evaluations.", "",
         "## Oracle prompt-following", "", markdown_table(headers, rows), "",
         "## Targets", "", markdown_table(["target", "wanted", "measured", "met"], checks), "",
+        *_alignment_section(results),
         "![curves](reno_curves.png)", "", "![categories](reno_categories.png)", "",
     ]
     if results.get("peak_memory_mb"):
@@ -77,6 +89,18 @@ def write_report(out_dir: Path, results: dict[str, Any], meta: dict[str, Any]) -
     (out_dir / "reno.md").write_text("\n".join(md) + "\n")
     _plot_curves(out_dir / "reno_curves.png", results)
     _plot_categories(out_dir / "reno_categories.png", results)
+
+
+def _alignment_section(results: dict[str, Any]) -> list[str]:
+    headers, rows = alignment_rows(results)
+    if not rows:
+        return []
+    print_table("does the reward rank the pipeline's samples as the oracle would?", headers, rows)
+    return ["## Does the reward rank the pipeline's own samples as the oracle would?", "",
+            "Plain samples of every prompt at other seeds, oracle score overall: of one sample, of the one the "
+            "reward ranks first, and of the best if the oracle picked; AUC over (accepted, rejected) pairs of the "
+            "same prompt (0.5 = chance). ReNO and best-of-N can only buy what this ranking sees.", "",
+            markdown_table(headers, rows), ""]
 
 
 def _plot_curves(path: Path, results: dict[str, Any]) -> None:

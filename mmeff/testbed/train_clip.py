@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from .assets import MODELS
 from .batches import step_batches
+from .preference_pool import PreferencePool, build_pool, preference_loss
 from .render import render
 from .sd_model import images_to_tensor
 from .t2i_prompts import RELATIONS, T2I_IMAGE_SIZE, T2I_WORDS, Group, T2IPrompt, sample_prompt, scene_for_prompt
@@ -51,6 +52,15 @@ class ClipRecipe:
     vae: str = ""  # AutoencoderKL folder (relative: to the repo), e.g. assets/models/shapes-sd/vae; "" = clean only
     degraded_fraction: float = 0.5  # share of each batch seen through the autoencoder
     latent_noise: float = 1.0  # largest noise std added to the latents, in units of their std
+    init: str = ""  # open_clip folder to fine-tune from (e.g. assets/models/shapes-clip); "" = from scratch
+    sd: str = ""  # shapes-sd pipeline folder: the generator whose samples make the preference pool
+    pool_prompts: int = 0  # preference fine-tuning on sd's judged samples, up to this many prompts a category (0: off)
+    pool_samples: int = 8  # samples per pool prompt
+    pool_steps: int = 1  # the call the pool is generated with (the benchmark's: 1 step, no guidance)
+    pool_guidance: float = 1.0
+    pairs: int = 32  # preference pairs per training step
+    preference_weight: float = 1.0
+    alignment_per_category: int = 8  # export: prompts per category for the ``sd`` sample-ranking check
 
 
 def model_cfg(vocab_size: int, eos_id: int, pad_id: int) -> dict:
@@ -106,8 +116,10 @@ def clip_batch(step: int, batch: int, seed: int) -> tuple[list[str], list[str], 
     return [p.text for p in prompts], negatives, images_to_tensor([render(s) for s in scenes])
 
 
-def build(seed: int = 0):
+def build(seed: int = 0, init: Path | None = None):
+    """A fresh model, or (``init``) one with the weights of an exported shapes-clip folder."""
     import open_clip
+    from safetensors.torch import load_file
 
     from ..testing.diffusion import clip_tokenizer
 
@@ -115,7 +127,17 @@ def build(seed: int = 0):
     torch.manual_seed(seed)
     cfg = model_cfg(len(tokenizer), tokenizer.eos_token_id, tokenizer.pad_token_id)
     model = open_clip.CLIP(**cfg)
+    if init is not None:
+        saved = json.loads((init / "open_clip_config.json").read_text())["model_cfg"]
+        if saved != cfg:
+            raise ValueError(f"init={init}: its model config differs from this recipe's; it cannot be fine-tuned here")
+        model.load_state_dict(load_file(init / "open_clip_model.safetensors"))
     return model, tokenizer, cfg
+
+
+def repo_path(path: str) -> Path:
+    """Recipe paths are relative to the repository (where ``assets/`` is), whatever the working directory."""
+    return Path(path) if Path(path).is_absolute() else MODELS.parents[1] / path
 
 
 def save_clip(model: torch.nn.Module, tokenizer, cfg: dict, out_dir: Path) -> Path:
@@ -136,21 +158,32 @@ class ClipTrainer:
         self.run_dir, self.recipe, self.device = run_dir, recipe, torch.device(device)
         run_dir.mkdir(parents=True, exist_ok=True)
         self.ckpt = run_dir / "checkpoint.pt"
-        self.model, self.tokenizer, self.cfg = build(recipe.seed)
+        if recipe.pool_prompts and not recipe.sd:
+            raise ValueError("pool_prompts needs sd=<a shapes-sd folder>: the pool is that generator's samples")
+        if recipe.pool_prompts and (recipe.pool_samples < 2 or recipe.pairs < 1):
+            raise ValueError(f"need pool_samples >= 2 and pairs >= 1, got {recipe.pool_samples} and {recipe.pairs}")
+        self.model, self.tokenizer, self.cfg = build(recipe.seed, repo_path(recipe.init) if recipe.init else None)
         self.model.to(self.device)
         self.vae = None
         if recipe.vae:
             from diffusers import AutoencoderKL
 
-            vae_dir = Path(recipe.vae) if Path(recipe.vae).is_absolute() else MODELS.parents[1] / recipe.vae
-            self.vae = AutoencoderKL.from_pretrained(vae_dir).to(self.device).eval().requires_grad_(False)
+            self.vae = AutoencoderKL.from_pretrained(repo_path(recipe.vae)).to(self.device).eval().requires_grad_(False)
+        self.sd = None
+        if recipe.sd:
+            from diffusers import StableDiffusionPipeline
+
+            self.sd = StableDiffusionPipeline.from_pretrained(repo_path(recipe.sd)).to(self.device)
+            self.sd.set_progress_bar_config(disable=True)
+        self.pool = self.load_or_build_pool() if recipe.pool_prompts else None
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=recipe.lr, weight_decay=0.05)
-        self.step, self.seconds, self.losses = 0, 0.0, {"clip": []}
+        self.step, self.seconds, self.losses = 0, 0.0, {"clip": [], "preference": []}
         if self.ckpt.exists():
             state = torch.load(self.ckpt, weights_only=False, map_location=self.device)
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.step, self.seconds, self.losses = state["step"], state["seconds"], state["losses"]
+            self.losses.setdefault("preference", [])
             print(f"resumed at step {self.step}")
 
     def tokens(self, texts: list[str]) -> torch.Tensor:
@@ -177,6 +210,27 @@ class ClipTrainer:
         z = z + strength * torch.randn(z.shape, generator=g).to(self.device)
         return torch.cat([self.vae.decode(z).sample.clamp(-1, 1), images[k:]])
 
+    def load_or_build_pool(self) -> PreferencePool:
+        """The judged samples, generated once per run directory (a resumed run reuses them)."""
+        r = self.recipe
+        path = self.run_dir / "preference_pool.pt"
+        if path.exists():
+            return PreferencePool.load(path)
+        call = {"num_inference_steps": r.pool_steps, "guidance_scale": r.pool_guidance}
+        pool = build_pool(self.sd, r.pool_prompts, r.pool_samples, call, seed=r.seed)
+        pool.save(path)
+        print("preference pool:", json.dumps(pool.summary()))
+        return pool
+
+    def preference(self, step: int) -> torch.Tensor:
+        """HPSv2-style pair loss on ``pairs`` (accepted, rejected) samples of the same pool prompt."""
+        rng = random.Random(TRAIN_SEED + self.recipe.seed * 1_000_003 + step + 1)
+        texts, good, bad = self.pool.sample_pairs(self.recipe.pairs, rng)
+        images = self.normalise(images_to_tensor(list(good) + list(bad)))
+        emb = self.model.encode_image(images)
+        return preference_loss(self.model.logit_scale.exp(), emb[: len(texts)], emb[len(texts):],
+                               self.model.encode_text(self.tokens(texts)))
+
     def loss(self, texts: list[str], negatives: list[str], images: torch.Tensor) -> torch.Tensor:
         img = F.normalize(self.model.encode_image(self.normalise(images)), dim=-1)
         txt = F.normalize(self.model.encode_text(self.tokens(texts + negatives)), dim=-1)
@@ -197,7 +251,12 @@ class ClipTrainer:
         start = time.time()
         batches = step_batches(clip_batch, self.step, r.steps, r.batch, r.seed, workers=r.workers)
         for step, (texts, negatives, images) in zip(bar, batches):
-            loss = self.loss(texts, negatives, self.degrade(images, TRAIN_SEED + step))
+            contrastive = self.loss(texts, negatives, self.degrade(images, TRAIN_SEED + step))
+            loss = contrastive
+            if self.pool is not None:
+                pref = self.preference(step)
+                self.losses["preference"].append(pref.item())
+                loss = loss + r.preference_weight * pref
             for group in self.optimizer.param_groups:
                 group["lr"] = r.lr * lr_factor(step, r.steps, warmup=0.1)
             self.optimizer.zero_grad(set_to_none=True)
@@ -206,7 +265,7 @@ class ClipTrainer:
             self.optimizer.step()
             with torch.no_grad():
                 self.model.logit_scale.clamp_(0, 4.6052)  # 100, as CLIP caps it
-            self.losses["clip"].append(loss.item())
+            self.losses["clip"].append(contrastive.item())
             bar.set_postfix(loss=f"{loss.item():.3f}")
             self.step = step + 1
             if self.step % r.checkpoint_every == 0 or self.step == r.steps:
@@ -237,15 +296,33 @@ class ClipTrainer:
     def export(self, out_dir: Path) -> None:
         save_clip(self.model.to("cpu"), self.tokenizer, self.cfg, out_dir)
         self.model.to(self.device)
-        plot_losses(self.losses, out_dir / "training_loss.png", titles={"clip": "contrastive loss"})
+        plot_losses({k: v for k, v in self.losses.items() if v}, out_dir / "training_loss.png",
+                    titles={"clip": "contrastive loss", "preference": "preference pair loss"})
         info = {"recipe": asdict(self.recipe), "device": self.device.type,
                 "training_minutes": round(self.seconds / 60, 1),
                 "final_loss": sum(self.losses["clip"][-50:]) / max(1, len(self.losses["clip"][-50:])),
                 "caption_vs_corrupted_accuracy": self.pick_accuracy()}
         if self.vae is not None:
             info["caption_vs_corrupted_accuracy_through_vae"] = self.pick_accuracy(degraded=True)
+        if self.pool is not None:
+            info["preference_pool"] = self.pool.summary()
+            info["final_preference_loss"] = sum(self.losses["preference"][-50:]) / max(
+                1, len(self.losses["preference"][-50:]))
+        if self.sd is not None:
+            info["generated_alignment"] = self.generated_alignment(out_dir)
         (out_dir / "training.json").write_text(json.dumps(info, indent=2))
-        print(json.dumps({k: v for k, v in info.items() if k.startswith("caption_vs")}))
+        print(json.dumps({k: v for k, v in info.items() if k.startswith(("caption_vs", "generated"))}))
+
+    def generated_alignment(self, out_dir: Path) -> dict:
+        """How the exported reward ranks ``sd``'s own one-step samples of the evaluation prompts."""
+        from ..rewards import load_reward
+        from .assets import SHAPES_SD_CALL
+        from .reward_alignment import reward_alignment
+        from .t2i_prompts import eval_prompts
+
+        reward = load_reward("shapes_clip", str(out_dir), device=self.device)
+        prompts = eval_prompts(self.recipe.alignment_per_category)
+        return reward_alignment(self.sd, reward, prompts, call=SHAPES_SD_CALL)
 
 
 def train_clip(out_dir: Path, run_dir: Path, recipe: ClipRecipe | None = None, device: str = "cpu") -> Path:

@@ -35,6 +35,9 @@ def test_every_method_has_every_budget_and_curves_of_full_length(results):
         curves = results["curves"][method]
         assert len(curves["oracle"]) == len(curves["best_reward"]) == 4
     assert results["iteration0_mismatches"] == {"reno": 0, "best_of_n": 0}
+    alignment = results["reward_alignment"]  # the reward's ranking of plain samples at 8 other seeds
+    assert alignment["samples_per_prompt"] == 8
+    assert alignment["oracle_pick"]["overall"] >= alignment["mean_hit"]["overall"]
     # iteration 0 of both searches is the same plain image, so the same reward (up to float error: the
     # gradient search renders with autograd on, and the CPU may pick other kernels then)
     assert results["methods"]["reno"]["budgets"][0]["reward"] == \
@@ -49,6 +52,7 @@ def test_report_files(results, tmp_path):
     assert data["benchmark"] == "reno" and "plain" in data
     md = (tmp_path / "reno.md").read_text()
     assert "plain pipeline" in md and "ReNO" in md and "best-of-N" in md and "Targets" in md
+    assert "within-prompt AUC" in md
     assert (tmp_path / "reno_curves.png").stat().st_size > 0 and (tmp_path / "reno_categories.png").is_file()
 
 

@@ -39,3 +39,62 @@ def test_clip_recipe_saves_an_open_clip_local_dir_model(tmp_path):
     info = json.loads((out / "training.json").read_text())
     assert 0 <= info["caption_vs_corrupted_accuracy"]["overall"] <= 1
     assert ClipTrainer(tmp_path / "run", ClipRecipe(steps=2, batch=8)).step == 2
+
+
+
+def _write_pool(run_dir, texts=("a red star", "two circles"), per_prompt=4):
+    """A synthetic judged pool: every other sample of each prompt accepted."""
+    import numpy as np
+
+    from mmeff.testbed.preference_pool import PreferencePool
+
+    n = len(texts) * per_prompt
+    rng = np.random.default_rng(0)
+    pool = PreferencePool(rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), list(texts),
+                          np.repeat(np.arange(len(texts)), per_prompt), np.arange(n) % 2 == 0)
+    run_dir.mkdir(parents=True)
+    pool.save(run_dir / "preference_pool.pt")
+    return pool
+
+
+def test_clip_recipe_fine_tunes_the_bundled_reward_on_preference_pairs(tmp_path):
+    from safetensors.torch import load_file
+
+    from mmeff.testbed.assets import SHAPES_CLIP, SHAPES_SD
+
+    pool = _write_pool(tmp_path / "run")
+    recipe = ClipRecipe(steps=2, batch=8, checkpoint_every=1, init=str(SHAPES_CLIP), sd=str(SHAPES_SD),
+                        pool_prompts=2, pairs=4, alignment_per_category=1)
+    trainer = ClipTrainer(tmp_path / "run", recipe)
+    assert trainer.pool.summary() == pool.summary()  # the run directory's pool is reused, not regenerated
+    bundled = load_file(SHAPES_CLIP / "open_clip_model.safetensors")
+    assert all(torch.equal(trainer.model.state_dict()[k], v) for k, v in bundled.items())
+    trainer.train()
+    assert len(trainer.losses["preference"]) == 2 and len(trainer.losses["clip"]) == 2
+    assert any(not torch.equal(trainer.model.state_dict()[k], v) for k, v in bundled.items())
+    trainer.export(tmp_path / "out")
+    info = json.loads((tmp_path / "out" / "training.json").read_text())
+    assert info["preference_pool"]["prompts_with_pairs"] == 2
+    alignment = info["generated_alignment"]
+    assert alignment["samples_per_prompt"] == 8
+    assert alignment["oracle_pick"]["overall"] >= alignment["mean_hit"]["overall"]
+
+
+def test_clip_recipe_rejects_bad_options_before_training(tmp_path):
+    import shutil
+
+    import pytest
+
+    from mmeff.testbed.assets import SHAPES_CLIP
+
+    with pytest.raises(ValueError, match="needs sd="):
+        ClipTrainer(tmp_path / "a", ClipRecipe(pool_prompts=10))
+    with pytest.raises(ValueError, match="pool_samples >= 2"):
+        ClipTrainer(tmp_path / "b", ClipRecipe(pool_prompts=10, sd="assets/models/shapes-sd", pool_samples=1))
+    other = tmp_path / "other-clip"
+    shutil.copytree(SHAPES_CLIP, other)
+    config = json.loads((other / "open_clip_config.json").read_text())
+    config["model_cfg"]["embed_dim"] = 32
+    (other / "open_clip_config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="model config differs"):
+        ClipTrainer(tmp_path / "c", ClipRecipe(init=str(other)))
