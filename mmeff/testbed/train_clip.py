@@ -56,7 +56,7 @@ class ClipRecipe:
     sd: str = ""  # shapes-sd pipeline folder: the generator whose samples make the preference pool
     pool_prompts: int = 0  # preference fine-tuning on sd's judged samples, up to this many prompts a category (0: off)
     pool_samples: int = 8  # samples per pool prompt
-    pool_steps: int = 1  # the call the pool is generated with (the benchmark's: 1 step, no guidance)
+    pool_steps: int = 1  # the call the pool and the export's ranking check use (bench reno's: 1 step, no guidance)
     pool_guidance: float = 1.0
     pairs: int = 32  # preference pairs per training step
     preference_weight: float = 1.0
@@ -314,15 +314,15 @@ class ClipTrainer:
         print(json.dumps({k: v for k, v in info.items() if k.startswith(("caption_vs", "generated"))}))
 
     def generated_alignment(self, out_dir: Path) -> dict:
-        """How the exported reward ranks ``sd``'s own one-step samples of the evaluation prompts."""
+        """How the exported reward ranks ``sd``'s own samples of the evaluation prompts (the pool's call)."""
         from ..rewards import load_reward
-        from .assets import SHAPES_SD_CALL
         from .reward_alignment import reward_alignment
         from .t2i_prompts import eval_prompts
 
         reward = load_reward("shapes_clip", str(out_dir), device=self.device)
         prompts = eval_prompts(self.recipe.alignment_per_category)
-        return reward_alignment(self.sd, reward, prompts, call=SHAPES_SD_CALL)
+        call = {"num_inference_steps": self.recipe.pool_steps, "guidance_scale": self.recipe.pool_guidance}
+        return reward_alignment(self.sd, reward, prompts, call=call)
 
 
 def train_clip(out_dir: Path, run_dir: Path, recipe: ClipRecipe | None = None, device: str = "cpu") -> Path:
