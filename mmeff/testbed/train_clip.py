@@ -9,6 +9,11 @@ by a wrong shape or colour somewhere in the batch, never by a wrong count, a swa
 colour binding or a flipped relation, which is exactly what prompt following needs. So
 every image also brings a corrupted copy of its caption (one such edit) into the text
 batch, and captions equal to the image's own count as positives (multi-positive InfoNCE).
+
+Optionally (``init=`` a trained folder, ``sd=`` a generator, ``pool_prompts=``) the reward is
+then fine-tuned HPSv2-style on pairs of the generator's own samples judged by the oracle
+(:mod:`.preference_pool`), and the export measures how it ranks new samples
+(:mod:`.reward_alignment`).
 """
 
 from __future__ import annotations
