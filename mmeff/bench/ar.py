@@ -42,6 +42,12 @@ MAR_HEAD_STEPS = 100
 PLAIN_MAR_STEPS = f"plain, {MAR_HEAD_STEPS} head steps"
 
 
+#: looser acceptance than the released inner temperature (42): the last-step densities' std is inflated
+#: more, so more drafts pass; the oracle and the distribution check say what that costs. At the second
+#: value nearly every draft passes: the row shows the draft's own samples, the far end of the trade.
+RELAXED_TAUS = (200, 1000)
+
+
 def continuous_methods(draft: str) -> list[tuple[str, list[tuple[str, dict[str, Any]]], dict[str, Any]]]:
     """Continuous tokens (shapes-mar): ``(label, plugins, sampling overrides)``. DiSA as in the paper
     (50 -> 5, linear) next to plain decoding at the testbed's 50 head steps and at MAR's 100 (the
@@ -49,10 +55,14 @@ def continuous_methods(draft: str) -> list[tuple[str, list[tuple[str, dict[str, 
     disa = ("disa", {"upper": 50, "lower": 5, "schedule": "linear"})
     spec = ("continuous_spec", {"draft": draft, "draft_len": 8})
     cosine = ("disa", {**disa[1], "schedule": "cosine"})
+    loose = [("continuous_spec", {**spec[1], "inner_temperature": tau}) for tau in RELAXED_TAUS]
     return [("plain", [], {}), (PLAIN_MAR_STEPS, [], {"diffusion_steps": MAR_HEAD_STEPS}),
             ("disa 50→5 linear", [disa], {}), ("disa 50→5 cosine", [cosine], {}),
             ("disa 25→5 linear", [("disa", {"upper": 25, "lower": 5, "schedule": "linear"})], {}),
-            ("continuous_spec k8", [spec], {}), ("continuous_spec k8 + disa", [spec, disa], {})]
+            ("continuous_spec k8", [spec], {}), ("continuous_spec k8 + disa", [spec, disa], {}),
+            (f"continuous_spec k8 τ{RELAXED_TAUS[0]}", [loose[0]], {}),
+            (f"continuous_spec k8 τ{RELAXED_TAUS[0]} + disa", [loose[0], disa], {}),
+            (f"continuous_spec k8 τ{RELAXED_TAUS[1]}", [loose[1]], {})]
 
 
 def select_methods(methods: list, patterns: Sequence[str]) -> list:

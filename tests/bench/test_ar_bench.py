@@ -72,7 +72,11 @@ def test_continuous_methods_report_head_steps_and_targets(tmp_path):
     assert len(rows(results)) == len(methods) + 1
     names = [c[0] for c in target_checks(results)]
     assert "DiSA: fewer head denoising steps than plain at 50" in names
-    assert "both together beat each alone (wall time)" in names
+    assert "speculative + DiSA beat each alone (wall time)" in names
+    assert "speculative, τ 200 (relaxed): fewer target forwards" in names
+    assert "speculative, τ 200 (relaxed) + DiSA beat each alone (wall time)" in names
+    loose = results["methods"]["continuous_spec k8 τ1000"]
+    assert loose["acceptance_rate"] is not None and loose["draft_forwards_per_image"] > 0
     against_mar = next(c for c in target_checks(results) if PLAIN_MAR_STEPS in c[0] and c[1] == ">= 3x")
     assert against_mar[2] == f"{256 / disa['head_steps_per_image']:.2f}x"
 
@@ -84,5 +88,10 @@ def test_method_selection_keeps_plain_first_and_names_the_methods_on_no_match():
     assert [m[0] for m in select_methods(methods, ["disa*"])] == \
         ["plain", PLAIN_MAR_STEPS, "disa 50→5 linear", "disa 50→5 cosine", "disa 25→5 linear"]
     assert select_methods(methods, []) == methods
+    relaxed = {m[0]: m[1] for m in select_methods(methods, ["continuous_spec k8 τ*"])}
+    assert [o["inner_temperature"] for n, o in relaxed["continuous_spec k8 τ200 + disa"] if n == "continuous_spec"] \
+        == [200]
+    assert relaxed["continuous_spec k8 τ1000"][0][1]["inner_temperature"] == 1000
+    assert "continuous_spec k8" not in relaxed  # the released setting is not matched by the τ pattern
     with pytest.raises(ValueError, match="continuous_spec k8"):
         select_methods(methods, ["sjd*"])
