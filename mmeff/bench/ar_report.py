@@ -55,7 +55,7 @@ def target_checks(results: dict[str, Any]) -> list[list[Any]]:
         checks.append(["SJD: fewer sequential forwards", ">= 2x", f"{sjd['forward_reduction']:.2f}x",
                        sjd["forward_reduction"] >= 2])
         checks.append(["SJD: equal oracle score (within 2 se)", *_equal_score(sjd, plain)])
-    disa, spec, both = (methods.get(k) for k in ("disa 50→5 linear", "continuous_spec k8", "continuous_spec k8 + disa"))
+    disa = methods.get("disa 50→5 linear")
     if disa is not None:
         checks.append(["DiSA: fewer head denoising steps than plain at 50", ">= 3x",
                        f"{disa['head_step_reduction']:.2f}x", disa["head_step_reduction"] >= 3])
@@ -67,12 +67,10 @@ def target_checks(results: dict[str, Any]) -> list[list[Any]]:
                            ">= 3x", f"{fewer:.2f}x", fewer >= 3])
             checks.append([f"DiSA: equal oracle score to {PLAIN_MAR_STEPS} (within 2 se)",
                            *_equal_score(disa, mar)])
-    variants = [("speculative", spec, both)]
     tau = RELAXED_TAUS[0]
-    variants.append((f"speculative, τ {tau} (relaxed)", methods.get(f"continuous_spec k8 τ{tau}"),
-                     methods.get(f"continuous_spec k8 τ{tau} + disa")))
-    for name, spec, both in variants:
-        checks += _speculative_checks(name, spec, both, disa, plain)
+    for name, label in (("speculative", "continuous_spec k8"),
+                        (f"speculative, τ {tau} (relaxed)", f"continuous_spec k8 τ{tau}")):
+        checks += _speculative_checks(name, methods.get(label), methods.get(f"{label} + disa"), disa, plain)
     return checks
 
 
