@@ -29,8 +29,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .oracle import Detection, detect
 from .t2i_eval import to_uint8
-from .t2i_prompts import CATEGORIES, eval_prompts, parse_prompt, sample_prompt, score_image
+from .t2i_prompts import CATEGORIES, describe, eval_prompts, parse_prompt, sample_prompt, satisfied
 
 POOL_SEED = 40_000_000
 #: no pool prompt is a prompt of the benchmarks' evaluation set, ``eval_prompts(8)``
@@ -39,12 +40,14 @@ EXCLUDED_EVAL_PER_CATEGORY = 8
 
 @dataclass
 class PreferencePool:
-    """``images`` (N, H, W, 3) uint8; ``texts`` one prompt per prompt index; ``prompt`` (N,) index; ``hits`` (N,)."""
+    """``images`` (N, H, W, 3) uint8; ``texts`` one prompt per prompt index; ``prompt`` (N,) index; ``hits`` (N,);
+    ``detections``: what the oracle found in each image (None for a pool judged by verdicts alone)."""
 
     images: np.ndarray
     texts: list[str]
     prompt: np.ndarray
     hits: np.ndarray
+    detections: list[tuple[Detection, ...]] | None = None
 
     def pair_prompts(self) -> np.ndarray:
         """Indices of the prompts that have at least one accepted and one rejected sample."""
@@ -66,14 +69,42 @@ class PreferencePool:
             bad.append(self.images[rng.choice(rows[~self.hits[rows]].tolist())])
         return texts, np.stack(good), np.stack(bad)
 
+    def described_batch(self, prompts: int, per_prompt: int, rng: random.Random
+                        ) -> tuple[np.ndarray, list[str], np.ndarray]:
+        """``per_prompt`` samples of each of ``prompts`` random pool prompts, the texts, and which text each satisfies.
+
+        The texts are every sample's own prompt and one true description of it (:func:`describe`);
+        ``positive[i, j]`` is the oracle's rule applied to sample i's detections and text j, so
+        a text that happens to fit another sample of the batch counts as its positive too.
+        Every sample, accepted or not, teaches something: a rejected sample is told apart from
+        the prompt it missed and tied to what it does show.
+        """
+        if self.detections is None:
+            raise ValueError("this pool holds no detections (built by an older version); delete it to rebuild")
+        rows: list[int] = []
+        for p in rng.sample(range(len(self.texts)), min(prompts, len(self.texts))):
+            members = np.flatnonzero(self.prompt == p).tolist()
+            rows += rng.sample(members, min(per_prompt, len(members)))
+        texts: list[str] = []
+        for r in rows:
+            texts.append(self.texts[self.prompt[r]])
+            true = describe(list(self.detections[r]), rng)
+            if true is not None:
+                texts.append(true.text)
+        texts = list(dict.fromkeys(texts))
+        structured = [parse_prompt(t) for t in texts]
+        positive = np.array([[satisfied(p, list(self.detections[r])) for p in structured] for r in rows], bool)
+        return self.images[rows], texts, positive
+
     def save(self, path: Path) -> None:
         torch.save({"images": torch.from_numpy(self.images), "texts": self.texts,
-                    "prompt": torch.from_numpy(self.prompt), "hits": torch.from_numpy(self.hits)}, path)
+                    "prompt": torch.from_numpy(self.prompt), "hits": torch.from_numpy(self.hits),
+                    "detections": self.detections}, path)
 
     @classmethod
     def load(cls, path: Path) -> PreferencePool:
         d = torch.load(path, weights_only=False)
-        return cls(d["images"].numpy(), d["texts"], d["prompt"].numpy(), d["hits"].numpy())
+        return cls(d["images"].numpy(), d["texts"], d["prompt"].numpy(), d["hits"].numpy(), d.get("detections"))
 
     def summary(self) -> dict[str, Any]:
         return {"prompts": len(self.texts), "images": len(self.hits), "accepted": float(self.hits.mean()),
@@ -111,16 +142,38 @@ def build_pool(pipe: Any, per_category: int, samples: int, call: dict[str, Any],
     texts = pool_prompt_texts(per_category, seed)
     structured = [parse_prompt(t) for t in texts]
     jobs = [(i, s) for i in range(len(texts)) for s in range(samples)]
-    images, hits = [], []
+    images, hits, detections = [], [], []
     for start in tqdm(range(0, len(jobs), batch_size), desc="preference pool", leave=False):
         chunk = jobs[start : start + batch_size]
         generators = [torch.Generator().manual_seed(POOL_SEED + seed * 1_000_003 + i * samples + s) for i, s in chunk]
         out = pipe([texts[i] for i, _ in chunk], generator=generators, output_type="pt", **call).images
         for (i, _), img in zip(chunk, to_uint8(out)):
+            found = detect(img)
             images.append(img)
-            hits.append(score_image(structured[i], img))
+            detections.append(tuple(found))
+            hits.append(satisfied(structured[i], found))
     prompt = np.array([i for i, _ in jobs])
-    return PreferencePool(np.stack(images), texts, prompt, np.array(hits, bool))
+    return PreferencePool(np.stack(images), texts, prompt, np.array(hits, bool), detections)
+
+
+def soft_nce(logits: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
+    """Multi-positive InfoNCE along rows: the mean over rows with a positive of -log p(positives), shared equally.
+
+    Rows without any positive (an image the oracle found nothing in) carry no target and are left out."""
+    has = positive.any(1)
+    if not has.any():
+        return logits.sum() * 0
+    pos = positive[has].float()
+    return -(F.log_softmax(logits[has], 1) * pos / pos.sum(1, keepdim=True)).sum(1).mean()
+
+
+def described_loss(scale: torch.Tensor, images: torch.Tensor, texts: torch.Tensor,
+                   positive: torch.Tensor) -> torch.Tensor:
+    """Both directions of ``soft_nce`` on (I, D) image and (T, D) text embeddings, positives (I, T) by the oracle.
+
+    Text to image is the best-of-N question itself: which of these samples fits this prompt."""
+    logits = scale * F.normalize(images, dim=-1) @ F.normalize(texts, dim=-1).T
+    return (soft_nce(logits, positive) + soft_nce(logits.T, positive.T)) / 2
 
 
 def preference_loss(scale: torch.Tensor, good: torch.Tensor, bad: torch.Tensor, text: torch.Tensor) -> torch.Tensor:

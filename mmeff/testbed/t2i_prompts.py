@@ -170,6 +170,40 @@ def relation_holds(a: Detection | ObjectSpec, b: Detection | ObjectSpec, relatio
     }[relation]
 
 
+def true_prompts(detections: list[Detection]) -> list[T2IPrompt]:
+    """Every prompt of the grammar that the oracle would accept for an image with these ``detections``.
+
+    Candidates are built from the detected objects (their shapes, colours, counts and pairs)
+    and kept only when ``satisfied`` says so, so the list is right by the benchmark's own rule.
+    """
+    candidates: list[T2IPrompt] = []
+    for d in detections:
+        candidates += [T2IPrompt("single_object", (Group(d.shape),)), T2IPrompt("colors", (Group(d.shape, d.color),))]
+    shapes = {d.shape for d in detections}
+    if len(shapes) == 1 and len(detections) in (2, 3):
+        candidates.append(T2IPrompt("counting", (Group(detections[0].shape, None, len(detections)),)))
+    for a in detections:
+        for b in detections:
+            if a.shape == b.shape:
+                continue
+            candidates.append(T2IPrompt("two_object", (Group(a.shape), Group(b.shape))))
+            candidates += [T2IPrompt("position", (Group(a.shape), Group(b.shape)), r) for r in RELATIONS]
+            if a.color != b.color:
+                candidates.append(T2IPrompt("color_attr", (Group(a.shape, a.color), Group(b.shape, b.color))))
+    unique = {p.text: p for p in candidates if satisfied(p, detections)}
+    return list(unique.values())
+
+
+def describe(detections: list[Detection], rng: random.Random) -> T2IPrompt | None:
+    """A random true prompt for the detections (a category first, then a prompt of it); None if there is none."""
+    by_category: dict[str, list[T2IPrompt]] = {}
+    for p in true_prompts(detections):
+        by_category.setdefault(p.category, []).append(p)
+    if not by_category:
+        return None
+    return rng.choice(by_category[rng.choice(sorted(by_category))])
+
+
 def score_image(prompt: T2IPrompt, image: np.ndarray) -> bool:
     """Does an HxWx3 uint8 image follow ``prompt``, according to the OpenCV oracle?"""
     return satisfied(prompt, detect(image))

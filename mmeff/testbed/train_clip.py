@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from .assets import MODELS
 from .batches import step_batches
-from .preference_pool import PreferencePool, build_pool, preference_loss
+from .preference_pool import PreferencePool, build_pool, described_loss, preference_loss, soft_nce
 from .render import render
 from .sd_model import images_to_tensor
 from .t2i_prompts import RELATIONS, T2I_IMAGE_SIZE, T2I_WORDS, Group, T2IPrompt, sample_prompt, scene_for_prompt
@@ -64,7 +64,10 @@ class ClipRecipe:
     pool_steps: int = 1  # the call the pool and the export's ranking check use (bench reno's: 1 step, no guidance)
     pool_guidance: float = 1.0
     pairs: int = 32  # preference pairs per training step
-    preference_weight: float = 1.0
+    preference_weight: float = 1.0  # 0: no pair loss
+    described_weight: float = 0.0  # contrastive loss on pool samples against their prompts and true descriptions
+    described_prompts: int = 16  # pool prompts per step for it
+    described_per_prompt: int = 8  # samples of each
     alignment_per_category: int = 8  # export: prompts per category for the ``sd`` sample-ranking check
 
 
@@ -167,6 +170,11 @@ class ClipTrainer:
             raise ValueError("pool_prompts needs sd=<a shapes-sd folder>: the pool is that generator's samples")
         if recipe.pool_prompts and (recipe.pool_samples < 2 or recipe.pairs < 1):
             raise ValueError(f"need pool_samples >= 2 and pairs >= 1, got {recipe.pool_samples} and {recipe.pairs}")
+        if recipe.described_weight and not recipe.pool_prompts:
+            raise ValueError("described_weight needs pool_prompts > 0: it trains on the pool's samples")
+        if recipe.described_weight and min(recipe.described_prompts, recipe.described_per_prompt) < 1:
+            raise ValueError(f"need described_prompts and described_per_prompt >= 1, got "
+                             f"{recipe.described_prompts} and {recipe.described_per_prompt}")
         self.model, self.tokenizer, self.cfg = build(recipe.seed, repo_path(recipe.init) if recipe.init else None)
         self.model.to(self.device)
         self.vae = None
@@ -182,13 +190,14 @@ class ClipTrainer:
             self.sd.set_progress_bar_config(disable=True)
         self.pool = self.load_or_build_pool() if recipe.pool_prompts else None
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=recipe.lr, weight_decay=0.05)
-        self.step, self.seconds, self.losses = 0, 0.0, {"clip": [], "preference": []}
+        self.step, self.seconds, self.losses = 0, 0.0, {"clip": [], "preference": [], "described": []}
         if self.ckpt.exists():
             state = torch.load(self.ckpt, weights_only=False, map_location=self.device)
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.step, self.seconds, self.losses = state["step"], state["seconds"], state["losses"]
             self.losses.setdefault("preference", [])
+            self.losses.setdefault("described", [])
             print(f"resumed at step {self.step}")
 
     def tokens(self, texts: list[str]) -> torch.Tensor:
@@ -236,17 +245,23 @@ class ClipTrainer:
         return preference_loss(self.model.logit_scale.exp(), emb[: len(texts)], emb[len(texts):],
                                self.model.encode_text(self.tokens(texts)))
 
+    def described(self, step: int) -> torch.Tensor:
+        """Pool samples against their own prompts and true descriptions, positives by the oracle's rule."""
+        r = self.recipe
+        rng = random.Random(TRAIN_SEED + r.seed * 1_000_003 + step + 2)
+        images, texts, positive = self.pool.described_batch(r.described_prompts, r.described_per_prompt, rng)
+        return described_loss(self.model.logit_scale.exp(), self.model.encode_image(self.normalise(
+            images_to_tensor(list(images)))), self.model.encode_text(self.tokens(texts)),
+            torch.from_numpy(positive).to(self.device))
+
     def loss(self, texts: list[str], negatives: list[str], images: torch.Tensor) -> torch.Tensor:
         img = F.normalize(self.model.encode_image(self.normalise(images)), dim=-1)
         txt = F.normalize(self.model.encode_text(self.tokens(texts + negatives)), dim=-1)
         logits = self.model.logit_scale.exp() * img @ txt.T  # (B, 2B)
         all_texts = texts + negatives
-        positive = torch.tensor([[t == u for u in all_texts] for t in texts], dtype=torch.float32,
-                                device=self.device)
-        i2t = -(F.log_softmax(logits, 1) * positive / positive.sum(1, keepdim=True)).sum(1).mean()
-        t_logits = logits[:, : len(texts)].T  # text -> image, positives only
-        pos_t = positive[:, : len(texts)].T
-        t2i = -(F.log_softmax(t_logits, 1) * pos_t / pos_t.sum(1, keepdim=True)).sum(1).mean()
+        positive = torch.tensor([[t == u for u in all_texts] for t in texts], device=self.device)
+        i2t = soft_nce(logits, positive)
+        t2i = soft_nce(logits[:, : len(texts)].T, positive[:, : len(texts)].T)  # text -> image, captions only
         return (i2t + t2i) / 2
 
     def train(self) -> None:
@@ -258,10 +273,14 @@ class ClipTrainer:
         for step, (texts, negatives, images) in zip(bar, batches):
             contrastive = self.loss(texts, negatives, self.degrade(images, TRAIN_SEED + step))
             loss = contrastive
-            if self.pool is not None:
+            if self.pool is not None and r.preference_weight:
                 pref = self.preference(step)
                 self.losses["preference"].append(pref.item())
                 loss = loss + r.preference_weight * pref
+            if self.pool is not None and r.described_weight:
+                described = self.described(step)
+                self.losses["described"].append(described.item())
+                loss = loss + r.described_weight * described
             for group in self.optimizer.param_groups:
                 group["lr"] = r.lr * lr_factor(step, r.steps, warmup=0.1)
             self.optimizer.zero_grad(set_to_none=True)
@@ -302,7 +321,8 @@ class ClipTrainer:
         save_clip(self.model.to("cpu"), self.tokenizer, self.cfg, out_dir)
         self.model.to(self.device)
         plot_losses({k: v for k, v in self.losses.items() if v}, out_dir / "training_loss.png",
-                    titles={"clip": "contrastive loss", "preference": "preference pair loss"})
+                    titles={"clip": "contrastive loss", "preference": "preference pair loss",
+                            "described": "contrastive loss on described samples"})
         info = {"recipe": asdict(self.recipe), "device": self.device.type,
                 "training_minutes": round(self.seconds / 60, 1),
                 "final_loss": sum(self.losses["clip"][-50:]) / max(1, len(self.losses["clip"][-50:])),
@@ -311,8 +331,9 @@ class ClipTrainer:
             info["caption_vs_corrupted_accuracy_through_vae"] = self.pick_accuracy(degraded=True)
         if self.pool is not None:
             info["preference_pool"] = self.pool.summary()
-            info["final_preference_loss"] = sum(self.losses["preference"][-50:]) / max(
-                1, len(self.losses["preference"][-50:]))
+            for name in ("preference", "described"):
+                if self.losses[name]:
+                    info[f"final_{name}_loss"] = sum(self.losses[name][-50:]) / len(self.losses[name][-50:])
         if self.sd is not None:
             info["generated_alignment"] = self.generated_alignment(out_dir)
         (out_dir / "training.json").write_text(json.dumps(info, indent=2))

@@ -12,12 +12,14 @@ from mmeff.testbed.t2i_prompts import (
     CATEGORIES,
     Group,
     T2IPrompt,
+    describe,
     eval_prompts,
     parse_prompt,
     sample_prompt,
     satisfied,
     scene_for_prompt,
     score_image,
+    true_prompts,
 )
 from mmeff.testbed.train_clip import corrupt
 
@@ -79,3 +81,21 @@ def test_eval_prompts_are_deterministic_distinct_and_parse_back():
     assert parse_prompt("a red dragon") is None
     with pytest.raises(ValueError, match="allowed"):
         sample_prompt(random.Random(0), "style")
+
+
+def test_true_prompts_are_every_prompt_the_oracle_accepts_for_the_detections():
+    star, circle = Detection("star", "red", 0.2, 0.5, 1), Detection("circle", "blue", 0.8, 0.5, 1)
+    texts = {p.text for p in true_prompts([star, circle])}
+    assert texts == {"a star", "a red star", "a circle", "a blue circle", "a star and a circle",
+                     "a circle and a star", "a red star and a blue circle", "a blue circle and a red star",
+                     "a star left of a circle", "a circle right of a star"}
+    assert all(parse_prompt(t) is not None for t in texts)  # sayable: the reward is trained on them
+    three = [Detection("cross", c, x, 0.5, 1) for c, x in (("red", 0.2), ("red", 0.5), ("green", 0.8))]
+    assert {"three crosses", "a red cross", "a green cross", "a cross"} == {p.text for p in true_prompts(three)}
+    # same colour: no colour attribution prompt; too close for a relation
+    near = [Detection("star", "red", 0.45, 0.5, 1), Detection("circle", "red", 0.5, 0.5, 1)]
+    assert {p.category for p in true_prompts(near)} == {"single_object", "colors", "two_object"}
+    assert true_prompts([]) == [] and describe([], random.Random(0)) is None
+    rng = random.Random(0)
+    drawn = [describe([star, circle], rng) for _ in range(200)]
+    assert {p.text for p in drawn} == texts and len({p.category for p in drawn}) == 5

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import open_clip
+import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 
@@ -43,15 +44,20 @@ def test_clip_recipe_saves_an_open_clip_local_dir_model(tmp_path):
 
 
 def _write_pool(run_dir, texts=("a red star", "two circles"), per_prompt=4):
-    """A synthetic judged pool: every other sample of each prompt accepted."""
+    """A synthetic judged pool: every other sample of each prompt accepted (and detected as such)."""
     import numpy as np
 
+    from mmeff.testbed.oracle import Detection
     from mmeff.testbed.preference_pool import PreferencePool
 
     n = len(texts) * per_prompt
     rng = np.random.default_rng(0)
+    found = {"a red star": (Detection("star", "red", 0.5, 0.5, 1),),
+             "two circles": (Detection("circle", "red", 0.3, 0.5, 1), Detection("circle", "blue", 0.7, 0.5, 1))}
+    miss = (Detection("square", "green", 0.5, 0.5, 1),)
+    detections = [found[texts[i // per_prompt]] if i % 2 == 0 else miss for i in range(n)]
     pool = PreferencePool(rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), list(texts),
-                          np.repeat(np.arange(len(texts)), per_prompt), np.arange(n) % 2 == 0)
+                          np.repeat(np.arange(len(texts)), per_prompt), np.arange(n) % 2 == 0, detections)
     run_dir.mkdir(parents=True)
     pool.save(run_dir / "preference_pool.pt")
     return pool
@@ -80,6 +86,21 @@ def test_clip_recipe_fine_tunes_the_bundled_reward_on_preference_pairs(tmp_path)
     assert alignment["oracle_pick"]["overall"] >= alignment["mean_hit"]["overall"]
 
 
+def test_clip_recipe_trains_on_described_pool_samples_without_the_pair_loss(tmp_path):
+    from mmeff.testbed.assets import SHAPES_CLIP, SHAPES_SD
+
+    _write_pool(tmp_path / "run")
+    recipe = ClipRecipe(steps=2, batch=8, init=str(SHAPES_CLIP), sd=str(SHAPES_SD), pool_prompts=2,
+                        preference_weight=0.0, described_weight=1.0, described_prompts=2, described_per_prompt=3)
+    trainer = ClipTrainer(tmp_path / "run", recipe)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    first = trainer.described(0).item()
+    trainer.train()
+    assert trainer.losses["preference"] == [] and len(trainer.losses["described"]) == 2
+    assert trainer.losses["described"][0] == pytest.approx(first, rel=1e-5)
+    assert any(not torch.equal(trainer.model.state_dict()[k], v) for k, v in before.items())
+
+
 def test_clip_recipe_rejects_bad_options_before_training(tmp_path):
     import shutil
 
@@ -89,6 +110,11 @@ def test_clip_recipe_rejects_bad_options_before_training(tmp_path):
 
     with pytest.raises(ValueError, match="needs sd="):
         ClipTrainer(tmp_path / "a", ClipRecipe(pool_prompts=10))
+    with pytest.raises(ValueError, match="described_weight needs pool_prompts"):
+        ClipTrainer(tmp_path / "d", ClipRecipe(described_weight=1.0))
+    with pytest.raises(ValueError, match="described_prompts and described_per_prompt >= 1"):
+        ClipTrainer(tmp_path / "e", ClipRecipe(pool_prompts=1, sd="assets/models/shapes-sd", described_weight=1.0,
+                                               described_per_prompt=0))
     with pytest.raises(ValueError, match="pool_samples >= 2"):
         ClipTrainer(tmp_path / "b", ClipRecipe(pool_prompts=10, sd="assets/models/shapes-sd", pool_samples=1))
     other = tmp_path / "other-clip"
