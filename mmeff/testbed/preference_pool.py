@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +74,8 @@ class PreferencePool:
                         ) -> tuple[np.ndarray, list[str], np.ndarray]:
         """``per_prompt`` samples of each of ``prompts`` random pool prompts, the texts, and which text each satisfies.
 
-        The texts are every sample's own prompt and one true description of it (:func:`describe`);
+        The texts are every sample's own prompt and one true description of it (:func:`describe`,
+        never an evaluation prompt's text, as the pool's prompts never are);
         ``positive[i, j]`` is the oracle's rule applied to sample i's detections and text j, so
         a text that happens to fit another sample of the batch counts as its positive too.
         Every sample, accepted or not, teaches something: a rejected sample is told apart from
@@ -88,7 +90,7 @@ class PreferencePool:
         texts: list[str] = []
         for r in rows:
             texts.append(self.texts[self.prompt[r]])
-            true = describe(list(self.detections[r]), rng)
+            true = describe(list(self.detections[r]), rng, excluded_texts())
             if true is not None:
                 texts.append(true.text)
         texts = list(dict.fromkeys(texts))
@@ -111,6 +113,12 @@ class PreferencePool:
                 "prompts_with_pairs": int(len(self.pair_prompts()))}
 
 
+@cache
+def excluded_texts() -> frozenset[str]:
+    """The evaluation prompts' texts: no pool prompt and no description of a pool sample is one of them."""
+    return frozenset(p.text for p in eval_prompts(EXCLUDED_EVAL_PER_CATEGORY))
+
+
 def pool_prompt_texts(per_category: int, seed: int) -> list[str]:
     """Up to ``per_category`` distinct training prompts per category, none of them an evaluation prompt.
 
@@ -120,7 +128,7 @@ def pool_prompt_texts(per_category: int, seed: int) -> list[str]:
     prompts for give what is left after the exclusion (``single_object``: none, all six are
     evaluation prompts; ``counting``: 4 of 12).
     """
-    excluded = {p.text for p in eval_prompts(EXCLUDED_EVAL_PER_CATEGORY)}
+    excluded = excluded_texts()
     rng = random.Random(POOL_SEED + seed)
     out: list[str] = []
     for category in CATEGORIES:

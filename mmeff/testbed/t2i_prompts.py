@@ -194,11 +194,14 @@ def true_prompts(detections: list[Detection]) -> list[T2IPrompt]:
     return list(unique.values())
 
 
-def describe(detections: list[Detection], rng: random.Random) -> T2IPrompt | None:
-    """A random true prompt for the detections (a category first, then a prompt of it); None if there is none."""
+def describe(detections: list[Detection], rng: random.Random, exclude: frozenset[str] = frozenset()
+             ) -> T2IPrompt | None:
+    """A random true prompt for the detections (a category first, then a prompt of it), none of whose text is
+    in ``exclude``; None if there is none."""
     by_category: dict[str, list[T2IPrompt]] = {}
     for p in true_prompts(detections):
-        by_category.setdefault(p.category, []).append(p)
+        if p.text not in exclude:
+            by_category.setdefault(p.category, []).append(p)
     if not by_category:
         return None
     return rng.choice(by_category[rng.choice(sorted(by_category))])

@@ -18,6 +18,7 @@ from mmeff.testbed.preference_pool import (
     PreferencePool,
     build_pool,
     described_loss,
+    excluded_texts,
     pool_prompt_texts,
     preference_loss,
     soft_nce,
@@ -56,10 +57,10 @@ def test_pairs_are_one_accepted_and_one_rejected_sample_of_the_same_prompt():
 
 def _described_pool() -> PreferencePool:
     """Two prompts, three samples each, with what the oracle found in each sample."""
-    star, circle = Detection("star", "red", 0.2, 0.5, 1), Detection("circle", "blue", 0.8, 0.5, 1)
+    star, circle = Detection("star", "red", 0.2, 0.5, 1), Detection("circle", "green", 0.8, 0.5, 1)
     square = Detection("square", "green", 0.5, 0.5, 1)
     detections = [(star, circle), (circle,), (), (square,), (star,), (square, star)]
-    texts = ["a red star and a blue circle", "a green square"]
+    texts = ["a red star and a green circle", "a green square"]
     prompt = np.array([0, 0, 0, 1, 1, 1])
     hits = np.array([satisfied(parse_prompt(texts[i]), list(d)) for i, d in zip(prompt, detections)])
     images = np.broadcast_to(np.arange(6, dtype=np.uint8)[:, None, None, None], (6, 2, 2, 3)).copy()
@@ -84,6 +85,7 @@ def test_described_batch_marks_every_text_each_sample_satisfies():
     for i, r in enumerate(rows):
         expected = [satisfied(parse_prompt(t), list(pool.detections[r])) for t in texts]
         assert positive[i].tolist() == expected
+    assert not set(texts) & excluded_texts()  # no description is an evaluation prompt
     assert not positive[rows.index(2)].any()  # nothing detected: no text fits
     assert positive[rows.index(1)].any()  # a rejected sample still fits its own description
     with pytest.raises(ValueError, match="no detections"):

@@ -99,3 +99,5 @@ def test_true_prompts_are_every_prompt_the_oracle_accepts_for_the_detections():
     rng = random.Random(0)
     drawn = [describe([star, circle], rng) for _ in range(200)]
     assert {p.text for p in drawn} == texts and len({p.category for p in drawn}) == 5
+    kept = {describe([star, circle], rng, exclude=frozenset(texts - {"a star"})).text for _ in range(20)}
+    assert kept == {"a star"} and describe([star, circle], rng, exclude=frozenset(texts)) is None
