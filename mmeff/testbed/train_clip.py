@@ -11,9 +11,11 @@ every image also brings a corrupted copy of its caption (one such edit) into the
 batch, and captions equal to the image's own count as positives (multi-positive InfoNCE).
 
 Optionally (``init=`` a trained folder, ``sd=`` a generator, ``pool_prompts=``) the reward is
-then fine-tuned HPSv2-style on pairs of the generator's own samples judged by the oracle
-(:mod:`.preference_pool`), and the export measures how it ranks new samples
-(:mod:`.reward_alignment`).
+then fine-tuned on the generator's own samples, each with what the oracle found in it
+(:mod:`.preference_pool`): HPSv2-style pairs of an accepted and a rejected sample of a prompt
+(``preference_weight``), and/or every sample against its own prompt and a true description of
+it (``described_weight``; the pairs use the few accepted samples only, this uses them all).
+The export measures how the reward ranks new samples (:mod:`.reward_alignment`).
 """
 
 from __future__ import annotations
