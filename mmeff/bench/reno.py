@@ -134,11 +134,10 @@ def run_bench(pipe: Any, rewards: Any, prompts: list[T2IPrompt], seeds: int, *, 
             "best_reward": [float(np.mean(r)) for r in trace.best_reward],
             "current_reward": [float(np.mean(r)) for r in trace.current_reward],
         }
-    if alignment_samples > 1:
-        with torch.no_grad():
-            results["reward_alignment"] = reward_alignment(
-                pipe, lambda images, texts: rewards.total(rewards(images, texts)), prompts,
-                samples=alignment_samples, call=call, batch_size=batch_size)
+    if alignment_samples > 1:  # reward_alignment runs under no_grad itself
+        results["reward_alignment"] = reward_alignment(
+            pipe, lambda images, texts: rewards.total(rewards(images, texts)), prompts,
+            samples=alignment_samples, call=call, batch_size=batch_size)
     results["images"] = len(all_prompts)
     return results
 

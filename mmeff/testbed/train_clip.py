@@ -226,14 +226,18 @@ class ClipTrainer:
         z = z + strength * torch.randn(z.shape, generator=g).to(self.device)
         return torch.cat([self.vae.decode(z).sample.clamp(-1, 1), images[k:]])
 
+    @property
+    def pool_call(self) -> dict[str, float]:
+        """The shapes-sd call that makes the pool and the export's ranking check."""
+        return {"num_inference_steps": self.recipe.pool_steps, "guidance_scale": self.recipe.pool_guidance}
+
     def load_or_build_pool(self) -> PreferencePool:
         """The judged samples, generated once per run directory (a resumed run reuses them)."""
         r = self.recipe
         path = self.run_dir / "preference_pool.pt"
         if path.exists():
             return PreferencePool.load(path)
-        call = {"num_inference_steps": r.pool_steps, "guidance_scale": r.pool_guidance}
-        pool = build_pool(self.sd, r.pool_prompts, r.pool_samples, call, seed=r.seed)
+        pool = build_pool(self.sd, r.pool_prompts, r.pool_samples, self.pool_call, seed=r.seed)
         pool.save(path)
         print("preference pool:", json.dumps(pool.summary()))
         return pool
@@ -327,7 +331,7 @@ class ClipTrainer:
                             "described": "contrastive loss on described samples"})
         info = {"recipe": asdict(self.recipe), "device": self.device.type,
                 "training_minutes": round(self.seconds / 60, 1),
-                "final_loss": sum(self.losses["clip"][-50:]) / max(1, len(self.losses["clip"][-50:])),
+                "final_loss": _tail_mean(self.losses["clip"]),
                 "caption_vs_corrupted_accuracy": self.pick_accuracy()}
         if self.vae is not None:
             info["caption_vs_corrupted_accuracy_through_vae"] = self.pick_accuracy(degraded=True)
@@ -335,7 +339,7 @@ class ClipTrainer:
             info["preference_pool"] = self.pool.summary()
             for name in ("preference", "described"):
                 if self.losses[name]:
-                    info[f"final_{name}_loss"] = sum(self.losses[name][-50:]) / len(self.losses[name][-50:])
+                    info[f"final_{name}_loss"] = _tail_mean(self.losses[name])
         if self.sd is not None:
             info["generated_alignment"] = self.generated_alignment(out_dir)
         (out_dir / "training.json").write_text(json.dumps(info, indent=2))
@@ -349,8 +353,11 @@ class ClipTrainer:
 
         reward = load_reward("shapes_clip", str(out_dir), device=self.device)
         prompts = eval_prompts(self.recipe.alignment_per_category)
-        call = {"num_inference_steps": self.recipe.pool_steps, "guidance_scale": self.recipe.pool_guidance}
-        return reward_alignment(self.sd, reward, prompts, call=call)
+        return reward_alignment(self.sd, reward, prompts, call=self.pool_call)
+
+
+def _tail_mean(losses: list[float], n: int = 50) -> float:
+    return sum(losses[-n:]) / max(1, len(losses[-n:]))
 
 
 def train_clip(out_dir: Path, run_dir: Path, recipe: ClipRecipe | None = None, device: str = "cpu") -> Path:
