@@ -40,6 +40,8 @@ class ContinuousStats:
     draft_forwards: int = 0
     drafted: int = 0
     accepted: int = 0
+    resampled: int = 0  # rejected tokens resampled from the residual
+    resample_proposals: int = 0  # target samples drawn as proposals for them (each a head run of its own)
     resample_failures: int = 0
 
     def as_dict(self, tokens: int) -> dict[str, float | int]:
@@ -47,6 +49,7 @@ class ContinuousStats:
         if self.drafted:
             out.update(draft_head_steps=self.draft_head_steps, draft_forwards=self.draft_forwards,
                        drafted=self.drafted, accepted=self.accepted, acceptance_rate=self.accepted / self.drafted,
+                       resampled=self.resampled, resample_proposals=self.resample_proposals,
                        resample_failures=self.resample_failures)
         return out
 
