@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 import mmeff
-from mmeff.testbed.assets import SHAPES_SD, SHAPES_SD_CALL
+from mmeff.testbed.assets import SHAPES_SD, SHAPES_SD_CALL, SHAPES_SD_RENO
 
 DEFAULT_PROMPTS = ["a circle left of a star", "three squares", "a yellow star and a purple hexagon",
                    "a triangle above a cross"]
@@ -39,7 +39,7 @@ def main() -> None:
     call = dict(SHAPES_SD_CALL) if bundled else {"num_inference_steps": 1, "guidance_scale": 0.0}
     if args.steps:
         call["num_inference_steps"] = args.steps
-    options = {"rewards": {"shapes_clip": 1.0}} if bundled else {}
+    options = {"rewards": {"shapes_clip": 1.0}, **SHAPES_SD_RENO} if bundled else {}
 
     def run() -> list[np.ndarray]:
         gens = [torch.Generator().manual_seed(args.seed + i) for i in range(len(prompts))]

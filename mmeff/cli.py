@@ -122,7 +122,7 @@ def _bench_reno(args: argparse.Namespace) -> None:
     from .bench.reno_report import write_report
     from .plugins.reno import RewardSet
     from .rewards import load_reward
-    from .testbed.assets import SHAPES_SD, SHAPES_SD_CALL
+    from .testbed.assets import SHAPES_SD, SHAPES_SD_CALL, SHAPES_SD_RENO
     from .testbed.t2i_prompts import eval_prompts
 
     model = args.model or str(SHAPES_SD)
@@ -134,7 +134,7 @@ def _bench_reno(args: argparse.Namespace) -> None:
     prompts = eval_prompts(args.per_category)
     steps = args.steps or SHAPES_SD_CALL["num_inference_steps"]
     guidance = args.guidance if args.guidance is not None else SHAPES_SD_CALL["guidance_scale"]
-    options = {"lr": args.lr} if args.lr else {}
+    options = {"lr": args.lr} if args.lr else dict(SHAPES_SD_RENO) if args.model is None else {}
     results = run_bench(pipe, rewards, prompts, args.seeds, iterations=args.iterations,
                         budgets=tuple(sorted({1, *(b for b in (10, 25) if b < args.iterations), args.iterations})),
                         num_inference_steps=steps, guidance_scale=guidance, batch_size=args.batch_size or 32,
@@ -142,6 +142,7 @@ def _bench_reno(args: argparse.Namespace) -> None:
     device = pipe.adapter.device
     meta = {"command": "mmeff " + " ".join(sys.argv[1:]), "model": model, "rewards": weights,
             "prompts": len(prompts), "seeds": args.seeds, "steps": steps, "guidance": guidance,
+            "lr": options.get("lr", 5.0),
             "device": torch.cuda.get_device_name(device) if device.type == "cuda"
             else f"CPU, {torch.get_num_threads()} threads"}
     out = Path(args.out) / "reno"
@@ -336,7 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None, help="reno: denoising steps (default: the testbed's)")
     p.add_argument("--guidance", type=float, default=None,
                    help="reno, ar: guidance scale (default: the testbed's)")
-    p.add_argument("--lr", type=float, default=None, help="reno: learning rate (default ReNO's 5.0)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="reno: learning rate (default ReNO's 5.0; 0.625 on the bundled shapes-sd: SHAPES_SD_RENO)")
     p.add_argument("--batch-size", type=int, default=None, help="reno: default 32; ar: default 1 (per-sequence "
                                                                      "acceleration, as the papers measure it)")
     p.add_argument("--device", default="cpu", help="reno, ar: where the model runs")

@@ -75,9 +75,10 @@ def write_report(out_dir: Path, results: dict[str, Any], meta: dict[str, Any]) -
         "# mmeff bench reno", "",
         f"Pipeline: {meta['model']}; reward: {meta['rewards']}; {results['images']} images "
         f"({meta['prompts']} prompts x {meta['seeds']} seeds); {meta['steps']} denoising step(s), guidance "
-        f"{meta['guidance']}; device: {meta['device']}. Scores are the OpenCV oracle's GenEval-style verdicts "
-        "(never the reward being optimised); overall = mean over categories; ± se = binomial standard error of "
-        "overall. Best-of-N draws as many noises as ReNO makes generator and reward evaluations.", "",
+        f"{meta['guidance']}; ReNO lr {meta.get('lr', 5.0)}; device: {meta['device']}. Scores are the OpenCV "
+        "oracle's GenEval-style verdicts (never the reward being optimised); overall = mean over categories; "
+        "± se = binomial standard error of overall. Best-of-N draws as many noises as ReNO makes generator and "
+        "reward evaluations.", "",
         "## Oracle prompt-following", "", markdown_table(headers, rows), "",
         "## Targets", "", markdown_table(["target", "wanted", "measured", "met"], checks), "",
         *_alignment_section(results),

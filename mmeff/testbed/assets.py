@@ -13,3 +13,8 @@ SHAPES_MAR = MODELS / "shapes-mar"
 SHAPES_MAR_SMALL = MODELS / "shapes-mar-small"
 #: the call settings shapes-sd was measured with (few steps, as SD-Turbo is used)
 SHAPES_SD_CALL = {"num_inference_steps": 1, "guidance_scale": 1.0}
+#: ReNO's settings for shapes-sd where they differ from the paper's. Its latent is 8x8x4 = 256 numbers,
+#: SD-Turbo's 64x64x4 = 16,384. With gradients clipped to norm 0.1 and momentum 0.9, one step of lr 5 moves
+#: the noise by up to about 5 in norm: 4% of SD-Turbo's noise norm (128) but 31% of this one's (16).
+#: lr 5 x sqrt(256 / 16384) = 0.625 keeps the paper's step relative to the noise (README: bench reno).
+SHAPES_SD_RENO = {"lr": 0.625}

@@ -3,12 +3,15 @@ raises its shapes_clip reward."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from diffusers import StableDiffusionPipeline
 
 import mmeff
-from mmeff.testbed.assets import SHAPES_SD, SHAPES_SD_CALL
+from mmeff.plugins.reno import RenoConfig
+from mmeff.testbed.assets import SHAPES_SD, SHAPES_SD_CALL, SHAPES_SD_RENO
 from mmeff.testbed.t2i_eval import to_uint8
 from mmeff.testbed.t2i_prompts import parse_prompt, score_image
 
@@ -38,3 +41,11 @@ def test_reno_raises_the_shapes_clip_reward():
     stats = pipe.last_stats["reno"]
     assert all(b > i for b, i in zip(stats["best_reward"], stats["initial_reward"]))
     assert not np.array_equal(plain, optimised)
+
+
+def test_reno_lr_for_shapes_sd_keeps_the_papers_step_relative_to_its_noise():
+    """SHAPES_SD_RENO's lr is ReNO's scaled by the noise norm: sqrt(latent size / SD-Turbo's 4 x 64 x 64)."""
+    unet = StableDiffusionPipeline.from_pretrained(SHAPES_SD).unet.config
+    latent = unet.in_channels * unet.sample_size**2
+    assert latent == 256
+    assert SHAPES_SD_RENO["lr"] == RenoConfig(rewards={"shapes_clip": 1.0}).lr * math.sqrt(latent / (4 * 64 * 64))
