@@ -176,9 +176,9 @@ class SpeculativeDecoder:
         return out
 
     #: acceptance-rejection proposals drawn per head run, run after run (the last size repeats). A proposal
-    #: x ~ p is kept with probability max(0, 1 - q(x)/p(x)), on average TV(p, q) = 1 - the acceptance rate, so
-    #: where drafts are mostly rejected the first proposal or two usually suffice; where the heads are
-    #: close few are kept, and one batched run of many is far cheaper than many runs of one.
+    #: x ~ p is kept with probability max(0, 1 - q(x)/p(x)), high where p and q are far apart (as when drafts
+    #: are mostly rejected), so the first proposal or two usually suffice; where the heads are close few are
+    #: kept, and one batched run of many is far cheaper than many runs of one.
     RUN_SIZES = (2, 16)
 
     def _resample_rows(self, target, z_t, z_d, rows, b, steps, settings, generator, stats) -> torch.Tensor:
