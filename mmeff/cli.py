@@ -120,7 +120,7 @@ def _bench_reno(args: argparse.Namespace) -> None:
 
     from .bench.reno import run_bench
     from .bench.reno_report import write_report
-    from .plugins.reno import RewardSet
+    from .plugins.reno import RenoConfig, RewardSet
     from .rewards import load_reward
     from .testbed.assets import SHAPES_SD, SHAPES_SD_CALL, SHAPES_SD_RENO
     from .testbed.t2i_prompts import eval_prompts
@@ -142,7 +142,7 @@ def _bench_reno(args: argparse.Namespace) -> None:
     device = pipe.adapter.device
     meta = {"command": "mmeff " + " ".join(sys.argv[1:]), "model": model, "rewards": weights,
             "prompts": len(prompts), "seeds": args.seeds, "steps": steps, "guidance": guidance,
-            "lr": options.get("lr", 5.0),
+            "lr": options.get("lr", RenoConfig.lr),
             "device": torch.cuda.get_device_name(device) if device.type == "cuda"
             else f"CPU, {torch.get_num_threads()} threads"}
     out = Path(args.out) / "reno"

@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from ..plugins.reno import RenoConfig
 from ..testbed.t2i_prompts import CATEGORIES
 from .report import markdown_table, print_table, write_json
 
@@ -75,7 +76,7 @@ def write_report(out_dir: Path, results: dict[str, Any], meta: dict[str, Any]) -
         "# mmeff bench reno", "",
         f"Pipeline: {meta['model']}; reward: {meta['rewards']}; {results['images']} images "
         f"({meta['prompts']} prompts x {meta['seeds']} seeds); {meta['steps']} denoising step(s), guidance "
-        f"{meta['guidance']}; ReNO lr {meta.get('lr', 5.0)}; device: {meta['device']}. Scores are the OpenCV "
+        f"{meta['guidance']}; ReNO lr {meta.get('lr', RenoConfig.lr)}; device: {meta['device']}. Scores are the OpenCV "
         "oracle's GenEval-style verdicts (never the reward being optimised); overall = mean over categories; "
         "± se = binomial standard error of overall. Best-of-N draws as many noises as ReNO makes generator and "
         "reward evaluations.", "",

@@ -85,7 +85,7 @@ def test_speculative_with_a_real_draft_runs_and_composes_with_disa(pair):
     pipe.generate_images(PROMPTS, seed=0, output_type="pt", diffusion_steps=8)
     unannealed = dict(pipe.last_stats)
     # every rejected token is resampled from the residual; proposals come in growing runs (2, then 16), and
-    # where drafts are mostly rejected (a random draft) the first short run almost always suffices
+    # where drafts are mostly rejected (a random draft) the first short run usually suffices
     first, later = SpeculativeDecoder.RUN_SIZES
     resampled, proposals = unannealed["resampled"], unannealed["resample_proposals"]
     assert resampled > 0 and first * resampled <= proposals < later * resampled
