@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from ..adapters.t2i_base import T2IAdapter
 from ..testbed.reward_alignment import reward_alignment
-from ..testbed.t2i_eval import summarise, to_uint8
+from ..testbed.t2i_eval import paired_difference, summarise, to_uint8
 from ..testbed.t2i_prompts import T2IPrompt, score_image
 
 SEARCHES = {"reno": "gradient", "best_of_n": "random"}
@@ -118,6 +118,7 @@ def run_bench(pipe: Any, rewards: Any, prompts: list[T2IPrompt], seeds: int, *, 
     plain_hits, plain_seconds = _plain(pipe, all_prompts, all_seeds, call, batch_size)
     results["plain"] = {"oracle": summarise(all_prompts, plain_hits), "seconds_per_image": plain_seconds,
                         "n": len(all_prompts)}
+    traces: dict[str, Trace] = {}
     for method, search in SEARCHES.items():
         if cuda:
             torch.cuda.reset_peak_memory_stats(adapter.device)
@@ -127,6 +128,7 @@ def run_bench(pipe: Any, rewards: Any, prompts: list[T2IPrompt], seeds: int, *, 
             results["peak_memory_mb"][method] = torch.cuda.max_memory_allocated(adapter.device) / 2**20
         # iteration 0 is the plain image; a mismatch would mean the differentiable path is off
         results.setdefault("iteration0_mismatches", {})[method] = sum(a != b for a, b in zip(trace.hit[0], plain_hits))
+        traces[method] = trace
         rows = summarise_trace(trace, all_prompts, list(budgets))
         results["methods"][method] = {"budgets": rows, "seconds_per_image": trace.seconds / len(all_prompts)}
         results["curves"][method] = {
@@ -134,12 +136,30 @@ def run_bench(pipe: Any, rewards: Any, prompts: list[T2IPrompt], seeds: int, *, 
             "best_reward": [float(np.mean(r)) for r in trace.best_reward],
             "current_reward": [float(np.mean(r)) for r in trace.current_reward],
         }
+    results["paired"] = _paired(all_prompts, plain_hits, traces, budgets)
+    results["hits"] = {"plain": [int(h) for h in plain_hits],
+                       **{m: {str(k): [int(h) for h in t.hit[min(k, len(t.hit)) - 1]] for k in budgets}
+                          for m, t in traces.items()}}
     if alignment_samples > 1:  # reward_alignment runs under no_grad itself
         results["reward_alignment"] = reward_alignment(
             pipe, lambda images, texts: rewards.total(rewards(images, texts)), prompts,
             samples=alignment_samples, call=call, batch_size=batch_size)
     results["images"] = len(all_prompts)
     return results
+
+
+def _paired(prompts: list[T2IPrompt], plain_hits: list[bool], traces: dict[str, Trace],
+            budgets: tuple[int, ...]) -> dict[str, list[dict[str, Any]]]:
+    """ReNO against best-of-N and against the plain image, on the same images at every budget."""
+    reno, bon = traces["reno"].hit, traces["best_of_n"].hit
+    out: dict[str, list[dict[str, Any]]] = {"reno_vs_best_of_n": [], "reno_vs_plain": []}
+    for k in budgets:
+        if k <= 1:
+            continue
+        k = min(k, len(reno))
+        out["reno_vs_best_of_n"].append({"iterations": k, **paired_difference(prompts, reno[k - 1], bon[k - 1])})
+        out["reno_vs_plain"].append({"iterations": k, **paired_difference(prompts, reno[k - 1], plain_hits)})
+    return out
 
 
 @torch.no_grad()

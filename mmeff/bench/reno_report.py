@@ -43,7 +43,9 @@ def target_checks(results: dict[str, Any]) -> list[list[Any]]:
     plain = results["plain"]["oracle"]
     last = reno[-1]["oracle"]
     worse = [c for c in CATEGORIES if c in plain and last[c] <= plain[c]]
+    paired = {d["iterations"]: d for d in results.get("paired", {}).get("reno_vs_best_of_n", [])}
     per_budget = [f"{r['iterations']}: {r['oracle']['overall']:.3f} vs {b['oracle']['overall']:.3f}"
+                  + (f" ({_signed(paired[r['iterations']])} paired)" if r["iterations"] in paired else "")
                   for r, b in zip(reno, bon) if r["iterations"] > 1]
     beats = all(r["oracle"]["overall"] > b["oracle"]["overall"] for r, b in zip(reno, bon) if r["iterations"] > 1)
     return [
@@ -52,6 +54,22 @@ def target_checks(results: dict[str, Any]) -> list[list[Any]]:
         ["ReNO improves every category over the plain pipeline", "all categories",
          "not: " + ", ".join(worse) if worse else "all improved", not worse],
     ]
+
+
+def _signed(d: dict[str, Any]) -> str:
+    return f"{d['difference']:+.3f} ± {d['se']:.3f}"
+
+
+def paired_rows(results: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
+    """ReNO minus each baseline on the same images: the difference, its paired se, the discordant images."""
+    headers = ["ReNO against", "iterations", "difference (overall)", "paired se", "difference / se",
+               "images only ReNO got right", "images only the other got right"]
+    rows = []
+    for key, label in (("reno_vs_best_of_n", "best-of-N"), ("reno_vs_plain", "plain pipeline")):
+        for d in results.get("paired", {}).get(key, []):
+            ratio = d["difference"] / d["se"] if d["se"] > 0 else float("nan")
+            rows.append([label, d["iterations"], d["difference"], d["se"], ratio, d["only_a"], d["only_b"]])
+    return headers, rows
 
 
 def alignment_rows(results: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
@@ -82,6 +100,7 @@ def write_report(out_dir: Path, results: dict[str, Any], meta: dict[str, Any]) -
         "reward evaluations.", "",
         "## Oracle prompt-following", "", markdown_table(headers, rows), "",
         "## Targets", "", markdown_table(["target", "wanted", "measured", "met"], checks), "",
+        *_paired_section(results),
         *_alignment_section(results),
         "![curves](reno_curves.png)", "", "![categories](reno_categories.png)", "",
     ]
@@ -91,6 +110,19 @@ def write_report(out_dir: Path, results: dict[str, Any], meta: dict[str, Any]) -
     (out_dir / "reno.md").write_text("\n".join(md) + "\n")
     _plot_curves(out_dir / "reno_curves.png", results)
     _plot_categories(out_dir / "reno_categories.png", results)
+
+
+def _paired_section(results: dict[str, Any]) -> list[str]:
+    headers, rows = paired_rows(results)
+    if not rows:
+        return []
+    print_table("ReNO minus each baseline, image by image", headers, rows)
+    return ["## ReNO minus each baseline, on the same images", "",
+            "Every method runs on the same prompts and seeds, so an easy prompt is easy for all of them: the "
+            "difference image by image has a smaller standard error than two scores' ± se side by side. Overall = "
+            "mean over categories of the per-image differences; paired se from their spread within each "
+            "category. The last two columns count the images where exactly one side passes the oracle.", "",
+            markdown_table(headers, rows), ""]
 
 
 def _alignment_section(results: dict[str, Any]) -> list[str]:

@@ -35,6 +35,27 @@ def summarise(prompts: Sequence[T2IPrompt], hits: Sequence[bool]) -> dict[str, f
     return scores
 
 
+def paired_difference(prompts: Sequence[T2IPrompt], a: Sequence[bool], b: Sequence[bool]) -> dict[str, Any]:
+    """Overall score of ``a`` minus that of ``b``, judged on the same images, with its paired standard error.
+
+    Two methods run on the same prompts and seeds share most of their noise (an easy prompt is easy
+    for both), so the per-image difference has a far smaller spread than two independent scores.
+    Overall is the mean over categories, so its variance is the sum of the per-category ones / C².
+    Also counts the discordant images (only ``a`` right, only ``b`` right): McNemar's view.
+    """
+    if not (len(prompts) == len(a) == len(b)):
+        raise ValueError(f"paired_difference needs one verdict per prompt: {len(prompts)}, {len(a)}, {len(b)}")
+    by_cat: dict[str, list[float]] = defaultdict(list)
+    for p, x, y in zip(prompts, a, b):
+        by_cat[p.category].append(float(x) - float(y))
+    cats = [c for c in CATEGORIES if by_cat[c]]
+    variance = sum(np.var(by_cat[c], ddof=1) / len(by_cat[c]) if len(by_cat[c]) > 1 else 0.0 for c in cats)
+    return {"difference": float(np.mean([np.mean(by_cat[c]) for c in cats])),
+            "se": float(np.sqrt(variance)) / len(cats),
+            "only_a": int(sum(bool(x) and not y for x, y in zip(a, b))),
+            "only_b": int(sum(bool(y) and not x for x, y in zip(a, b)))}
+
+
 @torch.no_grad()
 def oracle_scores(
     pipe: Callable[..., Any],

@@ -44,6 +44,19 @@ def test_every_method_has_every_budget_and_curves_of_full_length(results):
         pytest.approx(results["methods"]["best_of_n"]["budgets"][0]["reward"], abs=1e-5)
 
 
+def test_paired_comparisons_match_the_summaries_and_the_stored_verdicts(results):
+    reno, bon = results["methods"]["reno"]["budgets"], results["methods"]["best_of_n"]["budgets"]
+    vs_bon, vs_plain = results["paired"]["reno_vs_best_of_n"], results["paired"]["reno_vs_plain"]
+    assert [d["iterations"] for d in vs_bon] == [d["iterations"] for d in vs_plain] == [2, 4]
+    for d, p, r, b in zip(vs_bon, vs_plain, reno[1:], bon[1:]):
+        assert d["difference"] == pytest.approx(r["oracle"]["overall"] - b["oracle"]["overall"])
+        assert p["difference"] == pytest.approx(r["oracle"]["overall"] - results["plain"]["oracle"]["overall"])
+        k = str(d["iterations"])
+        assert d["only_a"] - d["only_b"] == sum(results["hits"]["reno"][k]) - sum(results["hits"]["best_of_n"][k])
+    assert len(results["hits"]["plain"]) == results["images"]
+    assert results["hits"]["reno"]["1"] == results["hits"]["plain"]  # iteration 0 is the plain image
+
+
 def test_report_files(results, tmp_path):
     meta = {"model": "tiny", "rewards": {"shapes_clip": 1.0}, "prompts": 6, "seeds": 2, "steps": 1,
             "guidance": 1.0, "device": "cpu"}
@@ -52,7 +65,7 @@ def test_report_files(results, tmp_path):
     assert data["benchmark"] == "reno" and "plain" in data
     md = (tmp_path / "reno.md").read_text()
     assert "plain pipeline" in md and "ReNO" in md and "best-of-N" in md and "Targets" in md
-    assert "within-prompt AUC" in md
+    assert "within-prompt AUC" in md and "paired se" in md
     assert (tmp_path / "reno_curves.png").stat().st_size > 0 and (tmp_path / "reno_categories.png").is_file()
 
 
