@@ -72,3 +72,24 @@ def test_report_files(results, tmp_path):
 def test_reward_target_is_refused():
     with pytest.raises(ValueError, match="reward_target"):
         run_bench(mmeff.wrap(tiny_sd()), None, eval_prompts(1), 1, reno_options={"reward_target": 1.0})
+
+
+def _budget(k: int, overall: float) -> dict:
+    return {"iterations": k, "oracle": {"colors": overall, "overall": overall}, "reward": 0.0, "n": 100}
+
+
+@pytest.mark.parametrize(("reno", "se", "verdict"), [
+    (0.30, 0.02, "yes (> 2 paired se everywhere)"),  # +0.10 at 5 se
+    (0.23, 0.02, "ahead, within 2 paired se"),  # +0.03 at 1.5 se
+    (0.19, 0.02, "no"),  # behind
+])
+def test_a_lead_within_noise_is_not_reported_as_a_win(reno, se, verdict):
+    from mmeff.bench.reno_report import target_checks
+
+    results = {"plain": {"oracle": {"colors": 0.1, "overall": 0.1}},
+               "methods": {"reno": {"budgets": [_budget(1, 0.1), _budget(10, reno)]},
+                           "best_of_n": {"budgets": [_budget(1, 0.1), _budget(10, 0.2)]}},
+               "paired": {"reno_vs_best_of_n": [{"iterations": 10, "difference": reno - 0.2, "se": se}]}}
+    beats = target_checks(results)[0]
+    assert beats[3] == verdict
+    assert f"{reno - 0.2:+.3f} ± {se:.3f} paired" in beats[2]
