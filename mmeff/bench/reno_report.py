@@ -121,30 +121,29 @@ def write_report(out_dir: Path, results: dict[str, Any], meta: dict[str, Any]) -
 
 
 def _paired_section(results: dict[str, Any]) -> list[str]:
-    headers, rows = paired_rows(results)
-    if not rows:
-        return []
-    print_table("ReNO minus each baseline, image by image", headers, rows)
-    return ["## ReNO minus each baseline, on the same images", "",
-            "Every method runs on the same prompts and seeds, so the difference is taken image by image and its "
-            "standard error leaves out what the methods share (an easy prompt is easy for all of them). Where two "
-            "searches end on different images the pairing gains little: then the paired se is about the two "
-            "scores' ± se combined. Overall = mean over categories of the per-image differences; paired se from "
-            "their spread within each category. The last two columns count the images where exactly one side "
-            "passes the oracle.", "",
-            markdown_table(headers, rows), ""]
+    return _section("ReNO minus each baseline, on the same images", *paired_rows(results),
+                    "Every method runs on the same prompts and seeds, so the difference is taken image by image and "
+                    "its standard error leaves out what the methods share (an easy prompt is easy for all of them). "
+                    "Where two searches end on different images the pairing gains little: then the paired se is "
+                    "about the two scores' ± se combined. Overall = mean over categories of the per-image "
+                    "differences; paired se from their spread within each category. The last two columns count "
+                    "the images where exactly one side passes the oracle.")
 
 
 def _alignment_section(results: dict[str, Any]) -> list[str]:
-    headers, rows = alignment_rows(results)
+    return _section("Does the reward rank the pipeline's own samples as the oracle would?", *alignment_rows(results),
+                    "Plain samples of every prompt at other seeds, oracle score overall: of one sample, of the one "
+                    "the reward ranks first, and of the best if the oracle picked; AUC over (accepted, rejected) "
+                    "pairs of the same prompt (0.5 = chance). ReNO and best-of-N can only buy what this ranking "
+                    "sees.")
+
+
+def _section(title: str, headers: list[str], rows: list[list[Any]], explanation: str) -> list[str]:
+    """A titled markdown table with what it means (also printed); nothing when the run has no such rows."""
     if not rows:
         return []
-    print_table("does the reward rank the pipeline's samples as the oracle would?", headers, rows)
-    return ["## Does the reward rank the pipeline's own samples as the oracle would?", "",
-            "Plain samples of every prompt at other seeds, oracle score overall: of one sample, of the one the "
-            "reward ranks first, and of the best if the oracle picked; AUC over (accepted, rejected) pairs of the "
-            "same prompt (0.5 = chance). ReNO and best-of-N can only buy what this ranking sees.", "",
-            markdown_table(headers, rows), ""]
+    print_table(title, headers, rows)
+    return [f"## {title}", "", explanation, "", markdown_table(headers, rows), ""]
 
 
 def _plot_curves(path: Path, results: dict[str, Any]) -> None:

@@ -38,8 +38,9 @@ def summarise(prompts: Sequence[T2IPrompt], hits: Sequence[bool]) -> dict[str, f
 def paired_difference(prompts: Sequence[T2IPrompt], a: Sequence[bool], b: Sequence[bool]) -> dict[str, Any]:
     """Overall score of ``a`` minus that of ``b``, judged on the same images, with its paired standard error.
 
-    Two methods run on the same prompts and seeds share most of their noise (an easy prompt is easy
-    for both), so the per-image difference has a far smaller spread than two independent scores.
+    Two methods run on the same prompts and seeds can share much of their noise (an easy prompt is
+    easy for both); the per-image difference leaves that out. Where the two end on different images
+    (two searches often do) the paired se is about the two unpaired ones combined.
     Overall is the mean over categories, so its variance is the sum of the per-category ones / C².
     Also counts the discordant images (only ``a`` right, only ``b`` right): McNemar's view.
     """

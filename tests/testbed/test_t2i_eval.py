@@ -30,7 +30,7 @@ def test_identical_verdicts_differ_by_zero_with_zero_se():
     assert paired_difference(prompts, hits, hits) == {"difference": 0.0, "se": 0.0, "only_a": 0, "only_b": 0}
 
 
-def test_a_shared_easy_prompt_costs_the_paired_se_nothing():
+def test_verdicts_both_sides_share_leave_the_paired_se_small():
     """Both right on the same images and one extra for a: the paired se is far below the unpaired one."""
     prompts = eval_prompts(4)
     b = [i % 2 == 0 for i in range(len(prompts))]
