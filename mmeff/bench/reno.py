@@ -89,10 +89,9 @@ def _extend(trace: Trace, best: list, current: list, hit: list, first: bool) -> 
 
 
 def summarise_trace(trace: Trace, prompts: list[T2IPrompt], budgets: list[int]) -> list[dict[str, Any]]:
-    """Oracle scores per category and the mean best reward at each iteration budget."""
+    """Oracle scores per category and the mean best reward at each iteration budget (each <= the run's length)."""
     out = []
     for k in budgets:
-        k = min(k, len(trace.hit))
         out.append({"iterations": k, "oracle": summarise(prompts, trace.hit[k - 1]),
                     "reward": float(np.mean(trace.best_reward[k - 1])), "n": len(prompts)})
     return out
@@ -110,6 +109,7 @@ def run_bench(pipe: Any, rewards: Any, prompts: list[T2IPrompt], seeds: int, *, 
     if (reno_options or {}).get("reward_target") is not None:
         raise ValueError("bench reno compares fixed budgets; reward_target would stop batches early")
     adapter: T2IAdapter = pipe.adapter
+    budgets = tuple(min(k, iterations) for k in budgets)  # run_search checks that every run has `iterations`
     pairs = [(p, s) for p in prompts for s in range(seeds)]
     all_prompts, all_seeds = [p for p, _ in pairs], [s for _, s in pairs]
     call = {"num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale}
@@ -138,7 +138,7 @@ def run_bench(pipe: Any, rewards: Any, prompts: list[T2IPrompt], seeds: int, *, 
         }
     results["paired"] = _paired(all_prompts, plain_hits, traces, budgets)
     results["hits"] = {"plain": [int(h) for h in plain_hits],
-                       **{m: {str(k): [int(h) for h in t.hit[min(k, len(t.hit)) - 1]] for k in budgets}
+                       **{m: {str(k): [int(h) for h in t.hit[k - 1]] for k in budgets}
                           for m, t in traces.items()}}
     if alignment_samples > 1:  # reward_alignment runs under no_grad itself
         results["reward_alignment"] = reward_alignment(
@@ -156,7 +156,6 @@ def _paired(prompts: list[T2IPrompt], plain_hits: list[bool], traces: dict[str, 
     for k in budgets:
         if k <= 1:
             continue
-        k = min(k, len(reno))
         out["reno_vs_best_of_n"].append({"iterations": k, **paired_difference(prompts, reno[k - 1], bon[k - 1])})
         out["reno_vs_plain"].append({"iterations": k, **paired_difference(prompts, reno[k - 1], plain_hits)})
     return out
