@@ -162,6 +162,7 @@ def _bench_ar(args: argparse.Namespace) -> None:
     from .bench.ar_report import write_report
     from .testbed.ar_eval import SHAPES_AR_SAMPLING
     from .testbed.assets import SHAPES_AR, SHAPES_MAR, SHAPES_MAR_SMALL
+    from .testbed.mar_eval import SHAPES_MAR_SAMPLING
     from .testbed.t2i_prompts import eval_prompts
 
     models = [args.model] if args.model else [str(m) for m in (SHAPES_AR, SHAPES_MAR) if m.is_dir()]
@@ -172,7 +173,7 @@ def _bench_ar(args: argparse.Namespace) -> None:
         pipe.model.to(args.device)
         continuous = pipe.adapter.family == "ar_continuous"
         if continuous:
-            sampling = {"guidance_scale": 3.0, "temperature": 1.0, "diffusion_steps": 50}
+            sampling = dict(SHAPES_MAR_SAMPLING)
             methods = continuous_methods(args.draft or str(SHAPES_MAR_SMALL))
         else:
             sampling, methods = dict(SHAPES_AR_SAMPLING), METHODS
@@ -182,11 +183,12 @@ def _bench_ar(args: argparse.Namespace) -> None:
             raise SystemExit(f"mmeff bench ar: {err}") from None
         if args.guidance is not None:
             sampling["guidance_scale"] = args.guidance
-        results = run_bench(pipe, prompts, list(range(args.seeds)), batch_size=batch_size, sampling=sampling,
-                            methods=methods)
+        seeds = list(range(args.seed, args.seed + args.seeds))
+        results = run_bench(pipe, prompts, seeds, batch_size=batch_size, sampling=sampling, methods=methods)
         device = pipe.adapter.device
         meta = {"command": "mmeff " + " ".join(sys.argv[1:]), "model": model, "prompts": len(prompts),
-                "seeds": args.seeds, "images": len(prompts) * args.seeds, "batch_size": batch_size,
+                "seeds": args.seeds, "first_seed": args.seed, "images": len(prompts) * args.seeds,
+                "batch_size": batch_size,
                 "sampling": sampling, "device": torch.cuda.get_device_name(device) if device.type == "cuda"
                 else f"CPU, {torch.get_num_threads()} threads"}
         out = Path(args.out) / ("ar_continuous" if continuous else "ar")
@@ -323,8 +325,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-scenes", type=int, default=None,
                    help="quality: scenes per suite (tokens: default 40; halluc: POPE scenes, default 50)")
     p.add_argument("--caption-scenes", type=int, default=40, help="halluc: caption scenes for CHAIR")
-    p.add_argument("--seeds", type=int, default=3, help="halluc: seeds for the sampled rows; reno: seeds per prompt")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", type=int, default=3,
+                   help="halluc: seeds for the sampled rows; reno, ar: seeds per prompt")
+    p.add_argument("--seed", type=int, default=0, help="ar: the first of the --seeds seeds (runs at other first "
+                                                       "seeds draw other images, to pool)")
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--decode-tokens", type=int, default=16, help="tokens decoded per timed run")
     p.add_argument("--layers", type=int, default=32)

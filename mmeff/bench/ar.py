@@ -134,7 +134,8 @@ def run_method(pipe: Any, plugin: str | None | list, options: dict[str, Any] | N
     features = oracle_features(images)
     hits = [satisfied(p, d) for p, d in zip(ordered, features.pop("detections"))]
     forwards = [s["sequential_forwards"] for s in stats for _ in range(s["images"])]
-    out = {"oracle": summarise(ordered, hits), "n": len(ordered), "seconds_per_image": seconds / len(ordered),
+    out = {"oracle": summarise(ordered, hits), "hits": hits, "n": len(ordered),
+           "seconds_per_image": seconds / len(ordered),
            "forwards_per_image": float(np.mean(forwards)), "codes": codes, "features": features,
            "tokens_per_forward": float(np.mean([s["image_tokens"] / s["sequential_forwards"] for s in stats]))}
     if "head_steps" in stats[0]:  # continuous tokens: the diffusion head's work and the draft's

@@ -100,7 +100,8 @@ def write_report(out_dir: Path, results: dict[str, Any], meta: dict[str, Any]) -
     md = [
         "# mmeff bench ar", "",
         f"Model: {meta['model']}; {meta['images']} images per method ({meta['prompts']} prompts x "
-        f"{meta['seeds']} seeds), batch size {meta['batch_size']}; sampling {meta['sampling']}; device: "
+        f"{meta['seeds']} seeds from {meta.get('first_seed', 0)}), batch size {meta['batch_size']}; "
+        f"sampling {meta['sampling']}; device: "
         f"{meta['device']}. Forwards count every sequential model call, the prompt's included. Wall-time "
         "speed-up = plain seconds per image / method's, measured in the same run. Oracle = the OpenCV oracle's "
         "GenEval-style verdicts, overall = mean over categories. Distribution check against plain sampling at "

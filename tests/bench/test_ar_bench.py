@@ -9,6 +9,7 @@ import pytest
 import mmeff
 from mmeff.bench.ar import PLAIN_MAR_STEPS, js_divergence, run_bench
 from mmeff.bench.ar_report import write_report
+from mmeff.testbed.t2i_eval import summarise
 from mmeff.testbed.t2i_prompts import eval_prompts
 from mmeff.testing.ar import tiny_ar_image
 
@@ -34,14 +35,24 @@ def test_every_method_is_measured_against_plain(results):
     assert results["noise_floor"]["token_js_bits"] > 0  # other seeds draw other tokens
 
 
+def test_per_image_verdicts_are_kept_to_pool_runs(results):
+    """Every image's verdict, seed-major as generated, gives back the summary score (runs at other first seeds
+    can then be pooled image by image)."""
+    ordered = [p for _ in (0, 1) for p in eval_prompts(1)]
+    for data in results["methods"].values():
+        assert len(data["hits"]) == data["n"] == len(ordered)
+        assert summarise(ordered, data["hits"]) == data["oracle"]
+
+
 def test_report_files_and_targets(results, tmp_path):
-    meta = {"model": "tiny", "prompts": 6, "seeds": 2, "images": 12, "batch_size": 1,
+    meta = {"model": "tiny", "prompts": 6, "seeds": 2, "first_seed": 0, "images": 12, "batch_size": 1,
             "sampling": {"guidance_scale": 3.0}, "device": "cpu"}
     write_report(tmp_path, results, meta)
     data = json.loads((tmp_path / "ar.json").read_text())
     assert data["benchmark"] == "ar" and set(data["methods"]) == set(results["methods"])
     md = (tmp_path / "ar.md").read_text()
-    assert "SJD: fewer sequential forwards" in md and "noise floor" in md
+    assert "SJD: fewer sequential forwards" in md and "noise floor" in md and "2 seeds from 0" in md
+    assert len(data["methods"]["plain"]["hits"]) == 12
     assert (tmp_path / "ar_methods.png").stat().st_size > 10_000
 
 
