@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import mmeff
-from mmeff.car.loop import HeadSettings
+from mmeff.car.loop import ContinuousStats, HeadSettings
 from mmeff.car.ops import residual_by_rejection
 from mmeff.car.sampler import HeadTrajectory, draw_noise, sample_head
 from mmeff.car.schedules import SCHEDULES, annealed_steps
@@ -157,6 +157,42 @@ def test_residual_resampling_follows_max_p_minus_q_in_one_dimension():
         observed = float(((x >= lo) & (x < hi)).float().mean())
         assert abs(observed - expected) < 4 * math.sqrt(expected * (1 - expected) / rows) + 1e-3
     assert density.sum() > 0
+
+
+@pytest.mark.parametrize("guidance", [2.0, None])
+def test_resampled_tokens_do_not_depend_on_how_proposals_are_batched(guidance):
+    """``_resample_rows`` draws proposals in runs (RUN_SIZES); one proposal per run is the plain algorithm.
+    Rows of two different contexts, interleaved, must get the same residual per context either way: a
+    layout slip between candidates, rows or guidance halves would hand one context's samples to the other."""
+    target = mmeff.wrap(tiny_continuous_ar(0)).adapter
+    draft = mmeff.wrap(tiny_continuous_ar(1, hidden=16, layers=1, head_width=16)).adapter
+    with torch.no_grad():  # the tiny heads' adaLN starts at zero, deaf to the context: give it a say
+        for block in [*target.head.blocks, *draft.head.blocks]:
+            block.modulation[1].weight.normal_(0, 0.5, generator=torch.Generator().manual_seed(2))
+    rows, steps = 3000, 4
+    g = torch.Generator().manual_seed(0)
+    contexts = [(torch.randn(2, 32, generator=g) * 3, torch.randn(2, 16, generator=g) * 3) for _ in range(2)]
+    which = torch.arange(rows) % 2
+
+    def layout(i: int) -> torch.Tensor:  # (rows or 2 rows, d): cond rows, then uncond rows with guidance
+        halves = [torch.stack([contexts[int(w)][i][h] for w in which]) for h in range(2 if guidance else 1)]
+        return torch.cat(halves)
+
+    settings = HeadSettings(guidance, steps_at=lambda s: steps)
+    samples = {}
+    for sizes in [(1,), (2, 16)]:
+        decoder = SpeculativeDecoder(draft, max_tries=100)
+        decoder.RUN_SIZES = sizes
+        stats = ContinuousStats()
+        samples[sizes] = decoder._resample_rows(target, layout(0), layout(1), torch.arange(rows), rows, steps,
+                                                settings, torch.Generator().manual_seed(1), stats)
+        assert stats.resampled == rows and stats.resample_failures < rows // 100
+    for w in range(2):
+        a, b = samples[(1,)][which == w], samples[(2, 16)][which == w]
+        se = ((a.var(0) + b.var(0)) / len(a)).sqrt()
+        assert ((a.mean(0) - b.mean(0)).abs() < 4 * se).all()
+    first, second = samples[(1,)][which == 0].mean(0), samples[(1,)][which == 1].mean(0)
+    assert (first - second).abs().max() > 10 * se.max()  # the contexts are told apart, so a mix-up would show
 
 
 def test_resampling_that_gives_up_keeps_a_sample_of_p_never_zero():
