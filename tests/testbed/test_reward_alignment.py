@@ -12,8 +12,8 @@ import mmeff
 from mmeff.rewards import load_reward
 from mmeff.testbed.assets import SHAPES_SD
 from mmeff.testbed.reward_alignment import alignment_summary, reward_alignment, within_prompt_auc
-from mmeff.testbed.t2i_eval import oracle_scores
-from mmeff.testbed.t2i_prompts import eval_prompts
+from mmeff.testbed.t2i_eval import oracle_scores, summarise, to_uint8
+from mmeff.testbed.t2i_prompts import eval_prompts, score_image
 
 
 def test_auc_counts_same_prompt_pairs_with_ties_as_half():
@@ -55,4 +55,15 @@ def test_mean_hit_is_the_plain_pipelines_oracle_score_on_the_same_seeds():
     plain = oracle_scores(pipe, per_category=1, seeds=(7, 8), **call)
     assert summary["mean_hit"] == plain
     assert summary["samples_per_prompt"] == 2
-    assert summary["oracle_pick"]["overall"] >= summary["reward_pick"]["overall"]
+    # the picks, recomputed image by image: seed 7 and seed 8 of each prompt, scored by oracle and reward
+    prompts, reward = eval_prompts(1), load_reward("shapes_clip")
+    hits, scores = [], []
+    for seed in (7, 8):
+        images = pipe([p.text for p in prompts], generator=[torch.Generator().manual_seed(seed) for _ in prompts],
+                      output_type="pt", **call).images.float()
+        scores.append(reward(images, [p.text for p in prompts]).float())
+        hits.append([score_image(p, img) for p, img in zip(prompts, to_uint8(images))])
+    hits_t = torch.tensor(hits)
+    assert summary["oracle_pick"] == summarise(prompts, (hits_t[0] | hits_t[1]).tolist())
+    picked = hits_t[torch.stack(scores).argmax(0), torch.arange(len(prompts))]
+    assert summary["reward_pick"] == summarise(prompts, picked.tolist())
