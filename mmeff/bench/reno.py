@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..adapters.t2i_base import T2IAdapter
+from ..memory import peak_memory
 from ..testbed.reward_alignment import reward_alignment
 from ..testbed.t2i_eval import paired_difference, summarise, to_uint8
 from ..testbed.t2i_prompts import T2IPrompt, score_image
@@ -114,18 +115,16 @@ def run_bench(pipe: Any, rewards: Any, prompts: list[T2IPrompt], seeds: int, *, 
     all_prompts, all_seeds = [p for p, _ in pairs], [s for _, s in pairs]
     call = {"num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale}
     results: dict[str, Any] = {"methods": {}, "curves": {}, "peak_memory_mb": {}}
-    cuda = adapter.device.type == "cuda"
     plain_hits, plain_seconds = _plain(pipe, all_prompts, all_seeds, call, batch_size)
     results["plain"] = {"oracle": summarise(all_prompts, plain_hits), "seconds_per_image": plain_seconds,
                         "n": len(all_prompts)}
     traces: dict[str, Trace] = {}
     for method, search in SEARCHES.items():
-        if cuda:
-            torch.cuda.reset_peak_memory_stats(adapter.device)
-        trace = run_search(adapter, rewards, all_prompts, all_seeds, search, iterations, call, reno_options or {},
-                           batch_size)
-        if cuda:
-            results["peak_memory_mb"][method] = torch.cuda.max_memory_allocated(adapter.device) / 2**20
+        with peak_memory(adapter.device) as memory:
+            trace = run_search(adapter, rewards, all_prompts, all_seeds, search, iterations, call,
+                               reno_options or {}, batch_size)
+        results["peak_memory_mb"][method] = memory.mb
+        results["peak_memory_kind"] = memory.kind
         # iteration 0 is the plain image; a mismatch would mean the differentiable path is off
         results.setdefault("iteration0_mismatches", {})[method] = sum(a != b for a, b in zip(trace.hit[0], plain_hits))
         traces[method] = trace

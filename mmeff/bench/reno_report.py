@@ -113,8 +113,10 @@ def write_report(out_dir: Path, results: dict[str, Any], meta: dict[str, Any]) -
         "![curves](reno_curves.png)", "", "![categories](reno_categories.png)", "",
     ]
     if results.get("peak_memory_mb"):
-        md.insert(4, "Peak GPU memory: " + ", ".join(f"{m} {v:.0f} MB" for m, v in results["peak_memory_mb"].items())
-                  + ".")
+        kind = results.get("peak_memory_kind", "cuda allocated")
+        where = "GPU memory (allocated)" if kind == "cuda allocated" else "process memory (resident, models included)"
+        md.insert(4, f"Peak {where} per search: "
+                  + ", ".join(f"{m} {v:.0f} MB" for m, v in results["peak_memory_mb"].items()) + ".")
     (out_dir / "reno.md").write_text("\n".join(md) + "\n")
     _plot_curves(out_dir / "reno_curves.png", results)
     _plot_categories(out_dir / "reno_categories.png", results)

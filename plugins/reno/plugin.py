@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from mmeff.errors import ConfigError
+from mmeff.memory import PeakMemory, peak_memory
 from mmeff.plugin import Plugin, PluginContext
 from mmeff.registry import register_plugin
 
@@ -34,7 +35,7 @@ class RenoPlugin(Plugin):
         super().__init__(config)
         self.rewards: RewardSet | None = None
         self._last: SearchResult | None = None
-        self._peak_mb: float | None = None
+        self._memory: PeakMemory | None = None
 
     def check(self, ctx: PluginContext) -> None:
         """Load every reward now, so a missing checkpoint fails at add_plugin, not mid-call."""
@@ -58,7 +59,7 @@ class RenoPlugin(Plugin):
         pass  # nothing to hook: the plugin only decides the call's initial latents
 
     def reset(self) -> None:
-        self._last, self._peak_mb = None, None
+        self._last, self._memory = None, None
 
     def pre_call(self, pipe: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
         adapter = pipe.adapter
@@ -66,12 +67,9 @@ class RenoPlugin(Plugin):
         if req.generator is None and self.config.seed is not None:
             req.generator = torch.Generator(device=adapter.device).manual_seed(self.config.seed)
         assert self.rewards is not None
-        cuda = adapter.device.type == "cuda"
-        if cuda:
-            torch.cuda.reset_peak_memory_stats(adapter.device)
-        self._last = search_noise(adapter, req, self.rewards, self.config)
-        if cuda:
-            self._peak_mb = torch.cuda.max_memory_allocated(adapter.device) / 2**20
+        with peak_memory(adapter.device) as memory:
+            self._last = search_noise(adapter, req, self.rewards, self.config)
+        self._memory = memory
         from mmeff.adapters.t2i_base import restore
 
         out = dict(kwargs)
@@ -82,8 +80,8 @@ class RenoPlugin(Plugin):
         return out
 
     def stats(self) -> dict[str, Any]:
-        r = self._last
-        if r is None:
+        r, memory = self._last, self._memory
+        if r is None or memory is None:
             return {}
         totals = [h["total"] for h in r.history]
         per_reward = {n: [sum(h[n]) / len(h[n]) for h in r.history] for n in (self.rewards.modules if self.rewards
@@ -99,5 +97,7 @@ class RenoPlugin(Plugin):
             "best_reward": best,
             "initial_reward": totals[0] if totals else [],
             "seconds": r.seconds,
-            "peak_memory_mb": self._peak_mb,
+            "peak_memory_mb": memory.mb,  # the search's peak: CUDA allocations, or on the CPU the process RSS
+            "peak_memory_added_mb": memory.added_mb,  # ... minus what was held when it started
+            "peak_memory_kind": memory.kind,
         }

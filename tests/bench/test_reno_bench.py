@@ -35,6 +35,8 @@ def test_every_method_has_every_budget_and_curves_of_full_length(results):
         curves = results["curves"][method]
         assert len(curves["oracle"]) == len(curves["best_reward"]) == 4
     assert results["iteration0_mismatches"] == {"reno": 0, "best_of_n": 0}
+    assert results["peak_memory_kind"] == "process RSS" and set(results["peak_memory_mb"]) == {"reno", "best_of_n"}
+    assert all(mb > 50 for mb in results["peak_memory_mb"].values())
     alignment = results["reward_alignment"]  # the reward's ranking of plain samples at 8 other seeds
     assert alignment["samples_per_prompt"] == 8
     assert {"mean_hit", "reward_pick", "oracle_pick", "auc", "pairs"} <= set(alignment)
@@ -65,7 +67,7 @@ def test_report_files(results, tmp_path):
     assert data["benchmark"] == "reno" and "plain" in data
     md = (tmp_path / "reno.md").read_text()
     assert "plain pipeline" in md and "ReNO" in md and "best-of-N" in md and "Targets" in md
-    assert "within-prompt AUC" in md and "paired se" in md
+    assert "within-prompt AUC" in md and "paired se" in md and "Peak process memory (resident, models included)" in md
     assert (tmp_path / "reno_curves.png").stat().st_size > 0 and (tmp_path / "reno_categories.png").is_file()
 
 

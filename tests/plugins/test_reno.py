@@ -261,7 +261,7 @@ def test_seed_option_makes_calls_without_a_generator_repeatable():
     assert np.array_equal(first, second)
 
 
-def test_stats_report_rewards_time_and_best_iteration():
+def test_stats_report_rewards_time_memory_and_best_iteration():
     pipe = mmeff.wrap(tiny_sd())
     pipe.add_plugin("reno", **reno(iterations=3))
     _call(pipe)
@@ -269,6 +269,8 @@ def test_stats_report_rewards_time_and_best_iteration():
     assert set(stats["rewards"]) == {"redness"} and len(stats["rewards"]["redness"]) == 3
     assert stats["seconds"] > 0 and len(stats["best_iteration"]) == 2
     assert pipe.last_stats["wall_time_s"] >= stats["seconds"]
+    assert stats["peak_memory_kind"] == "process RSS"  # on the CPU: the process's resident memory
+    assert stats["peak_memory_mb"] >= stats["peak_memory_added_mb"] >= 0 and stats["peak_memory_mb"] > 50
 
 
 def test_cfg_and_more_steps_run_through_the_path():

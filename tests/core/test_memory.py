@@ -1,0 +1,22 @@
+"""Peak memory of a block on the CPU: sampled resident memory, which must see a short-lived allocation."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from mmeff.memory import peak_memory, resident_mb
+
+
+def test_a_short_lived_allocation_shows_in_the_peak_and_is_gone_after():
+    with peak_memory("cpu") as idle:
+        time.sleep(0.05)
+    with peak_memory("cpu") as busy:
+        x = torch.ones(64 * 2**20 // 4 * 4)  # 256 MB, touched, held for a moment, then freed
+        time.sleep(0.05)
+        del x
+    assert busy.kind == idle.kind == "process RSS"
+    assert busy.added_mb > 200 and busy.mb >= busy.added_mb
+    assert idle.added_mb < 50
+    assert resident_mb() < busy.mb  # freed: the peak was a peak, not where the process stayed
