@@ -1,10 +1,23 @@
 """Adapter for continuous-token AR generators (``mmeff.car.model.ContinuousARModel``; MAR / Harmon style).
 
-The decode loops need four things from a model: the prompt's embeddings (with null-caption
-rows for guidance), the embedding of a clean token, the decoder stack run with an explicit
-cache / positions / 4D mask (``hidden state`` per position), and the per-token diffusion head
-with its scheduler. Wrapping MAR or Harmon means one subclass providing those
-(``prefix``, ``embed_tokens``, ``backbone``, ``head``/``scheduler``, ``decode_tokens``).
+The contract the decode loops (plain, DiSA, continuous speculative decoding) rely on, with
+B prompts, c = ``token_dim`` and d the backbone width:
+
+- condition: ``prefix(prompts, unconditional) -> (embeddings (B, L, d), mask (B, L))``; with guidance
+  the loop stacks the conditional rows over the null-caption ones (``unconditional=True``), 2B rows;
+- hidden state: ``embed_tokens(tokens (rows, n, c)) -> (rows, n, d)`` and ``backbone(inputs_embeds,
+  attention_mask (4D), position_ids, cache) -> hidden (rows, n, d)``, a causal stack whose
+  ``new_cache()`` supports cropping (speculative decoding rolls rejected drafts back);
+- head sampling: ``head(x_t (N, c), t (N,), z (N, d)) -> predicted noise (N, c)``, and a diffusers
+  ``scheduler`` whose ``alphas_cumprod`` and ``set_timesteps(steps)`` respacing the sampler walks
+  (``car.sampler.sample_head``: DDPM ancestral steps, noise prediction only, "fixed small" variance,
+  guidance on the noise prediction);
+- ``decode_tokens(tokens (B, N, c)) -> images (B, 3, H, W)`` in [0, 1], and ``num_image_tokens``, ``grid``.
+
+A model that fits (raster order, causal attention, a noise-predicting head) is wrapped by
+one subclass providing these. MAR itself generates masked tokens in random order with
+bidirectional attention and learns its head's variance: its decode order and sampler
+would need their own loop, not only an adapter.
 """
 
 from __future__ import annotations

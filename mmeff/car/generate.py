@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from ..errors import InputError
+from ..errors import InputError, UnsupportedModelError
 from .loop import ContinuousSession, ContinuousStats, HeadSettings, plain_decode
 
 
@@ -21,6 +21,10 @@ def generate_continuous(pipe: Any, prompts: list[str], guidance_scale: float | N
         raise InputError(f"guidance_scale must be > 0 or None, got {guidance_scale}")
     if temperature <= 0:
         raise InputError(f"temperature must be > 0 for continuous tokens, got {temperature}")
+    prediction = adapter.scheduler.config.get("prediction_type", "epsilon")
+    if prediction != "epsilon":
+        raise UnsupportedModelError(f"the head sampler implements noise prediction ('epsilon'); this model's "
+                                    f"scheduler predicts {prediction!r}")
     settings = HeadSettings(guidance_scale, temperature, lambda s: steps)
     active = pipe._active()
     for plugin in active:  # DiSA: the head-step schedule

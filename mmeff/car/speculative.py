@@ -17,12 +17,13 @@ resampling falls back to a target sample instead of a zero vector. The first
 
 Random streams: head noise (draft, and target proposals when resampling) comes from the call's
 generator in the same order as plain decoding; acceptance uniforms from a second generator
-derived from its seed. So a draft identical to the target accepts everything and reproduces
+seeded from its state at the call's start. So a draft identical to the target accepts everything and reproduces
 plain decoding token for token.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 
 import torch
@@ -50,9 +51,14 @@ def guidance_halves(z: torch.Tensor, batch: int, settings: HeadSettings) -> tupl
 
 
 def acceptance_generator(generator: torch.Generator | None, device: torch.device) -> torch.Generator:
+    """The acceptance uniforms' own stream, seeded from the call generator's *current state*: the same seed
+    gives the same stream, and a generator reused across calls gives each call fresh uniforms (seeding from
+    ``initial_seed()`` would repeat them) without drawing from it (plain decoding's head noise stays in order)."""
     g = torch.Generator(device=device)
-    seed = generator.initial_seed() if generator is not None else int(torch.randint(0, 2**62, ()))
-    return g.manual_seed((seed * 6364136223846793005 + 1442695040888963407) % 2**63)
+    if generator is None:
+        return g.manual_seed(int(torch.randint(0, 2**62, ())))
+    digest = hashlib.blake2b(generator.get_state().cpu().numpy().tobytes(), digest_size=8).digest()
+    return g.manual_seed(int.from_bytes(digest, "little") % 2**63)
 
 
 class SpeculativeDecoder:
@@ -136,7 +142,7 @@ class SpeculativeDecoder:
         accepted = ok.long().cumprod(-1).sum(-1)
         stats.accepted += int(accepted.sum())
         committed = torch.where(accepted < k, accepted + 1, accepted)
-        self._resampled = self._resample(target, z_t, accepted, settings, i, generator, stats)
+        self._resampled = self._resample(target, z_t, accepted, int(committed.min()), settings, i, generator, stats)
         return accepted, committed
 
     @staticmethod
@@ -163,13 +169,14 @@ class SpeculativeDecoder:
                                         [sd[rows] for sd in traj.stds])
         return out
 
-    def _resample(self, target, z_t, accepted, settings, i, generator, stats) -> torch.Tensor:
+    def _resample(self, target, z_t, accepted, c_round, settings, i, generator, stats) -> torch.Tensor:
         """A token from ``max(0, p - q)`` at each row's first rejected position, by acceptance-rejection:
         propose ``x ~ p`` (target head, fresh noise), keep it with probability ``max(0, 1 - q(x)/p(x))``,
-        where ``q`` is the draft head run along the proposal's trajectory."""
-        b, k = accepted.shape[0], z_t.shape[1]
+        where ``q`` is the draft head run along the proposal's trajectory. The batch commits ``c_round``
+        tokens (its rows' minimum), so rows rejecting at or after that position are not resampled."""
+        b = accepted.shape[0]
         out = torch.zeros(b, target.token_dim, device=z_t.device)
-        for pos in sorted({int(a) for a in accepted if int(a) < k}):
+        for pos in sorted({int(a) for a in accepted if int(a) < c_round}):
             rows = (accepted == pos).nonzero().flatten()
             out[rows] = self._resample_rows(target, z_t[:, pos], self._draft_hidden[:, pos], rows, b,
                                             settings.steps_at(i + pos), settings, generator, stats)
@@ -217,10 +224,10 @@ class SpeculativeDecoder:
         return out
 
     def _row_tokens(self, drafts, accepted, committed) -> torch.Tensor:
-        b, k = drafts.shape[:2]
+        b = drafts.shape[0]
         out = drafts.clone()
         rows = torch.arange(b, device=drafts.device)
-        rejected = accepted < k
+        rejected = accepted < int(committed.min())  # resampled; later rejections lie past what the batch commits
         out[rows[rejected], accepted[rejected]] = self._resampled[rejected]
         return out
 

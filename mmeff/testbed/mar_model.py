@@ -75,10 +75,16 @@ def build_head(spec: ShapesMARSpec, which: Which) -> DiffusionHead:
                          width=spec.size(which, "head_width"), depth=spec.size(which, "head_depth"))
 
 
+#: MAR's respacing of the head's timesteps (diffusers' name for it)
+SHAPES_MAR_SPACING = "linspace"
+
+
 def build_scheduler(spec: ShapesMARSpec) -> DDPMScheduler:
-    """The training noise schedule; sampling respaces the same ``alphas_cumprod`` (``car.sampler``)."""
+    """The training noise schedule; sampling respaces the same ``alphas_cumprod`` (``car.sampler``) with
+    MAR's spacing (guided diffusion's ``space_timesteps``: evenly from the last training step to 0), so a
+    5-step token starts from pure noise at t = 999, not at t = 800 where ``leading`` spacing would start."""
     return DDPMScheduler(num_train_timesteps=spec.train_timesteps, beta_schedule=spec.beta_schedule,
-                         prediction_type="epsilon")
+                         prediction_type="epsilon", timestep_spacing=SHAPES_MAR_SPACING)
 
 
 def check_vae(spec: ShapesMARSpec, vae: AutoencoderKL) -> None:

@@ -23,7 +23,7 @@ def tiny_vae(seed: int = 0):
 
 
 def tiny_continuous_ar(seed: int = 0, hidden: int = 32, layers: int = 2, head_width: int = 32, head_depth: int = 2,
-                       vae=None, train_timesteps: int = 1000) -> ContinuousARModel:
+                       vae=None, train_timesteps: int = 1000, spacing: str = "linspace") -> ContinuousARModel:
     from diffusers import DDPMScheduler
     from transformers import LlamaConfig, LlamaModel
 
@@ -38,7 +38,8 @@ def tiny_continuous_ar(seed: int = 0, hidden: int = 32, layers: int = 2, head_wi
     head = DiffusionHead(token_dim=4, cond_dim=hidden, width=head_width, depth=head_depth)
     with torch.no_grad():  # zero-initialised outputs would make every head the same function
         head.out.weight.normal_(0, 0.2)
-    scheduler = DDPMScheduler(num_train_timesteps=train_timesteps, beta_schedule="squaredcos_cap_v2")
+    scheduler = DDPMScheduler(num_train_timesteps=train_timesteps, beta_schedule="squaredcos_cap_v2",
+                              timestep_spacing=spacing)
     config = ContinuousARConfig(grid=(4, 4), token_dim=4, boi_token_id=tok.convert_tokens_to_ids("<boi>"),
                                 image_size=16)
     return ContinuousARModel(backbone, head.eval(), vae, scheduler, tok, config)

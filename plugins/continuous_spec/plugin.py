@@ -44,6 +44,13 @@ class ContinuousSpecConfig(PluginConfig):
             raise ConfigError(f"max_tries must be an integer >= 1, got {self.max_tries!r}")
 
 
+def same_noise_schedule(a: Any, b: Any) -> bool:
+    """Aligned trajectories need the same respaced timesteps and the same ``alphas_cumprod`` in both heads."""
+    keys = ("timestep_spacing", "steps_offset", "prediction_type")
+    return all(a.config.get(k) == b.config.get(k) for k in keys) and \
+        a.alphas_cumprod.shape == b.alphas_cumprod.shape and torch.equal(a.alphas_cumprod, b.alphas_cumprod)
+
+
 @register_plugin
 class ContinuousSpecPlugin(Plugin):
     name = "continuous_spec"
@@ -70,6 +77,9 @@ class ContinuousSpecPlugin(Plugin):
                               f"target's {target.config.grid} x {target.config.token_dim}")
         if draft.vae_fingerprint() != target.vae_fingerprint():
             raise ConfigError("the draft uses another VAE than the target: its tokens mean something else")
+        if not same_noise_schedule(draft.scheduler, target.scheduler):
+            raise ConfigError("the draft's head scheduler differs from the target's (betas, timestep spacing or "
+                              "prediction type): their denoising trajectories cannot be aligned")
         if draft.config.null_caption != target.config.null_caption:
             raise ConfigError("draft and target must both (or neither) have a null-caption path for guidance")
         self._draft = mmeff.wrap(draft.to(target.device)).adapter

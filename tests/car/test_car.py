@@ -35,6 +35,14 @@ def test_annealed_schedules_start_at_upper_end_at_lower_and_never_rise(schedule)
     assert steps[0] == 50 and steps[-1] == 5 and all(a >= b for a, b in zip(steps, steps[1:]))
 
 
+def test_annealed_schedules_match_the_papers_formulas_in_the_middle():
+    """DiSA's n(s) at s = 32 of T = 64, 50 -> 5: linear 5 + floor(31/63 * 45) = 27, cosine
+    5 + floor((cos(32 pi / 63) + 1) / 2 * 45) = 26."""
+    assert annealed_steps(32, 64, 50, 5, "linear") == 27
+    assert annealed_steps(32, 64, 50, 5, "cosine") == 26
+    assert annealed_steps(21, 64, 50, 5, "linear") == 5 + math.floor(42 / 63 * 45)
+
+
 def test_two_stage_and_constant_schedules():
     assert [annealed_steps(s, 4, 9, 2, "two_stage") for s in range(4)] == [9, 9, 2, 2]
     assert {annealed_steps(s, 4, 9, 2, "constant") for s in range(4)} == {2}
@@ -51,6 +59,34 @@ def test_head_sampling_is_a_function_of_the_noise_and_guidance_shares_it():
     b = sample_head(model.head, model.scheduler, z, 6, 2.0, start, per_step)
     assert torch.equal(a.sample, b.sample) and len(a.means) == len(a.stds) == 6
     assert (torch.stack(a.stds) > 0).all()  # the last step's variance is clipped, never 0
+
+
+def test_guidance_combines_the_conditional_and_unconditional_halves_in_that_order():
+    """One step: the guided mean is x0 under the noise prediction uncond + s * (cond - uncond), the halves
+    taken from separate head runs; swapping them fails."""
+    model = tiny_continuous_ar()
+    with torch.no_grad():  # give the context a say (the tiny head's adaLN starts at zero)
+        for block in model.head.blocks:
+            block.modulation[1].weight.normal_(0, 0.5, generator=torch.Generator().manual_seed(2))
+    z = torch.randn(4, 32, generator=torch.Generator().manual_seed(1))  # 2 cond rows, then 2 uncond rows
+    start, per_step = draw_noise(2, 4, 1, torch.Generator().manual_seed(0), z.device)
+    guided = sample_head(model.head, model.scheduler, z, 1, 3.0, start, per_step)
+    t = torch.full((2,), 0)  # one step: t = 0 (evenly spaced from 999 to 0, one point), straight to clean
+    cond, uncond = model.head(start, t, z[:2]), model.head(start, t, z[2:])
+    a = model.scheduler.alphas_cumprod[0]
+    x0 = (start - (1 - a).sqrt() * (uncond + 3.0 * (cond - uncond))) / a.sqrt()
+    assert torch.allclose(guided.means[0], x0, atol=1e-4)  # last step to clean: the posterior mean is x0
+    swapped = (start - (1 - a).sqrt() * (cond + 3.0 * (uncond - cond))) / a.sqrt()
+    assert not torch.allclose(guided.means[0], swapped, atol=1e-2)
+
+
+def test_head_timesteps_follow_mars_respacing_from_999():
+    from mmeff.car.sampler import respaced
+
+    model = tiny_continuous_ar()
+    assert respaced(model.scheduler, 5) == [(999, 749), (749, 500), (500, 250), (250, 0), (0, -1)]
+    bundled = mmeff.load("assets/models/shapes-mar").adapter.scheduler
+    assert respaced(bundled, 5)[0][0] == 999 and respaced(bundled, 50)[0][0] == 999
 
 
 def test_disa_constant_at_upper_is_plain_decoding_and_annealing_cuts_head_steps():
@@ -195,6 +231,33 @@ def test_resampled_tokens_do_not_depend_on_how_proposals_are_batched(guidance):
     assert (first - second).abs().max() > 10 * se.max()  # the contexts are told apart, so a mix-up would show
 
 
+def test_only_rows_whose_resampled_token_is_committed_are_resampled():
+    """The batch commits its rows' minimum: a row rejecting at position 1 commits 2 tokens, so the row that
+    rejected at 3 is cut before its resampled token and must not spend head runs on it."""
+    target = mmeff.wrap(tiny_continuous_ar(0)).adapter
+    draft = mmeff.wrap(tiny_continuous_ar(1, hidden=16, layers=1, head_width=16)).adapter
+    decoder = SpeculativeDecoder(draft)
+    decoder._draft_hidden = torch.randn(2, 4, 16)
+    z_t = torch.randn(2, 4, 32)
+    stats = ContinuousStats()
+    out = decoder._resample(target, z_t, torch.tensor([1, 3]), 2, HeadSettings(None, steps_at=lambda s: 4), 0,
+                            torch.Generator().manual_seed(0), stats)
+    assert stats.resampled == 1 and out[0].abs().sum() > 0 and torch.equal(out[1], torch.zeros(4))
+
+
+def test_acceptance_uniforms_follow_the_generators_state_not_only_its_seed():
+    from mmeff.car.speculative import acceptance_generator
+
+    def uniforms(g):
+        return torch.rand(5, generator=acceptance_generator(g, torch.device("cpu")))
+
+    a, b = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    assert torch.equal(uniforms(a), uniforms(b))  # same seed, same state: repeatable
+    torch.randn(3, generator=a)  # a generator reused for a second call has moved on ...
+    assert not torch.equal(uniforms(a), uniforms(b))  # ... so that call gets fresh acceptance uniforms
+    assert torch.equal(torch.randn(3, generator=b), torch.randn(3, generator=torch.Generator().manual_seed(5)))
+
+
 def test_resampling_that_gives_up_keeps_a_sample_of_p_never_zero():
     def propose():
         return torch.ones(3, 2), torch.zeros(3)  # q = p: the residual is empty, nothing is ever kept
@@ -232,6 +295,13 @@ def test_bad_configs_and_drafts_are_refused(pair, tmp_path):
     other = tiny_continuous_ar(seed=3, vae=tiny_vae(seed=7))
     with pytest.raises(ConfigError, match="another VAE"):
         mmeff.load(target).add_plugin("continuous_spec", draft=other)
+    spaced = tiny_continuous_ar(seed=3, vae=mmeff.load(target).model.vae, spacing="leading")
+    with pytest.raises(ConfigError, match="scheduler differs"):
+        mmeff.load(target).add_plugin("continuous_spec", draft=spaced)
+    v_pred = tiny_continuous_ar()
+    v_pred.scheduler.register_to_config(prediction_type="v_prediction")
+    with pytest.raises(UnsupportedModelError, match="epsilon"):
+        mmeff.wrap(v_pred).generate_images(PROMPTS)
     assert not pipe.plugins
     with pytest.raises(UnsupportedModelError):
         pipe.add_plugin("sjd")
