@@ -15,9 +15,9 @@ B prompts, c = ``token_dim`` and d the backbone width:
 - ``decode_tokens(tokens (B, N, c)) -> images (B, 3, H, W)`` in [0, 1], and ``num_image_tokens``, ``grid``.
 
 A model that fits (raster order, causal attention, a noise-predicting head) is wrapped by
-one subclass providing these. MAR itself generates masked tokens in random order with
-bidirectional attention and learns its head's variance: its decode order and sampler
-would need their own loop, not only an adapter.
+one subclass providing these. MAR, and Harmon built on it, generate masked tokens in random
+order with bidirectional attention and learn the head's variance: their decode order and
+sampler would need their own loop, not only an adapter.
 """
 
 from __future__ import annotations
