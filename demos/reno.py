@@ -3,6 +3,8 @@
     python demos/reno.py                                   # bundled shapes-sd + shapes_clip reward
     python demos/reno.py --model stabilityai/sd-turbo      # a real checkpoint, ReNO's four rewards
     python demos/reno.py --prompt "a red star and a blue circle" --iterations 30
+    python demos/reno.py --model stabilityai/sd-turbo --device cuda --dtype fp16 --reward hpsv2 \
+        --reward clip:0.01 --gradient-checkpointing                         # one GPU, two rewards
 
 Writes a grid (plain | ReNO per prompt, with the oracle's verdict on the bundled model) and
 the reward curve to --out (default demo_results/reno.png).
@@ -17,32 +19,46 @@ import numpy as np
 import torch
 
 import mmeff
+from mmeff.rewards import parse_rewards
 from mmeff.testbed.assets import SHAPES_SD, SHAPES_SD_CALL, SHAPES_SD_RENO
 
 DEFAULT_PROMPTS = ["a circle left of a star", "three squares", "a yellow star and a purple hexagon",
                    "a triangle above a cross"]
 
 
-def main() -> None:
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="diffusers model id or folder (default: bundled shapes-sd)")
     parser.add_argument("--prompt", action="append", help="repeatable (default: four testbed prompts)")
     parser.add_argument("--iterations", type=int, default=50)
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--reward", action="append", metavar="NAME[:WEIGHT]",
+                        help="repeatable (default: shapes_clip on the bundled model, ReNO's four rewards otherwise)")
+    parser.add_argument("--device", default="cpu", help="where the pipeline and the rewards run (cuda, mps, ...)")
+    parser.add_argument("--dtype", default="fp32", choices=sorted(DTYPES), help="the pipeline's weights")
+    parser.add_argument("--precision", default="pipeline", help="ReNO's differentiable path: pipeline, bf16, fp16")
+    parser.add_argument("--gradient-checkpointing", action="store_true", help="less memory, more time")
     parser.add_argument("--out", default="demo_results/reno.png")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     bundled = args.model is None
-    pipe = mmeff.load(str(SHAPES_SD) if bundled else args.model)
+    pipe = mmeff.load(str(SHAPES_SD) if bundled else args.model, torch_dtype=DTYPES[args.dtype])
+    pipe.model.to(args.device)
     prompts = args.prompt or DEFAULT_PROMPTS
     call = dict(SHAPES_SD_CALL) if bundled else {"num_inference_steps": 1, "guidance_scale": 0.0}
     if args.steps:
         call["num_inference_steps"] = args.steps
     options = {"rewards": {"shapes_clip": 1.0}, **SHAPES_SD_RENO} if bundled else {}
+    if args.reward:
+        options["rewards"] = parse_rewards(args.reward)
+    options.update(precision=args.precision, gradient_checkpointing=args.gradient_checkpointing)
 
     def run() -> list[np.ndarray]:
-        gens = [torch.Generator().manual_seed(args.seed + i) for i in range(len(prompts))]
+        gens = [torch.Generator(args.device).manual_seed(args.seed + i) for i in range(len(prompts))]
         return list(pipe(prompts, generator=gens, output_type="np", **call).images)
 
     plain = run()
@@ -54,7 +70,9 @@ def main() -> None:
     for i, p in enumerate(prompts):
         print(f"{p!r}: reward {stats['initial_reward'][i]:.3f} -> {stats['best_reward'][i]:.3f} "
               f"(best iteration {stats['best_iteration'][i]})")
-    print(f"{stats['seconds']:.1f} s for {stats['iterations']} iterations; wrote {args.out}")
+    memory = f"peak {stats['peak_memory_kind']} {stats['peak_memory_mb']:.0f} MB"
+    print(f"{stats['seconds']:.1f} s for {stats['iterations']} iterations, {memory}; wrote {args.out}")
+    return stats
 
 
 def _oracle(prompts: list[str], plain: list[np.ndarray], optimised: list[np.ndarray]) -> list[tuple[bool, bool]]:

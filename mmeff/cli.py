@@ -121,14 +121,14 @@ def _bench_reno(args: argparse.Namespace) -> None:
     from .bench.reno import run_bench
     from .bench.reno_report import write_report
     from .plugins.reno import RenoConfig, RewardSet
-    from .rewards import load_reward
+    from .rewards import load_reward, parse_rewards
     from .testbed.assets import SHAPES_SD, SHAPES_SD_CALL, SHAPES_SD_RENO
     from .testbed.t2i_prompts import eval_prompts
 
     model = args.model or str(SHAPES_SD)
     pipe = mmeff.load(model)
     pipe.model.to(args.device)
-    weights = _parse_rewards(args.reward or ["shapes_clip"])
+    weights = parse_rewards(args.reward or ["shapes_clip"])
     paths = dict(p.split("=", 1) for p in args.reward_path)
     rewards = RewardSet({n: load_reward(n, paths.get(n)) for n in weights}, weights)
     prompts = eval_prompts(args.per_category)
@@ -194,15 +194,6 @@ def _bench_ar(args: argparse.Namespace) -> None:
         out = Path(args.out) / ("ar_continuous" if continuous else "ar")
         write_report(out, results, meta)
         Console().print(f"wrote {out}/ar.md (+ ar.json and plots)")
-
-
-def _parse_rewards(specs: list[str]) -> dict[str, float]:
-    """``["shapes_clip", "clip:0.5"]`` -> ``{"shapes_clip": 1.0, "clip": 0.5}``."""
-    out = {}
-    for spec in specs:
-        name, _, weight = spec.partition(":")
-        out[name] = float(weight) if weight else 1.0
-    return out
 
 
 def _earlier_tokens_results(out: Path, quality, speed):

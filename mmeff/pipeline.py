@@ -399,11 +399,13 @@ def load(
             return wrap(container.from_pretrained(name_or_path, **kwargs))
     if _is_diffusers_repo(name_or_path):
         import diffusers
+        from packaging.version import Version  # a transformers dependency
 
         if attn_implementation is not None:
             raise ConfigError("attn_implementation applies to transformers models, not diffusers pipelines")
-        if torch_dtype is not None:
-            kwargs["torch_dtype"] = torch_dtype
+        if torch_dtype is not None:  # diffusers renamed it to dtype (0.42 warns on torch_dtype); older ones lack dtype
+            renamed = Version(diffusers.__version__).release >= (0, 42)
+            kwargs["dtype" if renamed else "torch_dtype"] = torch_dtype
         return wrap(diffusers.DiffusionPipeline.from_pretrained(str(name_or_path), **kwargs))
     import transformers
 

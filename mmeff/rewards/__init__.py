@@ -6,6 +6,6 @@ same architecture offline; ``load_reward(name, path)`` loads released weights.
 """
 
 from .base import Reward
-from .registry import get_reward, list_rewards, load_reward, register_reward
+from .registry import get_reward, list_rewards, load_reward, parse_rewards, register_reward
 
-__all__ = ["Reward", "get_reward", "list_rewards", "load_reward", "register_reward"]
+__all__ = ["Reward", "get_reward", "list_rewards", "load_reward", "parse_rewards", "register_reward"]

@@ -52,3 +52,15 @@ def get_reward(name: str) -> type[Reward]:
 def load_reward(name: str, path: str | None = None, **kwargs: Any) -> Reward:
     """``get_reward(name).load(path, **kwargs)``: the released weights (or those at ``path``)."""
     return get_reward(name).load(path, **kwargs)
+
+
+def parse_rewards(specs: list[str]) -> dict[str, float]:
+    """Command-line reward lists: ``["shapes_clip", "clip:0.5"]`` -> ``{"shapes_clip": 1.0, "clip": 0.5}``."""
+    out = {}
+    for spec in specs:
+        name, _, weight = spec.partition(":")
+        try:
+            out[name] = float(weight) if weight else 1.0
+        except ValueError:
+            raise ValueError(f"reward {spec!r}: the weight after ':' must be a number (name[:weight])") from None
+    return out
