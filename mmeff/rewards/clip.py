@@ -123,6 +123,7 @@ class HPSv2Reward(OpenClipReward):
     default_weight = 5.0
     scaled = False
     REPO, FILE = "xswu/HPSv2", "HPS_v2.1_compressed.pt"
+    ARCH = ViT_H  # the open_clip architecture the checkpoint fits (a class attribute, so tests can shrink it)
 
     @classmethod
     def load(cls, path: str | None = None, *, device=None, dtype=None) -> HPSv2Reward:
@@ -134,9 +135,9 @@ class HPSv2Reward(OpenClipReward):
         with loading(cls.name, str(file)):
             state = torch.load(file, map_location="cpu", weights_only=True)
             state = state.get("state_dict", state)
-            model = open_clip.create_model(ViT_H, pretrained=None)
+            model = open_clip.create_model(cls.ARCH, pretrained=None)
             model.load_state_dict(state)
-            tokenize = open_clip.get_tokenizer(ViT_H)
+            tokenize = open_clip.get_tokenizer(cls.ARCH)
         return cls(model, tokenize)._placed(device, dtype)
 
 

@@ -60,7 +60,8 @@ class PickScoreReward(Reward):
         with loading(cls.name, processor):
             tokenizer = AutoTokenizer.from_pretrained(processor)
             pixels = CLIPImageProcessor.from_pretrained(processor)
-        return cls(model, tokenizer, cls.MAX_LENGTH, pixels.image_mean, pixels.image_std)._placed(device, dtype)
+        max_length = min(cls.MAX_LENGTH, model.config.text_config.max_position_embeddings)  # 77 on PickScore
+        return cls(model, tokenizer, max_length, pixels.image_mean, pixels.image_std)._placed(device, dtype)
 
     @classmethod
     def tiny(cls, seed: int = 0) -> PickScoreReward:

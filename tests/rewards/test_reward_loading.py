@@ -76,3 +76,44 @@ def test_aesthetic_head_loads_before_clip(tmp_path, prefix):
     # the head loads; then the CLIP tower is the missing piece, and the error names it
     with pytest.raises(ConfigError, match="mmeff-missing/clip"):
         get_reward("aesthetic").load(str(tmp_path / "head.pth"), clip="mmeff-missing/clip")
+
+
+def test_hpsv2_loads_a_release_layout_checkpoint_by_folder_or_file(tmp_path, monkeypatch):
+    """The release is ``{"state_dict": ...}`` for open_clip's ViT-H-14; here the same file layout on a tiny
+    architecture registered with open_clip, loaded strictly, gives the model it was saved from."""
+    import open_clip
+
+    from mmeff.rewards.clip import HPSv2Reward, tiny_open_clip_cfg
+
+    (tmp_path / "mmeff-tiny-hps.json").write_text(json.dumps(tiny_open_clip_cfg()))
+    open_clip.add_model_config(tmp_path / "mmeff-tiny-hps.json")
+    monkeypatch.setattr(HPSv2Reward, "ARCH", "mmeff-tiny-hps")
+    torch.manual_seed(0)
+    saved = open_clip.create_model("mmeff-tiny-hps", pretrained=None)
+    torch.save({"state_dict": saved.state_dict(), "epoch": 1}, tmp_path / HPSv2Reward.FILE)
+    expected = HPSv2Reward(saved, open_clip.get_tokenizer("mmeff-tiny-hps"))
+    images, prompts = torch.rand(2, 3, 40, 40), ["a red cube", "two blue circles"]
+    for source in (tmp_path, tmp_path / HPSv2Reward.FILE):
+        reward = load_reward("hpsv2", str(source))
+        torch.testing.assert_close(reward(images, prompts), expected(images, prompts))
+    torch.save({"state_dict": {k: v for k, v in saved.state_dict().items() if k != "logit_scale"}},
+               tmp_path / "partial.pt")
+    with pytest.raises(ConfigError, match="logit_scale"):  # a mismatched checkpoint is named, not half-loaded
+        load_reward("hpsv2", str(tmp_path / "partial.pt"))
+
+
+def test_pickscore_loads_model_and_processor_folders_with_their_constants(tmp_path):
+    from transformers import CLIPImageProcessor
+
+    tiny = get_reward("pickscore").tiny(seed=4)
+    tiny.model.save_pretrained(tmp_path / "model")
+    tiny.tokenizer.save_pretrained(tmp_path / "processor")
+    CLIPImageProcessor(image_mean=[0.5, 0.4, 0.3], image_std=[0.2, 0.25, 0.3], size={"shortest_edge": 32},
+                       crop_size={"height": 32, "width": 32}).save_pretrained(tmp_path / "processor")
+    reward = load_reward("pickscore", str(tmp_path / "model"), processor=str(tmp_path / "processor"))
+    assert (tuple(reward.mean), tuple(reward.std)) == ((0.5, 0.4, 0.3), (0.2, 0.25, 0.3))
+    assert all(torch.equal(a, b) for a, b in zip(reward.model.state_dict().values(),
+                                                 tiny.model.state_dict().values()))
+    x = torch.rand(1, 3, 48, 48, requires_grad=True)
+    reward(x, ["a red cube"]).sum().backward()
+    assert x.grad.abs().sum() > 0
