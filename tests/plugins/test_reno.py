@@ -326,14 +326,15 @@ def test_gradient_checkpointing_gives_the_same_optimisation_and_is_undone():
     assert not pipe.obj.unet.is_gradient_checkpointing and not pipe.obj.vae.is_gradient_checkpointing
 
 
-def test_bf16_autocast_path_still_raises_the_reward():
+@pytest.mark.parametrize(("precision", "dtype"), [("bf16", torch.bfloat16), ("fp16", torch.float16)])
+def test_autocast_path_still_raises_the_reward(precision, dtype):
     pipe = mmeff.wrap(tiny_sd())
     dtypes = []
     handle = pipe.obj.unet.conv_in.register_forward_hook(lambda m, a, o: dtypes.append(o.dtype))
-    pipe.add_plugin("reno", **reno(iterations=6, lr=20.0, precision="bf16"))
+    pipe.add_plugin("reno", **reno(iterations=6, lr=20.0, precision=precision))
     images = _call(pipe)
     handle.remove()
-    assert dtypes[0] == torch.bfloat16 and dtypes[-1] == torch.float32  # autocast in the search only
+    assert dtypes[0] == dtype and dtypes[-1] == torch.float32  # autocast in the search only
     stats = pipe.last_stats["reno"]
     assert stats["reward"][-1] > stats["reward"][0] and np.isfinite(images).all()
 
