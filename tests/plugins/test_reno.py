@@ -283,7 +283,7 @@ def test_cfg_and_more_steps_run_through_the_path():
 # -- errors ---------------------------------------------------------------------------------------
 def test_unknown_reward_and_bad_options_raise_naming_what_is_allowed():
     pipe = mmeff.wrap(tiny_sd())
-    with pytest.raises(ConfigError, match="no_such_reward"):
+    with pytest.raises(ConfigError, match=r"no_such_reward.*available: \[.*hpsv2.*shapes_clip"):
         pipe.add_plugin("reno", rewards={"no_such_reward": 1.0})
     with pytest.raises(ConfigError, match="search must be one of"):
         pipe.add_plugin("reno", **reno(search="grid"))
