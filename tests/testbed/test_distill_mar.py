@@ -12,7 +12,14 @@ import pytest
 import torch
 
 from mmeff.car.model import ContinuousARModel
-from mmeff.testbed.distill_mar import DistillRecipe, DraftDistiller, distill_draft, distill_loss, truncated_copy
+from mmeff.testbed.distill_mar import (
+    DistillRecipe,
+    DraftDistiller,
+    distill_draft,
+    distill_loss,
+    target_pool,
+    truncated_copy,
+)
 from mmeff.testbed.mar_model import ShapesMARSpec
 from mmeff.testbed.train_mar import MARRecipe, draft_folder, train_mar
 from mmeff.testing.car import tiny_vae
@@ -78,7 +85,8 @@ def test_distillation_trains_the_draft_only_resumes_and_exports(models):
 def test_distillation_lowers_the_gap_on_a_fixed_batch(models):
     tmp, target_dir, draft_dir = models
     distiller = DraftDistiller(tmp / "lower", recipe_for(target_dir, draft_dir, steps=40, lr=3e-3))
-    texts, tokens = batch(distiller.target)
+    distiller.pool = target_pool(distiller.target, distiller.adapter, distiller.recipe)
+    texts, tokens = distiller.batch(0)  # a batch of what it trains on: target samples and encoded scenes
 
     def gap() -> float:
         with torch.no_grad():
