@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 import mmeff
+from mmeff.plugins.reno.config import PRECISIONS
 from mmeff.rewards import parse_rewards
 from mmeff.testbed.assets import SHAPES_SD, SHAPES_SD_CALL, SHAPES_SD_RENO
 
@@ -40,11 +41,15 @@ def main(argv: list[str] | None = None) -> dict:
                         help="repeatable (default: shapes_clip on the bundled model, ReNO's four rewards otherwise)")
     parser.add_argument("--device", default="cpu", help="where the pipeline and the rewards run (cuda, mps, ...)")
     parser.add_argument("--dtype", default="fp32", choices=sorted(DTYPES), help="the pipeline's weights")
-    parser.add_argument("--precision", default="pipeline", help="ReNO's differentiable path: pipeline, bf16, fp16")
+    parser.add_argument("--precision", default="pipeline", choices=PRECISIONS,
+                        help="ReNO's differentiable path under autocast (default: the pipeline's dtype)")
     parser.add_argument("--gradient-checkpointing", action="store_true", help="less memory, more time")
     parser.add_argument("--out", default="demo_results/reno.png")
     args = parser.parse_args(argv)
 
+    if args.dtype == "fp16" and args.device == "cpu":
+        parser.error("--dtype fp16 is for GPUs (slow on the CPU, and the search's gradients get no loss scaling); "
+                     "use fp32 or bf16 here")
     bundled = args.model is None
     pipe = mmeff.load(str(SHAPES_SD) if bundled else args.model, torch_dtype=DTYPES[args.dtype])
     pipe.model.to(args.device)

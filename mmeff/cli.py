@@ -318,8 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--caption-scenes", type=int, default=40, help="halluc: caption scenes for CHAIR")
     p.add_argument("--seeds", type=int, default=3,
                    help="halluc: seeds for the sampled rows; reno, ar: seeds per prompt")
-    p.add_argument("--seed", type=int, default=0, help="ar: the first of the --seeds seeds (runs at other first "
-                                                       "seeds draw other images, to pool)")
+    p.add_argument("--seed", type=int, default=0, help="tokens: the scenes' seed; ar: the first of the "
+                                                       "--seeds seeds (other first seeds draw other images, to pool)")
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--decode-tokens", type=int, default=16, help="tokens decoded per timed run")
     p.add_argument("--layers", type=int, default=32)

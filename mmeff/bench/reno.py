@@ -124,6 +124,7 @@ def run_bench(pipe: Any, rewards: Any, prompts: list[T2IPrompt], seeds: int, *, 
             trace = run_search(adapter, rewards, all_prompts, all_seeds, search, iterations, call,
                                reno_options or {}, batch_size)
         results["peak_memory_mb"][method] = memory.mb
+        results.setdefault("peak_memory_added_mb", {})[method] = memory.added_mb
         results["peak_memory_kind"] = memory.kind
         # iteration 0 is the plain image; a mismatch would mean the differentiable path is off
         results.setdefault("iteration0_mismatches", {})[method] = sum(a != b for a, b in zip(trace.hit[0], plain_hits))

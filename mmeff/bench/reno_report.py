@@ -115,8 +115,10 @@ def write_report(out_dir: Path, results: dict[str, Any], meta: dict[str, Any]) -
     if results.get("peak_memory_mb"):
         kind = results.get("peak_memory_kind", "cuda allocated")
         where = "GPU memory (allocated)" if kind == "cuda allocated" else "process memory (resident, models included)"
-        md.insert(4, f"Peak {where} per search: "
-                  + ", ".join(f"{m} {v:.0f} MB" for m, v in results["peak_memory_mb"].items()) + ".")
+        added = results.get("peak_memory_added_mb", {})
+        md.insert(4, f"Peak {where} per search: " + ", ".join(
+            f"{m} {v:.0f} MB" + (f" (+{added[m]:.0f} MB over its start)" if m in added else "")
+            for m, v in results["peak_memory_mb"].items()) + ".")
     (out_dir / "reno.md").write_text("\n".join(md) + "\n")
     _plot_curves(out_dir / "reno_curves.png", results)
     _plot_categories(out_dir / "reno_categories.png", results)

@@ -89,10 +89,9 @@ class SpeculativeDecoder:
             drafts, noises, draft_trajs = self._draft(draft_session, tokens, i, draft_fed, k, settings, generator,
                                                       stats)
             z_t = self._target_hidden(session, tokens, drafts, i, k)  # (rows, k, d)
-            accepted, committed = self._verify(target, z_t, drafts, noises, draft_trajs, settings, i, accept_gen,
-                                               generator, stats)
-            c_round = int(committed.min())
-            tokens[:, i : i + c_round] = self._row_tokens(drafts, accepted, committed)[:, :c_round]
+            accepted, c_round = self._verify(target, z_t, drafts, noises, draft_trajs, settings, i, accept_gen,
+                                             generator, stats)
+            tokens[:, i : i + c_round] = self._row_tokens(drafts, accepted, c_round)[:, :c_round]
             session.rollback(k - c_round)
             draft_session.rollback(k - c_round)
             draft_fed = i + c_round - 1
@@ -131,7 +130,8 @@ class SpeculativeDecoder:
         return torch.cat([session.first_logits[:, None], out], 1) if i == 0 else out
 
     def _verify(self, target, z_t, drafts, noises, draft_trajs, settings, i, accept_gen, generator, stats):
-        """Leading accepted drafts per row, tokens committed per row, and the resampled tokens."""
+        """Leading accepted drafts per row and the tokens the batch commits (its rows' minimum: a row that
+        rejects commits its accepted drafts and one resampled token); the resampled tokens go to ``_resampled``."""
         b, k = drafts.shape[:2]
         trajs = self._target_trajectories(target, z_t, noises, settings, i)
         ok = torch.zeros(b, k, dtype=torch.bool, device=drafts.device)
@@ -141,9 +141,9 @@ class SpeculativeDecoder:
             ok[:, j] = u.log() < log_ratio(drafts[:, j], trajs[j], draft_trajs[j], self.tau).clamp(max=0)
         accepted = ok.long().cumprod(-1).sum(-1)
         stats.accepted += int(accepted.sum())
-        committed = torch.where(accepted < k, accepted + 1, accepted)
-        self._resampled = self._resample(target, z_t, accepted, int(committed.min()), settings, i, generator, stats)
-        return accepted, committed
+        c_round = int(torch.where(accepted < k, accepted + 1, accepted).min())
+        self._resampled = self._resample(target, z_t, accepted, c_round, settings, i, generator, stats)
+        return accepted, c_round
 
     @staticmethod
     def _target_trajectories(target, z_t, noises, settings, i) -> list[HeadTrajectory]:
@@ -223,11 +223,11 @@ class SpeculativeDecoder:
         stats.resample_failures += int((~done).sum())
         return out
 
-    def _row_tokens(self, drafts, accepted, committed) -> torch.Tensor:
+    def _row_tokens(self, drafts, accepted, c_round: int) -> torch.Tensor:
         b = drafts.shape[0]
         out = drafts.clone()
         rows = torch.arange(b, device=drafts.device)
-        rejected = accepted < int(committed.min())  # resampled; later rejections lie past what the batch commits
+        rejected = accepted < c_round  # resampled; later rejections lie past what the batch commits
         out[rows[rejected], accepted[rejected]] = self._resampled[rejected]
         return out
 

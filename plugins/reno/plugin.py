@@ -89,6 +89,7 @@ class RenoPlugin(Plugin):
         best = [totals[it][i] for i, it in enumerate(r.best_iteration)] if totals else []
         return {
             "search": self.config.search,
+            "weights": {n: w for n, w in self.config.weights.items() if w},  # the rewards in the objective
             "iterations": r.iterations,
             "reward": [sum(t) / len(t) for t in totals],  # mean total reward per iteration
             "rewards": per_reward,  # mean of each reward per iteration

@@ -270,7 +270,7 @@ def test_stats_report_rewards_time_memory_and_best_iteration():
     assert stats["seconds"] > 0 and len(stats["best_iteration"]) == 2
     assert pipe.last_stats["wall_time_s"] >= stats["seconds"]
     assert stats["peak_memory_kind"] == "process RSS"  # on the CPU: the process's resident memory
-    assert stats["peak_memory_mb"] >= stats["peak_memory_added_mb"] >= 0 and stats["peak_memory_mb"] > 50
+    assert stats["peak_memory_mb"] > 50  # the process, models included (the rise: tests/core/test_memory.py)
 
 
 def test_cfg_and_more_steps_run_through_the_path():

@@ -24,8 +24,14 @@ def test_demo_writes_the_grid_with_the_chosen_reward_and_options(tmp_path):
     stats = _demo().main(["--prompt", "three squares", "--iterations", "3", "--reward", "shapes_clip:2",
                           "--gradient-checkpointing", "--out", str(out)])
     assert out.stat().st_size > 10_000
-    assert stats["iterations"] == 3 and set(stats["rewards"]) == {"shapes_clip"}
+    assert stats["iterations"] == 3 and stats["weights"] == {"shapes_clip": 2.0}
     assert stats["peak_memory_mb"] > 0 and len(stats["best_iteration"]) == 1
+
+
+def test_fp16_on_the_cpu_is_refused_before_loading(capsys):
+    with pytest.raises(SystemExit):
+        _demo().main(["--dtype", "fp16"])
+    assert "fp16 is for GPUs" in capsys.readouterr().err
 
 
 def test_reward_lists_parse_and_bad_weights_are_named():
