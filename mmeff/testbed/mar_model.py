@@ -75,14 +75,16 @@ def build_head(spec: ShapesMARSpec, which: Which) -> DiffusionHead:
                          width=spec.size(which, "head_width"), depth=spec.size(which, "head_depth"))
 
 
-#: MAR's respacing of the head's timesteps (diffusers' name for it)
-SHAPES_MAR_SPACING = "linspace"
+#: How the head's timesteps are respaced. MAR's own spacing (guided diffusion's ``space_timesteps``,
+#: diffusers' "linspace") starts at t = 999, but this cosine schedule's alpha_bar there is 2.4e-9: the first
+#: step's x0 estimate amplifies the noise prediction's error 20,000-fold, the draft's and target's
+#: trajectories part at once, and continuous_spec accepted no draft at all (measured 2026-12-03). "leading"
+#: starts at t = 980 at 50 steps (alpha_bar 9e-4) and at t = 800 at 5.
+SHAPES_MAR_SPACING = "leading"
 
 
 def build_scheduler(spec: ShapesMARSpec) -> DDPMScheduler:
-    """The training noise schedule; sampling respaces the same ``alphas_cumprod`` (``car.sampler``) with
-    MAR's spacing (guided diffusion's ``space_timesteps``: evenly from the last training step to 0), so a
-    5-step token starts from pure noise at t = 999, not at t = 800 where ``leading`` spacing would start."""
+    """The training noise schedule; sampling respaces the same ``alphas_cumprod`` (``car.sampler``)."""
     return DDPMScheduler(num_train_timesteps=spec.train_timesteps, beta_schedule=spec.beta_schedule,
                          prediction_type="epsilon", timestep_spacing=SHAPES_MAR_SPACING)
 

@@ -23,7 +23,7 @@ def tiny_vae(seed: int = 0):
 
 
 def tiny_continuous_ar(seed: int = 0, hidden: int = 32, layers: int = 2, head_width: int = 32, head_depth: int = 2,
-                       vae=None, train_timesteps: int = 1000, spacing: str = "linspace") -> ContinuousARModel:
+                       vae=None, train_timesteps: int = 1000, spacing: str = "leading") -> ContinuousARModel:
     from diffusers import DDPMScheduler
     from transformers import LlamaConfig, LlamaModel
 

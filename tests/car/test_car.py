@@ -80,18 +80,21 @@ def test_guidance_combines_the_conditional_and_unconditional_halves_in_that_orde
     assert right < 1e-5 and wrong > 1e3 * max(float(right), 1e-7)  # last step to clean: the mean is x0
 
 
-def test_head_timesteps_follow_mars_respacing_from_999():
-    from mmeff.car.sampler import respaced
-
-    model = tiny_continuous_ar()
-    assert respaced(model.scheduler, 5) == [(999, 749), (749, 500), (500, 250), (250, 0), (0, -1)]
+def test_head_timesteps_follow_the_schedulers_spacing():
+    """The sampler walks the scheduler's own respacing: MAR's ("linspace") from 999, the bundled pair's
+    "leading" from 980 at 50 steps (see ``SHAPES_MAR_SPACING`` for why not 999)."""
     from diffusers import DDPMScheduler
 
+    from mmeff.car.sampler import respaced
     from mmeff.testbed.assets import SHAPES_MAR, SHAPES_MAR_SMALL
+    from mmeff.testbed.mar_model import SHAPES_MAR_SPACING
 
+    mar_like = tiny_continuous_ar(spacing="linspace")
+    assert respaced(mar_like.scheduler, 5) == [(999, 749), (749, 500), (500, 250), (250, 0), (0, -1)]
     for folder in (SHAPES_MAR, SHAPES_MAR_SMALL):
         bundled = DDPMScheduler.from_pretrained(folder / "scheduler")
-        assert respaced(bundled, 5)[0][0] == 999 and respaced(bundled, 50)[0][0] == 999
+        assert bundled.config.timestep_spacing == SHAPES_MAR_SPACING
+        assert respaced(bundled, 50)[0][0] == 980 and respaced(bundled, 5)[0] == (800, 600)
 
 
 def test_disa_constant_at_upper_is_plain_decoding_and_annealing_cuts_head_steps():
@@ -300,7 +303,7 @@ def test_bad_configs_and_drafts_are_refused(pair, tmp_path):
     other = tiny_continuous_ar(seed=3, vae=tiny_vae(seed=7))
     with pytest.raises(ConfigError, match="another VAE"):
         mmeff.load(target).add_plugin("continuous_spec", draft=other)
-    spaced = tiny_continuous_ar(seed=3, vae=mmeff.load(target).model.vae, spacing="leading")
+    spaced = tiny_continuous_ar(seed=3, vae=mmeff.load(target).model.vae, spacing="linspace")
     with pytest.raises(ConfigError, match="scheduler differs"):
         mmeff.load(target).add_plugin("continuous_spec", draft=spaced)
     v_pred = tiny_continuous_ar()
