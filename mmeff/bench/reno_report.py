@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from ..memory import CUDA
 from ..plugins.reno import RenoConfig
 from ..testbed.t2i_prompts import CATEGORIES
 from .report import markdown_table, print_table, write_json
@@ -113,8 +114,8 @@ def write_report(out_dir: Path, results: dict[str, Any], meta: dict[str, Any]) -
         "![curves](reno_curves.png)", "", "![categories](reno_categories.png)", "",
     ]
     if results.get("peak_memory_mb"):
-        kind = results.get("peak_memory_kind", "cuda allocated")
-        where = "GPU memory (allocated)" if kind == "cuda allocated" else "process memory (resident, models included)"
+        kind = results.get("peak_memory_kind", CUDA)  # older results measured CUDA only
+        where = "GPU memory (allocated)" if kind == CUDA else "process memory (resident, models included)"
         added = results.get("peak_memory_added_mb", {})
         md.insert(4, f"Peak {where} per search: " + ", ".join(
             f"{m} {v:.0f} MB" + (f" (+{added[m]:.0f} MB over its start)" if m in added else "")
