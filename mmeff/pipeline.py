@@ -173,32 +173,41 @@ class MMPipeline:
     @torch.no_grad()
     def generate(
         self,
-        images: Any,
-        prompts: str | Sequence[str],
+        images: Any = None,
+        prompts: str | Sequence[str] | None = None,
         *,
+        videos: Sequence[Any] | None = None,
         max_new_tokens: int = 32,
         return_ids: bool = False,
         **generate_kwargs: Any,
     ) -> str | list[str] | GenerationOutput:
-        """Answer ``prompts`` about ``images`` (one image per prompt), batched with left padding.
+        """Answer ``prompts`` about ``images`` and/or ``videos``, batched with left padding.
 
-        A single prompt string returns a single string. ``return_ids=True`` returns a
-        :class:`GenerationOutput` with the token ids too. Extra keywords go to
-        ``model.generate`` (``do_sample``, ``use_cache``, ``logits_processor``, ...).
+        ``images`` holds one entry per prompt: an image, a list of images, or None (a single
+        prompt string takes a single image). ``videos`` holds one list of frames (or None) per
+        prompt, for models that take video. A single prompt string returns a single string.
+        ``return_ids=True`` returns a :class:`GenerationOutput` with the token ids too. Extra
+        keywords go to ``model.generate`` (``do_sample``, ``use_cache``, ``logits_processor``, ...).
         """
         if self.adapter.family != "vlm":
             raise UnsupportedModelError(
                 "generate() is for vision-language models; call a text-to-image pipeline directly: pipe(prompt, ...)"
             )
+        if prompts is None:
+            raise InputError("generate() needs prompts: one question per image (or video)")
         single = isinstance(prompts, str)
         prompt_list = [prompts] if single else list(prompts)
-        if isinstance(images, (list, tuple)):
-            image_list = list(images)
-        else:
+        if images is None:
+            image_list = [None] * len(prompt_list)
+        elif single or not isinstance(images, (list, tuple)):
             image_list = [images]
+        else:
+            image_list = list(images)
+        if single and videos is not None and not isinstance(videos[0], (list, tuple)):
+            videos = [videos]  # one prompt, one clip given as its frames
         if max_new_tokens < 1:
             raise InputError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        inputs = self.to_model(self.adapter.build_inputs(image_list, prompt_list))
+        inputs = self.to_model(self.adapter.build_inputs(image_list, prompt_list, videos=videos))
         self.adapter.check_token_counts(inputs["input_ids"], inputs)
 
         self.reset_state()

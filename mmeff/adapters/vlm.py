@@ -21,6 +21,12 @@ from .base import Adapter
 
 SUPPORTED_ATTENTION = ("sdpa", "eager")
 
+#: Decoder attention classes whose attention rows :func:`mmeff.token_drop.scoring.query_attention`
+#: reproduces: each is checked against the unmodified model's eager ``output_attentions`` in
+#: tests/core/test_attention_rows.py. Others are refused by attention-ranked methods.
+SCORED_ATTENTION = ("LlamaAttention", "MistralAttention", "Qwen2Attention", "Qwen2VLAttention",
+                    "Qwen2_5_VLAttention")
+
 
 @dataclass(frozen=True)
 class QKParts:
@@ -33,11 +39,16 @@ class QKParts:
     num_kv_heads: int
     head_dim: int
     apply_rotary: Callable
+    scaling: float | None = None  # the layer's softmax scale; None = head_dim ** -0.5
+    q_norm: nn.Module | None = None  # per-head norms before the rotation (Qwen3, Gemma 3)
+    k_norm: nn.Module | None = None
 
 
 class VLMAdapter(Adapter):
     family = "vlm"
     model_types: ClassVar[tuple[str, ...]] = ()
+    #: rows of position ids the decoder's rotary embedding takes: 1, or 3 (t, h, w) for M-RoPE
+    position_axes: ClassVar[int] = 1
 
     def __init__(self, obj: nn.Module, processor: Any = None) -> None:
         super().__init__(obj, processor)
@@ -87,12 +98,26 @@ class VLMAdapter(Adapter):
         return input_ids == self.image_token_id
 
     def qk_parts(self, layer_idx: int) -> QKParts:
+        """The pieces attention-ranked methods recompute rows with; raises for a decoder whose
+        attention they have not been checked to reproduce."""
         layer = self.layers[layer_idx]
         attn = layer.self_attn
         cfg = self.text_config
+        name = type(attn).__name__
+        if name not in SCORED_ATTENTION:
+            raise UnsupportedModelError(
+                f"attention-ranked token reduction reproduces the attention of {list(SCORED_ATTENTION)}; decoder layer "
+                f"{layer_idx} of {type(self.model).__name__} uses {name}, whose scores it has not been checked "
+                "against; use a method that does not rank by attention (random_drop) or one of those backbones"
+            )
+        if getattr(attn, "sliding_window", None) is not None:
+            raise UnsupportedModelError(
+                f"decoder layer {layer_idx} of {type(self.model).__name__} uses sliding-window attention "
+                f"(window {attn.sliding_window}), which token reduction does not reproduce yet"
+            )
         rotary = getattr(sys.modules[type(attn).__module__], "apply_rotary_pos_emb", None)
         if rotary is None:
-            raise UnsupportedModelError(f"{type(attn).__name__} exposes no apply_rotary_pos_emb")
+            raise UnsupportedModelError(f"{name} exposes no apply_rotary_pos_emb")
         return QKParts(
             norm=layer.input_layernorm,
             q_proj=attn.q_proj,
@@ -101,7 +126,15 @@ class VLMAdapter(Adapter):
             num_kv_heads=getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads,
             head_dim=attn.head_dim,
             apply_rotary=rotary,
+            scaling=getattr(attn, "scaling", None),
+            q_norm=getattr(attn, "q_norm", None),
+            k_norm=getattr(attn, "k_norm", None),
         )
+
+    def check_attention_scoring(self, layers: Sequence[int]) -> None:
+        """Raise at ``add_plugin`` if an attention-ranked method could not reproduce these layers' rows."""
+        for layer_idx in layers:
+            self.qk_parts(layer_idx)
 
     # -- vision tower --------------------------------------------------------------------
     def _part(self, name: str) -> nn.Module:
@@ -144,8 +177,24 @@ class VLMAdapter(Adapter):
         vision = self.model.config.vision_config
         return vision.image_size // vision.patch_size
 
+    def normalize_positions(self, position_ids: torch.Tensor) -> torch.Tensor:
+        """The decoder's position ids as ``(position_axes, B, L)``."""
+        if position_ids.ndim == 2:
+            return position_ids[None].expand(self.position_axes, -1, -1)
+        if position_ids.ndim == 3 and position_ids.shape[0] == self.position_axes + 1:
+            return position_ids[1:]  # transformers' packed form: a text row in front of the M-RoPE rows
+        if position_ids.ndim == 3 and position_ids.shape[0] == self.position_axes:
+            return position_ids
+        raise InputError(
+            f"{type(self.model).__name__} takes position ids of shape (B, L) or ({self.position_axes}, B, L); "
+            f"got {tuple(position_ids.shape)}"
+        )
+
     def rotary(self, hidden: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.rotary_emb(hidden, position_ids=position_ids)
+        """cos/sin for ``(position_axes, B, L)`` position ids, from the decoder's own rotary module."""
+        ids = self.normalize_positions(position_ids)
+        ids = ids[0] if self.position_axes == 1 else ids
+        return self.rotary_emb(hidden, position_ids=ids)
 
     def describe(self) -> dict[str, Any]:
         cfg = self.text_config
@@ -166,51 +215,69 @@ class VLMAdapter(Adapter):
 
     def build_inputs(
         self,
-        images: Sequence[Any],
+        images: Sequence[Any] | None,
         prompts: Sequence[str],
         *,
+        videos: Sequence[Any] | None = None,
         system: str | None = None,
         history: Sequence[Sequence[tuple[str, str]]] | None = None,
         with_images: bool = True,
     ) -> dict[str, torch.Tensor]:
-        """Chat template + processor, left padded, one image per prompt.
+        """Chat template + processor, left padded.
 
-        ``system`` puts an instruction before the conversation, ``history`` gives each row
-        earlier (question, answer) turns (the image sits in the first one), and
-        ``with_images=False`` builds the same prompts without the image (text only).
+        ``images`` has one entry per prompt: an image, a list of images (several in one
+        prompt) or None; ``videos`` likewise holds one list of frames (or None) per prompt,
+        for models that take video. ``system`` puts an instruction before the conversation,
+        ``history`` gives each row earlier (question, answer) turns (the visuals sit in the
+        first one), and ``with_images=False`` builds the same prompts without any visual input.
         """
         if self.processor is None:
             raise InputError("generate() needs a processor: mmeff.wrap(model, processor)")
-        if len(images) != len(prompts):
-            raise InputError(f"got {len(images)} images for {len(prompts)} prompts; give one image per prompt")
         if not prompts:
             raise InputError("no prompts given")
         for i, p in enumerate(prompts):
             if not isinstance(p, str) or not p.strip():
                 raise InputError(f"prompt {i} is empty; every prompt must contain text")
+        per_image = visual_rows(images, len(prompts), "images", "an image, a list of images or None")
+        per_video = visual_rows(videos, len(prompts), "videos", "a list of frames or None")
+        if any(per_video) and not self.supports_video:
+            raise InputError(f"{type(self.model).__name__} takes no video input; pass frames as images instead")
+        if not any(per_image) and not any(per_video) and with_images:
+            raise InputError("no image or video given; pass with_images=False for a text-only prompt")
         if history is not None and len(history) != len(prompts):
             raise InputError(f"got {len(history)} histories for {len(prompts)} prompts")
-        texts = [self.chat_prompt(p, system=system, history=history[i] if history else (), image=with_images)
-                 for i, p in enumerate(prompts)]
+        counts = [(len(im), len(vi)) if with_images else (0, 0) for im, vi in zip(per_image, per_video)]
+        texts = [self.chat_prompt(p, system=system, history=history[i] if history else (), images=counts[i][0],
+                                  videos=counts[i][1]) for i, p in enumerate(prompts)]
         tokenizer = getattr(self.processor, "tokenizer", self.processor)
         old_side = tokenizer.padding_side
         tokenizer.padding_side = "left"
         try:
             if not with_images:
                 return dict(tokenizer(texts, return_tensors="pt", padding=True))
-            pil = [to_pil(im, i) for i, im in enumerate(images)]
-            inputs = self.processor(images=pil, text=texts, return_tensors="pt", padding=True)
+            pil = [to_pil(im, i) for i, row in enumerate(per_image) for im in row]
+            clips = [[to_pil(f, i) for f in clip] for i, row in enumerate(per_video) for clip in row]
+            visual: dict[str, Any] = {"images": pil} if pil else {}
+            if clips:
+                visual["videos"] = clips
+            inputs = self.processor(**visual, text=texts, return_tensors="pt", padding=True)
         finally:
             tokenizer.padding_side = old_side
         return dict(inputs)
 
+    #: whether the processor and model take ``videos`` (lists of frames)
+    supports_video: ClassVar[bool] = False
+
     def chat_prompt(self, prompt: str, *, system: str | None = None, history: Sequence[tuple[str, str]] = (),
-                    image: bool = True) -> str:
-        """The model's chat format for one user turn (after optional earlier turns)."""
+                    images: int = 1, videos: int = 0) -> str:
+        """The model's chat format for one user turn (after optional earlier turns), with
+        ``images`` image and ``videos`` video placeholders in the first turn."""
         turns = [*history, (prompt, None)]
         conversation: list[dict[str, Any]] = []
         for i, (question, answer) in enumerate(turns):
-            content: list[dict[str, str]] = [{"type": "image"}] if image and i == 0 else []
+            content: list[dict[str, str]] = []
+            if i == 0:
+                content = [{"type": "image"}] * images + [{"type": "video"}] * videos
             conversation.append({"role": "user", "content": [*content, {"type": "text", "text": question}]})
             if answer is not None:
                 conversation.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
@@ -223,13 +290,30 @@ class VLMAdapter(Adapter):
         else:
             text = ""
             for i, (question, answer) in enumerate(turns):
-                marker = "<image>\n" if image and i == 0 else ""
+                marker = "<image>\n" * images if i == 0 else ""
                 text += f"USER: {marker}{question} ASSISTANT:" + ("" if answer is None else f" {answer}</s>")
         # templates without a system role: LLaVA-1.5's own format puts it in front of the first turn
         return f"{system} {text}" if system else text
 
     def decode(self, token_ids: torch.Tensor) -> list[str]:
         return self.processor.batch_decode(token_ids, skip_special_tokens=True)
+
+
+def visual_rows(items: Sequence[Any] | None, n_prompts: int, name: str, allowed: str) -> list[list[Any]]:
+    """One list of visual inputs per prompt from ``items`` (None: no visuals anywhere)."""
+    if items is None:
+        return [[] for _ in range(n_prompts)]
+    if not isinstance(items, (list, tuple)):
+        raise InputError(f"{name} must be a list with one entry per prompt ({allowed}); got {type(items).__name__}")
+    if len(items) != n_prompts:
+        raise InputError(f"got {len(items)} {name} for {n_prompts} prompts; give one entry per prompt ({allowed})")
+    if name == "videos":
+        rows = [[] if v is None else [list(v)] for v in items]
+        for i, row in enumerate(rows):
+            if row and not row[0]:
+                raise InputError(f"video {i} has no frames")
+        return rows
+    return [[] if v is None else list(v) if isinstance(v, (list, tuple)) else [v] for v in items]
 
 
 def to_pil(image: Any, index: int = 0) -> Image.Image:

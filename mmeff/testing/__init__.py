@@ -3,6 +3,7 @@
 from typing import Any
 
 from .factories import tiny_llava, tiny_llava_next
+from .qwen import tiny_qwen2_vl
 from .tokenizer import word_tokenizer
 
 _DIFFUSION = ("clip_tokenizer", "t5_tokenizer", "tiny_flux", "tiny_pixart", "tiny_sd", "tiny_sdxl")
@@ -14,6 +15,7 @@ __all__ = [
     "tiny_llava",
     "tiny_llava_next",
     "tiny_pixart",
+    "tiny_qwen2_vl",
     "tiny_sd",
     "tiny_sdxl",
     "word_tokenizer",

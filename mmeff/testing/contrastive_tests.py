@@ -48,7 +48,7 @@ class ContrastivePluginTesterMixin(VLMPluginTesterMixin):
 
     @pytest.mark.parametrize("factory", FACTORIES)
     def test_alpha_zero_and_beta_one_reproduce_greedy(self, factory):
-        if factory not in self.factories or not self.positive_is_plain:
+        if factory not in self.runs_on() or not self.positive_is_plain:
             pytest.skip("not applicable")
         pipe = self.make_pipe(factory)
         plain = self.generate(pipe)
@@ -60,7 +60,7 @@ class ContrastivePluginTesterMixin(VLMPluginTesterMixin):
 
     @pytest.mark.parametrize("factory", FACTORIES)
     def test_negative_rows_match_a_solo_run(self, factory):
-        if factory not in self.factories:
+        if factory not in self.runs_on():
             pytest.skip(f"{self.plugin_name} does not run on {factory}")
         pipe = self.make_pipe(factory)
         pipe.add_plugin(self.plugin_name, **self.active_options)
@@ -77,7 +77,7 @@ class ContrastivePluginTesterMixin(VLMPluginTesterMixin):
 
     @pytest.mark.parametrize("separate", [False, True])
     def test_both_branches_get_the_same_token(self, separate):
-        pipe = self.make_pipe(self.factories[0])
+        pipe = self.make_pipe(self.runs_on()[0])
         if separate and self.plugin_name == "vdgd":
             pytest.skip("single-branch method")
         pipe.add_plugin(self.plugin_name, **{**self.active_options, **self.strong_options, "separate": separate})
@@ -102,7 +102,7 @@ class ContrastivePluginTesterMixin(VLMPluginTesterMixin):
     def test_separate_caches_are_distinct_and_agree_with_batched_rows(self):
         if self.plugin_name == "vdgd":
             pytest.skip("single-branch method")
-        pipe = self.make_pipe(self.factories[0])
+        pipe = self.make_pipe(self.runs_on()[0])
         pipe.add_plugin(self.plugin_name, **{**self.active_options, **self.strong_options})
         pos, neg = self._branches(pipe)
         plugin = pipe.plugins[self.plugin_name]
@@ -115,7 +115,7 @@ class ContrastivePluginTesterMixin(VLMPluginTesterMixin):
         assert torch.equal(runs[False], runs[True])
 
     def test_vision_tower_runs_only_as_often_as_the_method_needs(self):
-        pipe = self.make_pipe(self.factories[0])
+        pipe = self.make_pipe(self.runs_on()[0])
         pipe.add_plugin(self.plugin_name, **self.active_options)
         calls: list[int] = []
         handle = pipe.adapter.vision_tower.register_forward_hook(lambda m, a, o: calls.append(1))

@@ -23,12 +23,24 @@ import mmeff
 from mmeff.errors import ConfigError, UnsupportedModelError
 
 from .factories import tiny_llava, tiny_llava_next
+from .qwen import tiny_qwen2_vl
 
 FACTORIES = {
     "llava-sdpa": lambda: tiny_llava(layers=8, attn_implementation="sdpa"),
     "llava-eager": lambda: tiny_llava(layers=8, attn_implementation="eager"),
     "llava_next-sdpa": lambda: tiny_llava_next(layers=8, attn_implementation="sdpa"),
+    "qwen2_vl-sdpa": lambda: tiny_qwen2_vl(layers=8, attn_implementation="sdpa"),
+    "qwen2_vl-eager": lambda: tiny_qwen2_vl(layers=8, attn_implementation="eager"),
+    "qwen2_5_vl-sdpa": lambda: tiny_qwen2_vl(variant="qwen2_5_vl", layers=8, attn_implementation="sdpa"),
 }
+#: the adapter each factory's model gets (a plugin's tests run on the factories its registry entry supports)
+FACTORY_ADAPTERS = {name: name.split("-")[0].replace("qwen2_5_vl", "qwen2_vl") for name in FACTORIES}
+
+
+def supported_factories(plugin_name: str) -> tuple[str, ...]:
+    from .. import registry
+
+    return tuple(f for f, adapter in FACTORY_ADAPTERS.items() if registry.supported(plugin_name, adapter))
 PROMPTS = ["is there a red circle in the image?", "how many?"]
 
 
@@ -48,8 +60,13 @@ class VLMPluginTesterMixin:
     neutral_options: ClassVar[dict[str, Any]]
     active_options: ClassVar[dict[str, Any]]
     bad_options: ClassVar[list[dict[str, Any]]] = []
-    factories: ClassVar[tuple[str, ...]] = tuple(FACTORIES)
+    #: the factories to run on; None = every factory whose adapter the plugin supports
+    factories: ClassVar[tuple[str, ...] | None] = None
     max_new_tokens: ClassVar[int] = 6
+
+    @classmethod
+    def runs_on(cls) -> tuple[str, ...]:
+        return cls.factories if cls.factories is not None else supported_factories(cls.plugin_name)
 
     # -- helpers -------------------------------------------------------------------------
     def make_pipe(self, factory: str) -> mmeff.MMPipeline:
@@ -76,7 +93,7 @@ class VLMPluginTesterMixin:
     # -- the shared behaviour ------------------------------------------------------------
     @pytest.mark.parametrize("factory", FACTORIES)
     def test_neutral_settings_reproduce_baseline(self, factory):
-        if factory not in self.factories:
+        if factory not in self.runs_on():
             pytest.skip(f"{self.plugin_name} does not run on {factory}")
         pipe = self.make_pipe(factory)
         inputs = self.model_inputs(pipe)
@@ -86,7 +103,7 @@ class VLMPluginTesterMixin:
 
     @pytest.mark.parametrize("factory", FACTORIES)
     def test_remove_restores_bit_identical_model(self, factory):
-        if factory not in self.factories:
+        if factory not in self.runs_on():
             pytest.skip(f"{self.plugin_name} does not run on {factory}")
         pipe = self.make_pipe(factory)
         inputs = self.model_inputs(pipe)
@@ -103,7 +120,7 @@ class VLMPluginTesterMixin:
 
     @pytest.mark.parametrize("factory", FACTORIES)
     def test_effect_is_visible(self, factory):
-        if factory not in self.factories:
+        if factory not in self.runs_on():
             pytest.skip(f"{self.plugin_name} does not run on {factory}")
         pipe = self.make_pipe(factory)
         pipe.add_plugin(self.plugin_name, **self.active_options)
@@ -111,7 +128,7 @@ class VLMPluginTesterMixin:
 
     @pytest.mark.parametrize("factory", FACTORIES)
     def test_batch_rows_match_single_runs(self, factory):
-        if factory not in self.factories:
+        if factory not in self.runs_on():
             pytest.skip(f"{self.plugin_name} does not run on {factory}")
         pipe = self.make_pipe(factory)
         pipe.add_plugin(self.plugin_name, **self.active_options)
@@ -126,7 +143,7 @@ class VLMPluginTesterMixin:
 
     @pytest.mark.parametrize("factory", FACTORIES)
     def test_consecutive_calls_are_identical(self, factory):
-        if factory not in self.factories:
+        if factory not in self.runs_on():
             pytest.skip(f"{self.plugin_name} does not run on {factory}")
         pipe = self.make_pipe(factory)
         pipe.add_plugin(self.plugin_name, **self.active_options)
@@ -138,7 +155,7 @@ class VLMPluginTesterMixin:
         assert _untimed(pipe.last_stats[self.plugin_name]) == _untimed(stats)
 
     def test_plugins_disabled_gives_baseline(self):
-        pipe = self.make_pipe(self.factories[0])
+        pipe = self.make_pipe(self.runs_on()[0])
         baseline = self.generate(pipe)
         pipe.add_plugin(self.plugin_name, **self.active_options)
         with pipe.plugins_disabled():
@@ -146,7 +163,7 @@ class VLMPluginTesterMixin:
         assert self.plugin_name in pipe.plugins
 
     def test_bad_options_raise_and_leave_model_unmodified(self):
-        pipe = self.make_pipe(self.factories[0])
+        pipe = self.make_pipe(self.runs_on()[0])
         forwards = forward_modules(pipe.model)
         for options in self.bad_options:
             with pytest.raises(ConfigError) as info:
@@ -156,7 +173,7 @@ class VLMPluginTesterMixin:
             assert not pipe.plugins
 
     def test_unknown_plugin_name_lists_available(self):
-        pipe = self.make_pipe(self.factories[0])
+        pipe = self.make_pipe(self.runs_on()[0])
         with pytest.raises(KeyError, match=self.plugin_name):
             pipe.add_plugin(self.plugin_name + "_typo")
 

@@ -41,7 +41,7 @@ class Layout:
     valid: torch.Tensor  # (B, L_s) False for re-padding slots
     key_valid: torch.Tensor  # (B, L_s) valid and not padding in the user's attention mask
     image: torch.Tensor  # (B, L_s) slot holds an image token
-    positions: torch.Tensor  # (B, L_s) position ids from this layout on
+    positions: torch.Tensor | None  # (A, B, L_s) position ids (A = 1, or 3 for M-RoPE); set at the decoder's input
     shift: torch.Tensor  # (B,) decode positions move back by this much
     original: bool = False
     cos_sin: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -95,7 +95,8 @@ class DropState:
     layouts: list[Layout | None] = field(default_factory=list)
     prev_inputs: dict[int, tuple] = field(default_factory=dict)
     evicted: dict[int, Layout] = field(default_factory=dict)  # layer -> layout its cache was cut down to
-    step_positions: torch.Tensor | None = None
+    step_positions: torch.Tensor | None = None  # (A, B, q) positions of the tokens fed this decode step
+    fallback_positions: torch.Tensor | None = None  # (B, q) what the decoder derives when given none
     step_tail: torch.Tensor | None = None  # (B, K0 - full_len) validity of keys added since prefill
     step: int = 0
     decoded: int = 0  # tokens fed since prefill
@@ -213,11 +214,9 @@ class DropEngine:
         if mask2d is not None and mask2d.ndim != 2:
             raise InputError("token dropping needs a 2D attention_mask (batch, length); got a precomputed 4D mask")
         batch, q_len = input_ids.shape
-        positions = kwargs.get("position_ids")
         if past == 0:
-            if positions is None:
-                positions = torch.arange(q_len, device=input_ids.device).expand(batch, -1)
-            self._start_full(input_ids, mask2d, positions)
+            st.fallback_positions = torch.arange(q_len, device=input_ids.device).expand(batch, -1)
+            self._start_full(input_ids, mask2d)
         elif st.layouts:
             # layer 0's cache may be shorter than the prompt (a drop before layer 0), so count
             # decoded tokens ourselves rather than trusting positions derived from its length
@@ -227,16 +226,30 @@ class DropEngine:
             st.decoded += q_len
             if mask2d is not None:
                 st.step_tail = mask2d[:, st.full_len :].bool()
-                if positions is None:
-                    positions = (mask2d.long().cumsum(-1) - 1).clamp(min=0)[:, -q_len:]
+                st.fallback_positions = (mask2d.long().cumsum(-1) - 1).clamp(min=0)[:, -q_len:]
             else:
                 st.step_tail = torch.ones(batch, st.decoded, dtype=torch.bool, device=input_ids.device)
-                positions = (torch.arange(q_len, device=input_ids.device) + st.full_len + before).expand(batch, -1)
-            st.step_positions = positions
+                st.fallback_positions = (
+                    torch.arange(q_len, device=input_ids.device) + st.full_len + before
+                ).expand(batch, -1)
         else:
             st.mode = "off"  # the cache was filled before this plugin was attached
 
-    def _start_full(self, input_ids: torch.Tensor, mask2d: torch.Tensor | None, positions: torch.Tensor) -> None:
+    def on_decoder_input(self, kwargs: dict) -> None:
+        """At the decoder's own forward: the position ids it will use (M-RoPE ids are only known here)."""
+        st = self.state
+        if st.mode == "off":
+            return
+        given = kwargs.get("position_ids")
+        if given is None:
+            given = st.fallback_positions
+        positions = self.adapter.normalize_positions(given)
+        if st.mode == "full":
+            st.layouts[0].positions = positions
+        else:
+            st.step_positions = positions
+
+    def _start_full(self, input_ids: torch.Tensor, mask2d: torch.Tensor | None) -> None:
         st = self.state
         prompt = st.prompt_ids
         continuing = (
@@ -259,7 +272,7 @@ class DropEngine:
             valid=valid,
             key_valid=key_valid,
             image=image,
-            positions=positions,
+            positions=None,
             shift=torch.zeros(input_ids.shape[0], dtype=torch.long, device=input_ids.device),
             original=True,
         )
@@ -326,7 +339,8 @@ class DropEngine:
         else:
             key = (index, evicted is not None)
             cos_sin, mask, positions = self._decode_inputs(key, evicted or layout, hidden)
-        kwargs = dict(kwargs, attention_mask=mask, position_embeddings=cos_sin, position_ids=positions)
+        text_positions = positions[0] if positions.shape[0] == 1 else None  # M-RoPE layers take no 1-D ids
+        kwargs = dict(kwargs, attention_mask=mask, position_embeddings=cos_sin, position_ids=text_positions)
         if args:
             args = (hidden, *args[1:])
         else:
@@ -362,12 +376,12 @@ class DropEngine:
             return hidden
         slot_idx, valid = left_pad_indices(keep)
         idx = cur.idx.gather(1, slot_idx)
-        if stage.position_mode == "compact":
-            positions, removed = compact_positions(cur.positions, slot_idx, valid, cur.key_valid)
-            shift = cur.shift + removed
+        if self.position_mode(stage) == "compact":
+            positions, removed = compact_positions(cur.positions[0], slot_idx, valid, cur.key_valid)
+            positions, shift = positions[None], cur.shift + removed
         else:
-            positions = torch.where(valid, cur.positions.gather(1, slot_idx), torch.zeros_like(slot_idx))
-            shift = cur.shift
+            gathered = cur.positions.gather(2, slot_idx[None].expand(cur.positions.shape[0], -1, -1))
+            positions, shift = torch.where(valid, gathered, torch.zeros_like(gathered)), cur.shift
         layout = Layout(
             idx=idx,
             valid=valid,
@@ -379,6 +393,11 @@ class DropEngine:
         layout.cos_sin = self.adapter.rotary(hidden, positions.to(hidden.device))
         st.layouts[s] = layout
         return gather_tokens(hidden, slot_idx.to(hidden.device))
+
+    def position_mode(self, stage: Stage) -> PositionMode:
+        """A stage's convention on this model: M-RoPE has no run of image positions to close
+        (an h x w grid spans max(h, w) ids, not h * w), so every stage keeps the original ids there."""
+        return stage.position_mode if self.adapter.position_axes == 1 else "keep"
 
     def _mask_style(self) -> bool:
         return self.adapter.attn_implementation == "sdpa"
@@ -400,7 +419,7 @@ class DropEngine:
         cached = st.decode_cache.get(key)
         if cached is not None and cached[0] == st.step:
             return cached[1], cached[2], cached[3]
-        positions = (st.step_positions - layout.shift[:, None]).to(hidden.device)
+        positions = (st.step_positions - layout.shift[None, :, None].to(st.step_positions.device)).to(hidden.device)
         cos_sin = self.adapter.rotary(hidden, positions)
         q_len = hidden.shape[1]
         key_valid = torch.cat([layout.key_valid, st.step_tail], dim=1).to(hidden.device)
@@ -464,6 +483,10 @@ class _CaptureHook(ModelHook):
 class _RestoreHook(ModelHook):
     def __init__(self, engine: DropEngine) -> None:
         self.engine = engine
+
+    def pre_forward(self, module, args, kwargs):
+        self.engine.on_decoder_input(kwargs)
+        return args, kwargs
 
     def post_forward(self, module, output):
         output.last_hidden_state = self.engine.restore_layout(output.last_hidden_state)

@@ -17,10 +17,12 @@ from .vision import Transform, VisionReducer
 class DecoderDropPlugin(Plugin):
     """A method that drops image tokens between decoder layers (the *prefill* stage)."""
 
-    supports = ("llava", "llava_next")
+    supports = ("llava", "llava_next", "qwen2_vl")
     owns = ("prefill",)
     position_mode: ClassVar[PositionMode] = "compact"
     lowest_layer: ClassVar[int] = 1
+    #: ranks tokens by recomputed attention rows at these offsets from each boundary (FastV: -1)
+    scoring_offsets: ClassVar[tuple[int, ...]] = (0,)
 
     def __init__(self, config: Any) -> None:
         super().__init__(config)
@@ -37,7 +39,9 @@ class DecoderDropPlugin(Plugin):
 
     def check(self, ctx: PluginContext) -> None:
         assert isinstance(ctx.adapter, VLMAdapter)
-        DropEngine.check(ctx.adapter, self.boundaries(ctx.adapter), self.name, lowest=self.lowest_layer)
+        boundaries = self.boundaries(ctx.adapter)
+        DropEngine.check(ctx.adapter, boundaries, self.name, lowest=self.lowest_layer)
+        ctx.adapter.check_attention_scoring(sorted({b + o for b in boundaries for o in self.scoring_offsets}))
 
     def attach(self, ctx: PluginContext) -> None:
         self.adapter = ctx.adapter

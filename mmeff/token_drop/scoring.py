@@ -26,6 +26,9 @@ def query_attention(
     sin: torch.Tensor,
     query_slots: torch.Tensor,
     key_valid: torch.Tensor,
+    scaling: float | None = None,
+    q_norm: nn.Module | None = None,
+    k_norm: nn.Module | None = None,
 ) -> torch.Tensor:
     """Head-averaged causal softmax attention of the tokens at ``query_slots`` (B, Q) over all keys: (B, Q, L).
 
@@ -37,15 +40,21 @@ def query_attention(
     x = norm(hidden)
     slots = query_slots.to(hidden.device)
     x_q = x.gather(1, slots[..., None].expand(-1, -1, x.shape[-1]))
-    q = q_proj(x_q).view(batch, n_q, num_heads, head_dim).transpose(1, 2)
-    k = k_proj(x).view(batch, length, num_kv_heads, head_dim).transpose(1, 2)
+    q = q_proj(x_q).view(batch, n_q, num_heads, head_dim)
+    k = k_proj(x).view(batch, length, num_kv_heads, head_dim)
+    if q_norm is not None:
+        q = q_norm(q)
+    if k_norm is not None:
+        k = k_norm(k)
+    q, k = q.transpose(1, 2), k.transpose(1, 2)
     cos, sin = cos.expand(batch, -1, -1), sin.expand(batch, -1, -1)
     cos_q = cos.gather(1, slots[..., None].expand(-1, -1, cos.shape[-1]))
     sin_q = sin.gather(1, slots[..., None].expand(-1, -1, sin.shape[-1]))
     q, _ = apply_rotary(q, q, cos_q, sin_q)
     _, k = apply_rotary(k, k, cos, sin)
     k = k.repeat_interleave(num_heads // num_kv_heads, dim=1)
-    logits = (q.float() @ k.float().transpose(-1, -2)) / math.sqrt(head_dim)  # (B, H, Q, L)
+    scale = scaling if scaling is not None else 1 / math.sqrt(head_dim)
+    logits = (q.float() @ k.float().transpose(-1, -2)) * scale  # (B, H, Q, L)
     causal = torch.arange(length, device=hidden.device)[None, None, :] <= slots[..., None]
     allowed = key_valid.to(hidden.device)[:, None, :] & causal  # (B, Q, L)
     logits = logits.masked_fill(~allowed[:, None], float("-inf"))
@@ -66,7 +75,7 @@ def attention_at_layer(
     return query_attention(
         hidden, norm=p.norm, q_proj=p.q_proj, k_proj=p.k_proj, num_heads=p.num_heads, num_kv_heads=p.num_kv_heads,
         head_dim=p.head_dim, apply_rotary=p.apply_rotary, cos=cos_sin[0], sin=cos_sin[1], query_slots=query_slots,
-        key_valid=key_valid,
+        key_valid=key_valid, scaling=p.scaling, q_norm=p.q_norm, k_norm=p.k_norm,
     )
 
 

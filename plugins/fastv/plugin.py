@@ -23,6 +23,7 @@ class FastVPlugin(DecoderDropPlugin):
     name = "fastv"
     config_cls = FastVConfig
     position_mode = "keep"
+    scoring_offsets = (-1,)  # ranks by layer K-1's attention
     description = "FastV: drop the image tokens the last prompt token ignores, once, at decoder layer K"
 
     config: FastVConfig

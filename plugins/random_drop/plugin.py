@@ -19,6 +19,7 @@ from .ops import random_keep
 class RandomDropPlugin(DecoderDropPlugin):
     name = "random_drop"
     config_cls = RandomDropConfig
+    scoring_offsets = ()  # ranks by chance, so any decoder attention will do
     lowest_layer = 0
     description = "random_drop: keep a seeded random subset of image tokens (the control)"
 

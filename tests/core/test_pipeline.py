@@ -174,7 +174,7 @@ def test_no_prompts(llava_pipe):
     ("image", "match"),
     [
         ("cat.png", "image 0 is a str"),
-        (None, "image 0 is a NoneType"),
+        (None, "no image or video given"),
         (np.zeros((2, 16, 16, 3), np.uint8), r"image 0 has shape \(2, 16, 16, 3\)"),
         (np.zeros((16, 16, 5), np.uint8), "expected HxWx3"),
         (np.zeros((0, 16, 3), np.uint8), "expected HxWx3"),

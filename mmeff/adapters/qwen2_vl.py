@@ -1,0 +1,81 @@
+"""Qwen2-VL and Qwen2.5-VL (``Qwen2VLForConditionalGeneration``, ``Qwen2_5_VLForConditionalGeneration``).
+
+What differs from LLaVA, and where the engine meets it:
+
+- **Dynamic resolution.** Each image gives ``t * h * w / merge**2`` tokens (its
+  ``image_grid_thw`` row), so rows of a batch hold different counts; videos give
+  ``video_grid_thw`` tokens between ``<|vision_start|>`` and ``<|vision_end|>``. Image *and*
+  video placeholders are vision tokens to token-reduction methods.
+- **M-RoPE.** Position ids are ``(3, B, L)`` (temporal, height, width); text tokens carry the
+  same id on all three rows, and the text after an image continues at the image's largest id
+  + 1, so an ``h x w`` grid spans ``max(h, w)`` ids, not ``h * w``. Dropped tokens therefore
+  leave no run of ids to close: every stage keeps the survivors' original ``(t, h, w)`` ids and
+  decoding continues with the model's own ``rope_deltas`` (the engine's ``keep`` convention;
+  ``compact`` has no meaning here and falls back to it).
+- **No CLS token, windowed ViT attention (2.5), a 2x2 patch merger.** Vision-side methods
+  (VisionZip, ToMe, MustDrop's merge) need a ranking signal LLaVA's CLS attention gave them; they
+  are not offered on this adapter yet.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+
+from ..errors import InputError, UnsupportedModelError
+from ..registry import register_adapter
+from .vlm import VLMAdapter
+
+
+@register_adapter
+class Qwen2VLAdapter(VLMAdapter):
+    key = "qwen2_vl"
+    model_types = ("qwen2_vl", "qwen2_5_vl")
+    description = "Qwen2-VL / Qwen2.5-VL (dynamic resolution, M-RoPE, images and videos)"
+    position_axes: ClassVar[int] = 3
+    supports_video: ClassVar[bool] = True
+
+    @property
+    def video_token_id(self) -> int:
+        return int(self.model.config.video_token_id)
+
+    @property
+    def merge_size(self) -> int:
+        return int(self.model.config.vision_config.spatial_merge_size)
+
+    def image_token_mask(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return (input_ids == self.image_token_id) | (input_ids == self.video_token_id)
+
+    @property
+    def vision_layers(self):
+        raise UnsupportedModelError(
+            "Qwen2-VL's vision tower has no CLS token and merges 2x2 patches after its last block, so "
+            "vision-side reduction (VisionZip, ToMe, MustDrop's merge) has no ranking signal here yet"
+        )
+
+    def feature_layer_index(self) -> int:
+        self.vision_layers  # noqa: B018 -- raises with the reason
+        return -1
+
+    def check_token_counts(self, input_ids: torch.Tensor, model_inputs: dict[str, Any]) -> None:
+        merge = self.merge_size**2
+        for kind, token, grid_key, pixels_key in (
+            ("image", self.image_token_id, "image_grid_thw", "pixel_values"),
+            ("video", self.video_token_id, "video_grid_thw", "pixel_values_videos"),
+        ):
+            n_tokens = int((input_ids == token).sum())
+            grid = model_inputs.get(grid_key)
+            if model_inputs.get(pixels_key) is None or grid is None:
+                if n_tokens:
+                    raise InputError(f"the prompts hold {n_tokens} {kind} tokens but no {pixels_key}/{grid_key}")
+                continue
+            expected = int(grid.prod(-1).sum()) // merge
+            if n_tokens != expected:
+                raise InputError(
+                    f"{grid.shape[0]} {kind}(s) need {expected} {kind} tokens ({grid_key} {grid.tolist()}, "
+                    f"merge {self.merge_size}x{self.merge_size}) but input_ids hold {n_tokens}"
+                )
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "positions": "M-RoPE (t, h, w)", "merge": self.merge_size}
