@@ -77,5 +77,19 @@ class Qwen2VLAdapter(VLMAdapter):
                     f"merge {self.merge_size}x{self.merge_size}) but input_ids hold {n_tokens}"
                 )
 
+    def branch_positions(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, image_grid_thw: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """M-RoPE ids from the model's own ``get_rope_index`` (image rows in the order of ``image_grid_thw``)."""
+        types = (input_ids == self.image_token_id).int()
+        if not bool(types.any()):
+            return super().branch_positions(input_ids, attention_mask)
+        if (input_ids == self.video_token_id).any():
+            raise InputError("contrastive decoding on video inputs is not supported yet; pass images")
+        positions, deltas = self.model.base_model.get_rope_index(
+            input_ids, types, image_grid_thw=image_grid_thw, attention_mask=attention_mask
+        )
+        return positions, deltas.to(positions.device)
+
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "positions": "M-RoPE (t, h, w)", "merge": self.merge_size}

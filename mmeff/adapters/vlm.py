@@ -110,11 +110,7 @@ class VLMAdapter(Adapter):
                 f"{layer_idx} of {type(self.model).__name__} uses {name}, whose scores it has not been checked "
                 "against; use a method that does not rank by attention (random_drop) or one of those backbones"
             )
-        if getattr(attn, "sliding_window", None) is not None:
-            raise UnsupportedModelError(
-                f"decoder layer {layer_idx} of {type(self.model).__name__} uses sliding-window attention "
-                f"(window {attn.sliding_window}), which token reduction does not reproduce yet"
-            )
+        self.check_full_attention(layer_idx)
         rotary = getattr(sys.modules[type(attn).__module__], "apply_rotary_pos_emb", None)
         if rotary is None:
             raise UnsupportedModelError(f"{name} exposes no apply_rotary_pos_emb")
@@ -130,6 +126,18 @@ class VLMAdapter(Adapter):
             q_norm=getattr(attn, "q_norm", None),
             k_norm=getattr(attn, "k_norm", None),
         )
+
+    def check_full_attention(self, layer_idx: int) -> None:
+        """Raise for a sliding-window layer: the token-drop engine builds full causal masks."""
+        attn = self.layers[layer_idx].self_attn
+        # Qwen2-style layers carry their own window (None on full-attention layers); Mistral reads its config's
+        window = attn.sliding_window if hasattr(attn, "sliding_window") else getattr(
+            getattr(attn, "config", None), "sliding_window", None)
+        if window is not None:
+            raise UnsupportedModelError(
+                f"decoder layer {layer_idx} of {type(self.model).__name__} uses sliding-window attention "
+                f"(window {window}), which token reduction does not reproduce yet"
+            )
 
     def check_attention_scoring(self, layers: Sequence[int]) -> None:
         """Raise at ``add_plugin`` if an attention-ranked method could not reproduce these layers' rows."""
@@ -195,6 +203,19 @@ class VLMAdapter(Adapter):
         ids = self.normalize_positions(position_ids)
         ids = ids[0] if self.position_axes == 1 else ids
         return self.rotary_emb(hidden, position_ids=ids)
+
+    def branch_positions(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, image_grid_thw: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prefill position ids of rows whose mask may hide tokens (padding, or inside the prompt),
+        counted over the unmasked tokens, and the (B, 1) offset every decode position adds."""
+        positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        return positions, torch.zeros_like(positions[:, :1])
+
+    def step_positions(self, attention_mask: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+        """Position ids of the token just appended to ``attention_mask`` (decode), in the decoder's form."""
+        positions = attention_mask.long().sum(-1, keepdim=True) - 1 + offset
+        return positions if self.position_axes == 1 else positions[None].expand(self.position_axes, -1, -1)
 
     def describe(self) -> dict[str, Any]:
         cfg = self.text_config

@@ -63,7 +63,7 @@ class Branch:
         return Branch(self.input_ids.to(device), self.attention_mask.to(device), vision, self.same_images)
 
 
-VISION_KEYS = ("pixel_values", "image_sizes", "mm_encoder_outputs")
+VISION_KEYS = ("pixel_values", "image_sizes", "image_grid_thw", "mm_encoder_outputs")
 
 
 def image_features(model: torch.nn.Module, vision: dict[str, Any]) -> list[torch.Tensor]:
@@ -123,24 +123,32 @@ def _sync(t: torch.Tensor) -> None:
         torch.cuda.synchronize(t.device)
 
 
+def _grids(*branches: Branch) -> torch.Tensor | None:
+    """The branches' ``image_grid_thw`` rows in batch order (dynamic-resolution models), or None."""
+    grids = [b.vision.get("image_grid_thw") for b in branches]
+    return torch.cat(grids) if grids and all(g is not None for g in grids) else None
+
+
 class _Stream:
-    """One forward stream (a batch of rows with its own cache)."""
+    """One forward stream (a batch of rows with its own cache); positions follow the adapter's rule."""
 
     def __init__(self, model: torch.nn.Module, input_ids: torch.Tensor, mask: torch.Tensor,
-                 features: list[torch.Tensor]) -> None:
+                 features: list[torch.Tensor], positions: Any, grid: torch.Tensor | None = None) -> None:
         self.model, self.input_ids, self.mask, self.features = model, input_ids, mask, features
+        self.positions, self.grid = positions, grid
         self.rows = input_ids.shape[0]
         self.cache = DynamicCache()
+        self.offset: torch.Tensor | None = None
 
     def prefill(self) -> torch.Tensor:
-        positions = (self.mask.cumsum(-1) - 1).clamp(min=0)
+        positions, self.offset = self.positions.branch_positions(self.input_ids, self.mask, self.grid)
         out = self.model(input_ids=self.input_ids, attention_mask=self.mask, position_ids=positions,
                          cache=self.cache, use_cache=True, logits_to_keep=1, **_encoded(self.features))
         return out.logits[:, -1].float()
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         self.mask = torch.cat([self.mask, self.mask.new_ones(self.mask.shape[0], 1)], 1)
-        positions = (self.mask.sum(-1, keepdim=True) - 1)
+        positions = self.positions.step_positions(self.mask, self.offset)
         out = self.model(input_ids=tokens[:, None], attention_mask=self.mask, position_ids=positions,
                          cache=self.cache, use_cache=True, logits_to_keep=1)
         return out.logits[:, -1].float()
@@ -149,10 +157,18 @@ class _Stream:
 class ContrastiveDecoder:
     """Greedy or sampled decoding of ``combine(l_pos, l_neg, step)`` under the plausibility mask."""
 
-    def __init__(self, model: torch.nn.Module, combine: Combiner, beta: float = 0.1, separate: bool = False) -> None:
+    def __init__(self, model: torch.nn.Module, combine: Combiner, beta: float = 0.1, separate: bool = False,
+                 positions: Any = None) -> None:
+        """``positions``: the model's adapter (its ``branch_positions`` / ``step_positions`` rule);
+        looked up in the adapter registry when not given."""
         if not 0 < beta <= 1:
             raise ConfigError(f"beta must be in (0, 1], got {beta}")
         self.model, self.combine, self.beta, self.separate = model, combine, beta, separate
+        if positions is None:
+            from ..registry import find_adapter
+
+            positions = find_adapter(model)(model)
+        self.positions = positions
         self.last_streams: list[_Stream] = []
         self.last_prefill: torch.Tensor | None = None  # (rows, V) last-position logits of the prefill
 
@@ -179,17 +195,21 @@ class ContrastiveDecoder:
         eos = torch.tensor([eos_token_id] if isinstance(eos_token_id, int) else (eos_token_id or []),
                            device=pos.input_ids.device)
         start = time.perf_counter()
+        rule = self.positions
         pos_features = image_features(self.model, pos.vision)
         if neg is None:
-            streams = [_Stream(self.model, pos.input_ids, pos.attention_mask, pos_features)]
+            streams = [_Stream(self.model, pos.input_ids, pos.attention_mask, pos_features, rule, _grids(pos))]
         else:
             neg_features = pos_features if neg.same_images else image_features(self.model, neg.vision)
+            neg_grid = _grids(pos if neg.same_images else neg)
             if self.separate:
-                streams = [_Stream(self.model, pos.input_ids, pos.attention_mask, pos_features),
-                           _Stream(self.model, neg.input_ids, neg.attention_mask, neg_features)]
+                streams = [_Stream(self.model, pos.input_ids, pos.attention_mask, pos_features, rule, _grids(pos)),
+                           _Stream(self.model, neg.input_ids, neg.attention_mask, neg_features, rule, neg_grid)]
             else:
                 ids, mask = _stack_rows(pos, neg, pad_token_id)
-                streams = [_Stream(self.model, ids, mask, pos_features + neg_features)]
+                grids = [g for g in (_grids(pos), neg_grid) if g is not None]
+                streams = [_Stream(self.model, ids, mask, pos_features + neg_features, rule,
+                                   torch.cat(grids) if grids else None)]
         self.last_streams = streams
 
         logits = torch.cat([s.prefill() for s in streams])
@@ -257,6 +277,8 @@ def contrastive_generate(
     cd_separate: bool = False,
     cd_result: list | None = None,
     cd_streamer: Any = None,
+    cd_adapter: Any = None,
+    cd_image_grid_thw: torch.Tensor | None = None,
     **model_kwargs: Any,
 ) -> torch.LongTensor:
     """``model.generate(**inputs, custom_generate=contrastive_generate, cd_negative=neg_inputs)``.
@@ -266,7 +288,9 @@ def contrastive_generate(
     VCD's ``(1 + alpha) l_pos - alpha l_neg``. transformers prepares the logits processors
     (temperature, top-k, top-p) and stopping criteria; they apply after the contrast.
     Returns prompt + new tokens, like ``generate``. Pass a list as ``cd_result`` to receive
-    the :class:`DecodeResult` (timings, forward count). Stream with ``cd_streamer=``:
+    the :class:`DecodeResult` (timings, forward count). Dynamic-resolution models (Qwen2-VL)
+    need the positive images' ``cd_image_grid_thw`` for their M-RoPE ids; ``cd_adapter`` gives
+    the model's position rule (looked up when not given). Stream with ``cd_streamer=``:
     transformers (5.24) does not hand ``streamer`` on to a ``custom_generate`` callable.
     """
     from .ops import contrast
@@ -275,6 +299,8 @@ def contrastive_generate(
         raise ConfigError(f"cd_alpha must be >= 0, got {cd_alpha}")
     combine = cd_combine or (lambda lp, ln, step: contrast(lp, ln, cd_alpha) if ln is not None else lp)
     pos = Branch.from_inputs({"input_ids": input_ids, **model_kwargs})
+    if cd_image_grid_thw is not None:  # generate() hands over encoded images without their grid
+        pos.vision.setdefault("image_grid_thw", cd_image_grid_thw)
     neg = None
     if cd_negative is not None:
         neg = cd_negative if isinstance(cd_negative, Branch) else Branch.from_inputs(cd_negative)
@@ -286,7 +312,7 @@ def contrastive_generate(
         cd_streamer.put(input_ids.cpu())  # the prompt, as generate() does for its own streamer
     pad = generation_config._pad_token_tensor
     eos = generation_config._eos_token_tensor
-    result = ContrastiveDecoder(model, combine, cd_beta, cd_separate).run(
+    result = ContrastiveDecoder(model, combine, cd_beta, cd_separate, cd_adapter).run(
         pos, neg,
         max_new_tokens=max_new,
         eos_token_id=eos.tolist() if eos is not None else None,

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from ..adapters.vlm import VLMAdapter
-from ..errors import ConfigError
+from ..errors import ConfigError, InputError
 from ..plugin import Plugin, PluginConfig, PluginContext
 from ..token_drop.engine import DropEngine
 from .decode import Branch, DecodeResult, contrastive_generate
@@ -52,7 +52,7 @@ def check_alpha(alpha: Any, owner: str, name: str = "alpha") -> None:
 class ContrastivePlugin(Plugin):
     """Subclasses implement :meth:`negative` (and :meth:`combine` if not VCD's rule)."""
 
-    supports = ("llava", "llava_next")
+    supports = ("llava", "llava_next", "qwen2_vl")
     owns = ("decode_loop",)
     config: ContrastiveConfig
 
@@ -88,6 +88,8 @@ class ContrastivePlugin(Plugin):
                     f"{self.name}: separate=True runs the branches as two streams, but {drops} keep one per-call "
                     f"state for the whole batch; use the batched default (separate=False) with token reduction"
                 )
+        if inputs.get("pixel_values_videos") is not None:
+            raise InputError(f"{self.name}: contrastive decoding on video inputs is not supported yet; pass images")
         if "custom_generate" in kwargs:
             raise ConfigError(f"{self.name} owns the decode loop; do not pass custom_generate as well")
         inputs = self.positive(pipe, inputs, images, prompts)
@@ -107,6 +109,8 @@ class ContrastivePlugin(Plugin):
             "cd_beta": self.config.beta,
             "cd_separate": self.config.separate,
             "cd_result": self._results,
+            "cd_adapter": self.adapter,
+            "cd_image_grid_thw": inputs.get("image_grid_thw"),
         }
 
     def reset(self) -> None:

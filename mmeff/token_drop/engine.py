@@ -141,6 +141,8 @@ class DropEngine:
                 f"{plugin} supports attn_implementation in {SUPPORTED_ATTENTION}; the model uses "
                 f"{adapter.attn_implementation!r} (load with attn_implementation='sdpa')"
             )
+        for layer_idx in range(adapter.num_layers):
+            adapter.check_full_attention(layer_idx)
         bad = [b for b in boundaries if not lowest <= b < adapter.num_layers]
         if bad:
             raise ConfigError(
