@@ -18,15 +18,19 @@ def cmd_list(args: argparse.Namespace) -> None:
         return
     console = Console(width=160)
     plugins, adapters = registry.list_plugins(args.filter), registry.list_adapters()
-    table = Table(title="plugins × model families (✓ = supported)")
+    table = Table(title="plugins × model families (✓ = supported, ✗ = refused, reasons below)")
     table.add_column("plugin")
     for a in adapters:
         table.add_column(a, justify="center")
     table.add_column("what it does")
     for p in plugins:
         cls = registry.get_plugin(p)
-        table.add_row(p, *("✓" if registry.supported(p, a) else "" for a in adapters), cls.description)
+        table.add_row(p, *(registry.support_cell(p, a) for a in adapters), cls.description)
     console.print(table)
+    for p in plugins:
+        for a in adapters:
+            if registry.support_cell(p, a) == "✗":
+                console.print(f"✗ {p} on {a}: {registry.refusal(p, a)}")
     adapters_table = Table(title="adapters")
     adapters_table.add_column("adapter")
     adapters_table.add_column("models")

@@ -66,9 +66,10 @@ class MMPipeline:
         """
         cls, config = self._resolve(plugin, options)
         if not registry.supported(cls.name, self.adapter.key):
+            reason = registry.refusal(cls.name, self.adapter.key)
             raise UnsupportedModelError(
                 f"plugin {cls.name!r} does not support {self.adapter.key!r} models "
-                f"({type(self.obj).__name__}); it supports: "
+                f"({type(self.obj).__name__}){': ' + reason if reason else ''}; it supports: "
                 f"{registry.supported_adapters(cls.name) or list(cls.supports)}"
             )
         instance = cls(config)

@@ -69,6 +69,8 @@ class Plugin:
     #: two plugins that own the same stage are refused at ``add_plugin``
     owns: ClassVar[tuple[str, ...]] = ()
     description: ClassVar[str] = ""
+    #: adapter key -> why this plugin is not offered there (shown by ``mmeff list`` and in add_plugin's error)
+    refused: ClassVar[dict[str, str]] = {}
 
     def __init__(self, config: PluginConfig) -> None:
         if not isinstance(config, self.config_cls):

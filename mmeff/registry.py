@@ -100,9 +100,22 @@ def support_matrix() -> dict[str, dict[str, bool]]:
     return {p: {a: supported(p, a) for a in list_adapters()} for p in list_plugins()}
 
 
+def refusal(plugin: str, adapter_key: str) -> str | None:
+    """Why ``plugin`` is not offered on ``adapter_key`` models, where a reason is recorded."""
+    return get_plugin(plugin).refused.get(adapter_key)
+
+
+def support_cell(plugin: str, adapter_key: str) -> str:
+    """✓ supported, ✗ refused for a recorded reason, blank: outside the plugin's family."""
+    return "✓" if supported(plugin, adapter_key) else "✗" if refusal(plugin, adapter_key) else ""
+
+
 def support_matrix_markdown() -> str:
     adapters = list_adapters()
     lines = ["| plugin | " + " | ".join(adapters) + " |", "|---|" + "---|" * len(adapters)]
-    for plugin, row in support_matrix().items():
-        lines.append(f"| {plugin} | " + " | ".join("✓" if row[a] else "" for a in adapters) + " |")
-    return "\n".join(lines)
+    reasons = []
+    for plugin in list_plugins():
+        lines.append(f"| {plugin} | " + " | ".join(support_cell(plugin, a) for a in adapters) + " |")
+        refused = [a for a in adapters if support_cell(plugin, a) == "✗"]
+        reasons += [f"- ✗ `{plugin}` on `{a}`: {refusal(plugin, a)}" for a in refused]
+    return "\n".join(lines + ([""] + reasons if reasons else []))

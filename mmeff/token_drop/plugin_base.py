@@ -74,6 +74,8 @@ class VisionDropPlugin(Plugin):
 
     supports = ("llava", "llava_next")
     owns = ("vision",)
+    refused = {"qwen2_vl": "Qwen2-VL's vision tower has no CLS token, windowed attention (2.5) and a 2x2 patch "
+                           "merger; the ranking signal for such towers is not chosen yet"}
     proportional_attention: bool = True
 
     def __init__(self, config: Any) -> None:

@@ -29,7 +29,12 @@ from .config import DAMROConfig
 class DAMROPlugin(ContrastivePlugin):
     name = "damro"
     config_cls = DAMROConfig
-    supports = ("llava",)  # LLaVA-NeXT's tiled image tokens do not map one-to-one onto the ViT's patches
+    supports = ("llava",)
+    refused = {
+        "llava_next": "its outliers are ViT patches ranked by CLS attention; LLaVA-NeXT's tiled image tokens have "
+                      "no patch-to-position map yet",
+        "qwen2_vl": "its outliers are ranked by CLS attention, and Qwen2-VL's vision tower has no CLS token",
+    }
     description = "DAMRO: contrast with only the vision tower's CLS-attention outlier tokens"
     config: DAMROConfig
 

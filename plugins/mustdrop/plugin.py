@@ -32,6 +32,8 @@ class MustDropPlugin(Plugin):
     name = "mustdrop"
     config_cls = MustDropConfig
     supports = ("llava", "llava_next")
+    refused = {"qwen2_vl": "its local merge runs in the vision tower (no CLS token, 2x2 merger on Qwen2-VL) and "
+                           "its key set needs a patch-to-position map not built for Qwen2-VL yet"}
     owns = ("vision", "prefill", "decode")
     description = "MustDrop: local merge in the vision tower, dual-attention filter in prefill, cache eviction"
 

@@ -18,6 +18,8 @@ from .config import ToMeConfig
 class ToMePlugin(VisionDropPlugin):
     name = "tome"
     config_cls = ToMeConfig
+    refused = {"qwen2_vl": "merged tokens would need grid positions for Qwen2-VL's 2-D vision RoPE, its windows (2.5) "
+                           "and its 2x2 patch merger; not built yet"}
     description = "ToMe: bipartite soft matching merges similar tokens in every vision-tower layer"
 
     config: ToMeConfig

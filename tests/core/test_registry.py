@@ -171,11 +171,27 @@ def test_support_matrix_markdown_has_every_plugin_and_adapter():
     assert header == ["plugin", *mmeff.list_adapters()]
     assert lines[1].startswith("|---|")
     rows = {}
-    for line in lines[2:]:
+    table_lines = [line for line in lines[2:] if line.startswith("|")]
+    for line in table_lines:
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         rows[cells[0]] = dict(zip(header[1:], cells[1:]))
     assert sorted(rows) == mmeff.list_plugins()
+    reasons = [line for line in lines[2:] if line.startswith("- ✗")]
     for plugin in mmeff.list_plugins():
         for adapter in mmeff.list_adapters():
             assert (rows[plugin][adapter] == "✓") is mmeff.supported(plugin, adapter)
+            refusal = registry.refusal(plugin, adapter)
+            assert (rows[plugin][adapter] == "✗") is (refusal is not None and not mmeff.supported(plugin, adapter))
+            if rows[plugin][adapter] == "✗":
+                assert f"- ✗ `{plugin}` on `{adapter}`: {refusal}" in reasons
     assert rows["tmp_md_plugin"]["llava_next"] == "✓" and rows["tmp_md_plugin"]["llava"] == ""
+
+
+def test_refused_plugin_error_gives_the_reason():
+    from mmeff.testing import tiny_qwen2_vl
+
+    pipe = mmeff.wrap(*tiny_qwen2_vl())
+    with pytest.raises(UnsupportedModelError, match="no CLS token") as info:
+        pipe.add_plugin("visionzip")
+    assert "llava" in str(info.value)  # and names where it does run
+    assert not any("_mmeff_hooks" in m.__dict__ for m in pipe.model.modules())
