@@ -55,7 +55,9 @@ def cmd_bench(args: argparse.Namespace) -> None:
     if args.suite == "tokens":
         import sys
 
-        from .bench.layouts import SpeedLayout
+        from dataclasses import replace
+
+        from .bench.layouts import LAYOUTS
         from .bench.tokens import run_speed
         from .bench.tokens_report import write_combined
 
@@ -72,7 +74,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
             quality = run_quality(pipe, n_scenes=args.n_scenes, seed=args.seed)
             write_quality(out / "quality", quality, meta)
         if args.speed or both:
-            layout = SpeedLayout(layers=args.layers, hidden=args.hidden)
+            preset = LAYOUTS[args.layout]
+            layout = replace(preset, layers=args.layers or preset.layers, hidden=args.hidden or preset.hidden)
             speed = run_speed(out / "speed", layout=layout, runs=args.runs, decode_tokens=args.decode_tokens,
                               attn_implementation=args.attn)
         quality, speed = _earlier_tokens_results(out, quality, speed)
@@ -326,8 +329,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                        "--seeds seeds (other first seeds draw other images, to pool)")
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--decode-tokens", type=int, default=16, help="tokens decoded per timed run")
-    p.add_argument("--layers", type=int, default=32)
-    p.add_argument("--hidden", type=int, default=512)
+    p.add_argument("--layout", default="llava-1.5-7b", choices=["llava-1.5-7b", "qwen2.5-vl-7b"],
+                   help="tokens --speed: whose token layout the random model has")
+    p.add_argument("--layers", type=int, default=None, help="tokens --speed: decoder layers (default: the layout's)")
+    p.add_argument("--hidden", type=int, default=None, help="tokens --speed: hidden size (default: the layout's)")
     p.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"])
     p.add_argument("--reward", action="append", help="reno: name[:weight], repeatable (default shapes_clip)")
     p.add_argument("--reward-path", action="append", default=[], help="reno: name=path to load a reward from")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -24,8 +25,12 @@ class Timing:
 
 
 @torch.no_grad()
-def time_prefill_and_decode(model, inputs: dict, *, decode_tokens: int, before_call=None) -> tuple[float, float]:
-    """One run: seconds for the prefill forward, mean seconds per greedy decode step."""
+def time_prefill_and_decode(model, inputs: dict, *, decode_tokens: int, before_call=None,
+                            positions: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[float, float]:
+    """One run: seconds for the prefill forward, mean seconds per greedy decode step.
+
+    ``positions(mask)`` gives the appended token's position ids (an adapter's ``step_positions``
+    for M-RoPE models); by default the mask's count, one row of ids."""
     if before_call is not None:
         before_call()
     start = time.perf_counter()
@@ -39,7 +44,8 @@ def time_prefill_and_decode(model, inputs: dict, *, decode_tokens: int, before_c
     for _ in range(decode_tokens):
         mask = torch.cat([mask, torch.ones_like(token)], dim=1)
         position += 1
-        out = model(input_ids=token, attention_mask=mask, position_ids=torch.full_like(token, position),
+        ids = torch.full_like(token, position) if positions is None else positions(mask)
+        out = model(input_ids=token, attention_mask=mask, position_ids=ids,
                     cache=cache, use_cache=True, logits_to_keep=1)
         cache = out.cache
         token = out.logits[:, -1].argmax(-1, keepdim=True)

@@ -14,7 +14,7 @@ from tqdm import tqdm
 import mmeff
 
 from ..flops import decoder_prefill_flops
-from .layouts import LLAVA_15_7B_TEXT, SpeedLayout, build_speed_model
+from .layouts import SpeedLayout, build_speed_model
 from .methods import Method, all_methods
 from .report import markdown_table, print_table, write_json
 from .timing import time_prefill_and_decode
@@ -37,7 +37,14 @@ def run_speed(
     out_dir.mkdir(parents=True, exist_ok=True)
     model, inputs = build_speed_model(layout, attn_implementation)
     pipe = mmeff.wrap(model)
+    refused = tuple(m for m in methods if m.plugin and not mmeff.registry.supported(m.plugin, pipe.adapter.key))
+    methods = tuple(m for m in methods if m not in refused)
     everything = (Method("baseline"), *methods)
+
+    def decode_positions(mask: torch.Tensor) -> torch.Tensor:  # M-RoPE models keep their prefill's rope_deltas
+        offset = getattr(model.base_model, "rope_deltas", None)
+        return pipe.adapter.step_positions(mask, offset if offset is not None else 0)
+
     times: dict[str, list[tuple[float, float]]] = {m.label: [] for m in everything}
     stats: dict[str, dict[str, Any]] = {}
     total = (runs + warmup) * len(everything)
@@ -47,7 +54,7 @@ def run_speed(
                 if method.plugin:
                     pipe.add_plugin(method.plugin, **method.options)
                 result = time_prefill_and_decode(model, inputs, decode_tokens=decode_tokens,
-                                                 before_call=pipe.reset_state)
+                                                 before_call=pipe.reset_state, positions=decode_positions)
                 if method.plugin:
                     stats[method.label] = pipe.plugins[method.plugin].stats()
                     pipe.remove_plugin(method.plugin)
@@ -58,7 +65,10 @@ def run_speed(
     n_text = inputs["input_ids"].shape[1]
     base_prefill = statistics.median(t[0] for t in times["baseline"])
     base_decode = statistics.median(t[1] for t in times["baseline"])
-    base_flops_7b = decoder_prefill_flops([n_text] * layout.layers, LLAVA_15_7B_TEXT)
+    reference = layout.reference_text
+    base_flops_7b = decoder_prefill_flops([n_text] * layout.layers, reference)
+    ref_kv_width = reference.num_key_value_heads * reference.hidden_size // reference.num_attention_heads
+    kv_width = (layout.kv_heads or layout.heads) * layout.hidden // layout.heads
     rows = []
     for method in everything:
         prefill = statistics.median(t[0] for t in times[method.label])
@@ -77,9 +87,9 @@ def run_speed(
             "mean_image_tokens": st.get("mean_image_tokens", float(layout.image_tokens)),
             "final_image_tokens": st.get("final_image_tokens", float(layout.image_tokens)),
             "flops_ratio_bench_model": st.get("prefill_flops_ratio", 1.0),
-            "flops_ratio_llava15_7b": decoder_prefill_flops(layer_tokens, LLAVA_15_7B_TEXT) / base_flops_7b,
-            "kv_cache_mb_bench_model": kv_bytes(tokens, layout.hidden, 4) / 2**20,
-            "kv_cache_mb_llava15_7b_fp16": kv_bytes(tokens, 4096, 2) / 2**20,
+            "flops_ratio_reference": decoder_prefill_flops(layer_tokens, reference) / base_flops_7b,
+            "kv_cache_mb_bench_model": kv_bytes(tokens, kv_width, 4) / 2**20,
+            "kv_cache_mb_reference_fp16": kv_bytes(tokens, ref_kv_width, 2) / 2**20,
             "image_tokens_per_layer": st.get("image_tokens_per_layer", [float(layout.image_tokens)] * layout.layers),
             "prefill_runs_ms": [t[0] * 1e3 for t in times[method.label]],
             "decode_runs_ms": [t[1] * 1e3 for t in times[method.label]],
@@ -87,6 +97,7 @@ def run_speed(
     result = {
         "benchmark": "tokens --speed",
         "layout": asdict(layout) | {"image_tokens": layout.image_tokens, "sequence_length": n_text},
+        "refused": {m.label: mmeff.registry.refusal(m.plugin, pipe.adapter.key) or "not supported" for m in refused},
         "runs": runs,
         "decode_tokens": decode_tokens,
         "attn_implementation": attn_implementation,
@@ -99,9 +110,9 @@ def run_speed(
     return result
 
 
-def kv_bytes(tokens_per_layer: list[float], hidden: int, bytes_per_value: int) -> float:
-    """Keys and values of every layer (multi-head attention: kv width = hidden size)."""
-    return sum(tokens_per_layer) * 2 * hidden * bytes_per_value
+def kv_bytes(tokens_per_layer: list[float], kv_width: int, bytes_per_value: int) -> float:
+    """Keys and values of every layer; ``kv_width`` = key-value heads x head size (the hidden size without GQA)."""
+    return sum(tokens_per_layer) * 2 * kv_width * bytes_per_value
 
 
 def _table(result: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
@@ -109,8 +120,8 @@ def _table(result: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
                "mean img tokens", "final img tokens", "KV cache MB (7B fp16)", "FLOPs ratio (bench model)",
                "FLOPs ratio (7B dims)"]
     rows = [[r["method"], r["prefill_ms"], r["prefill_speedup"], r["decode_ms_per_token"], r["decode_speedup"],
-             r["mean_image_tokens"], r["final_image_tokens"], r["kv_cache_mb_llava15_7b_fp16"],
-             r["flops_ratio_bench_model"], r["flops_ratio_llava15_7b"]] for r in result["results"]]
+             r["mean_image_tokens"], r["final_image_tokens"], r["kv_cache_mb_reference_fp16"],
+             r["flops_ratio_bench_model"], r["flops_ratio_reference"]] for r in result["results"]]
     return headers, rows
 
 
@@ -127,17 +138,20 @@ def _write(out_dir: Path, result: dict[str, Any]) -> None:
     md = [
         "# Token reduction: speed",
         "",
-        f"Random-weight LLaVA with LLaVA-1.5-7B's token layout: {lay['layers']} decoder layers, "
+        f"Random-weight {lay['arch']} with {lay['reference']}'s token layout: {lay['layers']} decoder layers, "
+        f"{lay['heads']} query / {lay['kv_heads'] or lay['heads']} key-value heads, "
         f"{lay['image_tokens']} image tokens, {lay['sequence_length']} tokens in all; hidden size {lay['hidden']} "
-        f"(reduced to fit the CPU). Medians of {result['runs']} interleaved runs; speedups are baseline/method "
+        f"(reduced to fit the CPU; the vision tower is 2 blocks of width 64, and its time is part of every "
+        f"prefill). Medians of {result['runs']} interleaved runs; speedups are baseline/method "
         f"in the same run. Decode: {result['decode_tokens']} greedy steps with the KV cache. "
         f"{result['attn_implementation']} attention, {result['torch_threads']} threads, torch {result['torch']}.",
         "",
         markdown_table(headers, rows),
         "",
         "FLOPs ratios are analytic decoder prefill FLOPs (projections, n² attention, gated MLP): with the bench "
-        "model's dimensions including the plugin's ranking overhead, and with LLaVA-1.5-7B's dimensions "
-        "(4096 hidden, 11008 MLP) for the same token counts per layer, layers only.",
+        f"model's dimensions including the plugin's ranking overhead, and with {lay['reference']}'s dimensions "
+        "for the same token counts per layer, layers only.",
+        *[f"- refused on this model: {label}: {why}" for label, why in result.get("refused", {}).items()],
         "",
         "![speedups](speedups.png)",
         "![image tokens per layer](tokens_per_layer.png)",

@@ -62,6 +62,6 @@ def write_combined(out_dir: Path, quality: list[dict[str, Any]] | None, speed: d
                (out_dir / "quality" / "quality_table.md").read_text(), "",
                "![accuracy vs tokens](quality/accuracy_vs_tokens.png)", ""]
     if speed:
-        md += ["## Speed on a LLaVA-1.5-7B-shaped random model", "",
+        md += [f"## Speed on a {speed.get('layout', {}).get('reference', 'LLaVA-1.5-7B')}-shaped random model", "",
                (out_dir / "speed" / "report.md").read_text().split("\n", 2)[2].replace("](", "](speed/"), ""]
     (out_dir / "report.md").write_text("\n".join(md) + "\n")
