@@ -54,7 +54,6 @@ def cmd_bench(args: argparse.Namespace) -> None:
         _bench_halluc(args)
     if args.suite == "tokens":
         import sys
-
         from dataclasses import replace
 
         from .bench.layouts import LAYOUTS
