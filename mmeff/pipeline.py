@@ -208,6 +208,9 @@ class MMPipeline:
             videos = [videos]  # one prompt, one clip given as its frames
         if max_new_tokens < 1:
             raise InputError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        loops = [p.name for p in self._active() if "decode_loop" in p.owned_stages()]
+        if loops and videos is not None and any(v is not None for v in videos):
+            raise InputError(f"{loops[0]}: contrastive decoding on video inputs is not supported yet; pass images")
         inputs = self.to_model(self.adapter.build_inputs(image_list, prompt_list, videos=videos))
         self.adapter.check_token_counts(inputs["input_ids"], inputs)
 

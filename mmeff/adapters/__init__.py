@@ -1,6 +1,18 @@
 """Bundled adapters; importing this module registers them."""
 
-from . import ar_image, continuous_ar, diffusers_t2i, flux, janus, llava, llava_next, pixart, qwen2_vl  # noqa: F401
+from . import (  # noqa: F401
+    ar_image,
+    continuous_ar,
+    diffusers_t2i,
+    flux,
+    internvl,
+    janus,
+    llava,
+    llava_next,
+    llava_onevision,
+    pixart,
+    qwen2_vl,
+)
 from .base import Adapter
 
 __all__ = ["Adapter"]

@@ -93,3 +93,15 @@ class Qwen2VLAdapter(VLMAdapter):
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "positions": "M-RoPE (t, h, w)", "merge": self.merge_size}
+
+
+@register_adapter
+class Qwen3VLAdapter(Qwen2VLAdapter):
+    """Qwen3-VL (dense): as Qwen2.5-VL for the engine, plus q/k norms in attention, interleaved
+    M-RoPE, timestamps between video frames, and *deepstack* features from three vision blocks
+    added to the visual tokens after the first decoder layers (the engine adds them to the
+    visual tokens still present, so drops may come before those layers)."""
+
+    key = "qwen3_vl"
+    model_types = ("qwen3_vl",)
+    description = "Qwen3-VL (dense; M-RoPE, q/k norms, deepstack vision features), images and videos"

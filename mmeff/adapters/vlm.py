@@ -25,7 +25,7 @@ SUPPORTED_ATTENTION = ("sdpa", "eager")
 #: reproduces: each is checked against the unmodified model's eager ``output_attentions`` in
 #: tests/core/test_attention_rows.py. Others are refused by attention-ranked methods.
 SCORED_ATTENTION = ("LlamaAttention", "MistralAttention", "Qwen2Attention", "Qwen2VLAttention",
-                    "Qwen2_5_VLAttention")
+                    "Qwen2_5_VLAttention", "Qwen3VLTextAttention")
 
 
 @dataclass(frozen=True)

@@ -66,22 +66,49 @@ class Branch:
 VISION_KEYS = ("pixel_values", "image_sizes", "image_grid_thw", "mm_encoder_outputs")
 
 
-def image_features(model: torch.nn.Module, vision: dict[str, Any]) -> list[torch.Tensor]:
-    """Per-image feature rows, through the model's own ``get_image_features`` (as ``generate`` does)."""
+@dataclass
+class ImageFeatures:
+    """Per-image feature rows from the model's own encoder, plus what else its forward reads from
+    the encoder output (Qwen3-VL: per-layer *deepstack* features), so rows of both branches stack."""
+
+    pooled: list[torch.Tensor] = field(default_factory=list)
+    deepstack: list[list[torch.Tensor]] | None = None  # per deepstack layer, per image
+    output_cls: type = BaseModelOutputWithPooling
+    stacked: bool = False  # the model returns (and takes back) one tensor of equal-sized rows (InternVL's tiles)
+
+    def __len__(self) -> int:
+        return len(self.pooled)
+
+    def __add__(self, other: ImageFeatures) -> ImageFeatures:
+        if not other.pooled:
+            return self
+        if not self.pooled:
+            return other
+        deep = None
+        if self.deepstack is not None and other.deepstack is not None:
+            deep = [a + b for a, b in zip(self.deepstack, other.deepstack)]
+        return ImageFeatures(self.pooled + other.pooled, deep, self.output_cls, self.stacked)
+
+    def model_kwargs(self) -> dict[str, Any]:
+        if not self.pooled:
+            return {}
+        extra = {} if self.deepstack is None else {"deepstack_features": self.deepstack}
+        pooled = torch.stack(self.pooled) if self.stacked else self.pooled
+        return {"mm_encoder_outputs": {"image": self.output_cls(pooler_output=pooled, **extra)}}
+
+
+def image_features(model: torch.nn.Module, vision: dict[str, Any]) -> ImageFeatures:
+    """Per-image features through the model's own ``get_image_features`` (as ``generate`` does)."""
     encoded = vision.get("mm_encoder_outputs", {}).get("image")
     if encoded is None:
         if vision.get("pixel_values") is None:
-            return []
+            return ImageFeatures()
         encoder = model.base_model.get_image_features
         params = inspect.signature(encoder).parameters
         encoded = encoder(**{k: v for k, v in vision.items() if k in params}, return_dict=True)
-    return list(encoded.pooler_output)
-
-
-def _encoded(features: list[torch.Tensor]) -> dict[str, Any]:
-    if not features:
-        return {}
-    return {"mm_encoder_outputs": {"image": BaseModelOutputWithPooling(pooler_output=features)}}
+    deep = getattr(encoded, "deepstack_features", None)
+    return ImageFeatures(list(encoded.pooler_output), None if deep is None else [list(d) for d in deep],
+                         type(encoded), isinstance(encoded.pooler_output, torch.Tensor))
 
 
 def _left_pad(t: torch.Tensor, width: int, value: int) -> torch.Tensor:
@@ -133,7 +160,7 @@ class _Stream:
     """One forward stream (a batch of rows with its own cache); positions follow the adapter's rule."""
 
     def __init__(self, model: torch.nn.Module, input_ids: torch.Tensor, mask: torch.Tensor,
-                 features: list[torch.Tensor], positions: Any, grid: torch.Tensor | None = None) -> None:
+                 features: ImageFeatures, positions: Any, grid: torch.Tensor | None = None) -> None:
         self.model, self.input_ids, self.mask, self.features = model, input_ids, mask, features
         self.positions, self.grid = positions, grid
         self.rows = input_ids.shape[0]
@@ -143,7 +170,7 @@ class _Stream:
     def prefill(self) -> torch.Tensor:
         positions, self.offset = self.positions.branch_positions(self.input_ids, self.mask, self.grid)
         out = self.model(input_ids=self.input_ids, attention_mask=self.mask, position_ids=positions,
-                         cache=self.cache, use_cache=True, logits_to_keep=1, **_encoded(self.features))
+                         cache=self.cache, use_cache=True, logits_to_keep=1, **self.features.model_kwargs())
         return out.logits[:, -1].float()
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:

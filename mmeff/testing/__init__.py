@@ -3,6 +3,8 @@
 from typing import Any
 
 from .factories import tiny_llava, tiny_llava_next
+from .internvl import tiny_internvl
+from .onevision import tiny_llava_onevision
 from .qwen import tiny_qwen2_vl
 from .tokenizer import word_tokenizer
 
@@ -12,8 +14,10 @@ __all__ = [
     "clip_tokenizer",
     "t5_tokenizer",
     "tiny_flux",
+    "tiny_internvl",
     "tiny_llava",
     "tiny_llava_next",
+    "tiny_llava_onevision",
     "tiny_pixart",
     "tiny_qwen2_vl",
     "tiny_sd",

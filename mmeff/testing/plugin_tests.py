@@ -23,6 +23,8 @@ import mmeff
 from mmeff.errors import ConfigError, UnsupportedModelError
 
 from .factories import tiny_llava, tiny_llava_next
+from .internvl import tiny_internvl
+from .onevision import tiny_llava_onevision
 from .qwen import tiny_qwen2_vl
 
 FACTORIES = {
@@ -32,6 +34,11 @@ FACTORIES = {
     "qwen2_vl-sdpa": lambda: tiny_qwen2_vl(layers=8, attn_implementation="sdpa"),
     "qwen2_vl-eager": lambda: tiny_qwen2_vl(layers=8, attn_implementation="eager"),
     "qwen2_5_vl-sdpa": lambda: tiny_qwen2_vl(variant="qwen2_5_vl", layers=8, attn_implementation="sdpa"),
+    "qwen3_vl-sdpa": lambda: tiny_qwen2_vl(variant="qwen3_vl", layers=8, attn_implementation="sdpa"),
+    "internvl-sdpa": lambda: tiny_internvl(layers=8, attn_implementation="sdpa"),
+    "internvl-eager": lambda: tiny_internvl(layers=8, attn_implementation="eager"),
+    "llava_onevision-sdpa": lambda: tiny_llava_onevision(layers=8, attn_implementation="sdpa"),
+    "llava_onevision-eager": lambda: tiny_llava_onevision(layers=8, attn_implementation="eager"),
 }
 #: the adapter each factory's model gets (a plugin's tests run on the factories its registry entry supports)
 FACTORY_ADAPTERS = {name: name.split("-")[0].replace("qwen2_5_vl", "qwen2_vl") for name in FACTORIES}

@@ -8,6 +8,7 @@ shrinks the sizes, so tests exercise the same code paths as the released checkpo
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import torch
@@ -37,13 +38,15 @@ QWEN_CHAT_TEMPLATE = (
 )
 
 PATCH, MERGE, TEMPORAL = 4, 2, 2
+VARIANTS = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 # Pixel bounds for Qwen's smart_resize (sides rounded to PATCH * MERGE = 8): 16x16 .. 64x64.
 MIN_PIXELS, MAX_PIXELS = 16 * 16, 64 * 64
 
 
-def qwen_tokenizer() -> PreTrainedTokenizerFast:
-    """Word-level tokenizer over ``BASE_WORDS`` plus Qwen's special tokens, each matched whole; left padding."""
-    words = list(dict.fromkeys([*QWEN_SPECIAL, *BASE_WORDS, *ROLE_WORDS]))
+def qwen_tokenizer(extra_words: Iterable[str] = ()) -> PreTrainedTokenizerFast:
+    """Word-level tokenizer over ``BASE_WORDS`` (+ ``extra_words``) plus Qwen's special tokens, each matched whole;
+    left padding."""
+    words = list(dict.fromkeys([*QWEN_SPECIAL, *BASE_WORDS, *ROLE_WORDS, *extra_words]))
     vocab = {w: i for i, w in enumerate(words)}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     splits = [pre_tokenizers.Split(s, behavior="isolated") for s in ["\n", *QWEN_SPECIAL]]
@@ -84,6 +87,16 @@ def _configs(variant: str, vocab: int, ids: dict[str, int], *, layers: int, hidd
     if variant == "qwen2_vl":
         vision = dict(shared, embed_dim=32, hidden_size=hidden, mlp_ratio=2)
         return Qwen2VLConfig(text_config=text, vision_config=vision, **tokens)
+    if variant == "qwen3_vl":
+        from transformers import Qwen3VLConfig
+
+        # Qwen3-VL: q/k norms, interleaved M-RoPE, and deepstack features from vision blocks 0 and 1
+        # added to the hidden states after decoder layers 0 and 1; learned 2-D position embeddings (4x4 grid)
+        text = dict(text, head_dim=hidden // heads,
+                    rope_parameters={**text["rope_parameters"], "mrope_interleaved": True})
+        vision = dict(shared, hidden_size=32, intermediate_size=64, out_hidden_size=hidden,
+                      num_position_embeddings=16, deepstack_visual_indexes=[0, 1])
+        return Qwen3VLConfig(text_config=text, vision_config=vision, **tokens)
     # window_size is in pixels: 16 px = 2x2 merged patches per window, so a 24x24 image has several
     # windows (incl. ragged ones); block 1 is full attention, as every fourth-ish block is in the real model.
     vision = dict(shared, hidden_size=32, intermediate_size=64, out_hidden_size=hidden, window_size=16,
@@ -115,16 +128,19 @@ def tiny_qwen2_vl(
         Qwen2VLImageProcessor,
         Qwen2VLProcessor,
         Qwen2VLVideoProcessor,
+        Qwen3VLForConditionalGeneration,
+        Qwen3VLProcessor,
     )
 
-    if variant not in ("qwen2_vl", "qwen2_5_vl"):
-        raise ValueError(f"variant must be 'qwen2_vl' or 'qwen2_5_vl', got {variant!r}")
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
     tokenizer = qwen_tokenizer()
     ids = {k: tokenizer.convert_tokens_to_ids(t) for k, t in
            dict(pad=PAD, eos=IM_END, image=IMAGE_PAD, video=VIDEO_PAD, vstart=VISION_START, vend=VISION_END).items()}
     config = _configs(variant, len(tokenizer), ids, layers=layers, hidden=hidden, heads=heads, kv_heads=kv_heads)
     torch.manual_seed(seed)
-    model_cls = Qwen2VLForConditionalGeneration if variant == "qwen2_vl" else Qwen2_5_VLForConditionalGeneration
+    model_cls = {"qwen2_vl": Qwen2VLForConditionalGeneration, "qwen2_5_vl": Qwen2_5_VLForConditionalGeneration,
+                 "qwen3_vl": Qwen3VLForConditionalGeneration}[variant]
     model = model_cls(config).eval()
     model.set_attn_implementation(attn_implementation)
     model.generation_config.pad_token_id = ids["pad"]
@@ -136,8 +152,14 @@ def tiny_qwen2_vl(
     pixels = dict(size={"shortest_edge": MIN_PIXELS, "longest_edge": MAX_PIXELS}, patch_size=PATCH, merge_size=MERGE,
                   temporal_patch_size=TEMPORAL)
     image_processor = Qwen2VLImageProcessor(**pixels)
-    video_processor = Qwen2VLVideoProcessor(**pixels, do_sample_frames=False, cap_pixels_per_frame=False)
-    processor_cls = Qwen2VLProcessor if variant == "qwen2_vl" else Qwen2_5_VLProcessor
+    if variant == "qwen3_vl":  # timestamps between frames; frames given as arrays carry no fps, so state one
+        from transformers import Qwen3VLVideoProcessor
+
+        video_processor = Qwen3VLVideoProcessor(**pixels, do_sample_frames=False, fps=2)
+    else:
+        video_processor = Qwen2VLVideoProcessor(**pixels, do_sample_frames=False, cap_pixels_per_frame=False)
+    processor_cls = {"qwen2_vl": Qwen2VLProcessor, "qwen2_5_vl": Qwen2_5_VLProcessor,
+                     "qwen3_vl": Qwen3VLProcessor}[variant]
     processor = processor_cls(image_processor=image_processor, tokenizer=tokenizer, video_processor=video_processor,
                               chat_template=QWEN_CHAT_TEMPLATE)
     return model, processor

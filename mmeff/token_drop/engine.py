@@ -103,6 +103,7 @@ class DropState:
     decode_cache: dict[Any, tuple] = field(default_factory=dict)
     forward_calls: int = 0
     exempt_rows: torch.Tensor | None = None  # (B,) rows that keep every image token at decoder-side stages
+    deepstack: tuple[torch.Tensor, list[torch.Tensor]] | None = None  # (visual mask, per-layer features), Qwen3-VL
 
 
 class DropEngine:
@@ -237,11 +238,16 @@ class DropEngine:
         else:
             st.mode = "off"  # the cache was filled before this plugin was attached
 
-    def on_decoder_input(self, kwargs: dict) -> None:
-        """At the decoder's own forward: the position ids it will use (M-RoPE ids are only known here)."""
+    def on_decoder_input(self, kwargs: dict) -> dict:
+        """At the decoder's own forward: the position ids it will use (M-RoPE ids are only known here).
+
+        Qwen3-VL's decoder adds *deepstack* vision features to the visual tokens' hidden states
+        after its first layers, indexed by a full-length mask; the engine takes them over and adds
+        them after those layers to the visual tokens still present (the same sums when nothing
+        is dropped)."""
         st = self.state
         if st.mode == "off":
-            return
+            return kwargs
         given = kwargs.get("position_ids")
         if given is None:
             given = st.fallback_positions
@@ -250,6 +256,26 @@ class DropEngine:
             st.layouts[0].positions = positions
         else:
             st.step_positions = positions
+        embeds = kwargs.get("deepstack_visual_embeds")
+        if st.mode == "full" and embeds is not None:
+            st.deepstack = (kwargs["visual_pos_masks"], list(embeds))
+            kwargs = dict(kwargs, deepstack_visual_embeds=None, visual_pos_masks=None)
+        return kwargs
+
+    def after_layer(self, layer_idx: int, hidden: torch.Tensor) -> torch.Tensor:
+        """Add the deepstack features of ``layer_idx`` to the visual tokens of its current layout."""
+        st = self.state
+        if st.mode != "full" or st.deepstack is None or layer_idx >= len(st.deepstack[1]):
+            return hidden
+        visual, features = st.deepstack
+        visual = visual.to(hidden.device)
+        layout = st.layouts[self.layout_index(layer_idx)]
+        row_of = (visual.flatten().long().cumsum(0) - 1).view_as(visual)  # feature row of each visual token
+        idx = layout.idx.to(hidden.device)
+        present = visual.gather(1, idx) & layout.valid.to(hidden.device)
+        hidden = hidden.clone()
+        hidden[present] = hidden[present] + features[layer_idx].to(hidden)[row_of.gather(1, idx)[present]]
+        return hidden
 
     def _start_full(self, input_ids: torch.Tensor, mask2d: torch.Tensor | None) -> None:
         st = self.state
@@ -285,6 +311,7 @@ class DropEngine:
         st.prev_inputs = {}
         st.evicted = {}
         st.decode_cache = {}
+        st.deepstack = None
 
     def on_model_output(self, output: Any) -> None:
         st = self.state
@@ -487,8 +514,7 @@ class _RestoreHook(ModelHook):
         self.engine = engine
 
     def pre_forward(self, module, args, kwargs):
-        self.engine.on_decoder_input(kwargs)
-        return args, kwargs
+        return args, self.engine.on_decoder_input(kwargs)
 
     def post_forward(self, module, output):
         output.last_hidden_state = self.engine.restore_layout(output.last_hidden_state)
@@ -501,3 +527,8 @@ class _LayerHook(ModelHook):
 
     def pre_forward(self, module, args, kwargs):
         return self.engine.on_layer(self.layer_idx, args, kwargs)
+
+    def post_forward(self, module, output):
+        if isinstance(output, tuple):
+            return (self.engine.after_layer(self.layer_idx, output[0]), *output[1:])
+        return self.engine.after_layer(self.layer_idx, output)

@@ -17,7 +17,7 @@ from .vision import Transform, VisionReducer
 class DecoderDropPlugin(Plugin):
     """A method that drops image tokens between decoder layers (the *prefill* stage)."""
 
-    supports = ("llava", "llava_next", "qwen2_vl")
+    supports = ("llava", "llava_next", "qwen2_vl", "qwen3_vl", "internvl", "llava_onevision")
     owns = ("prefill",)
     position_mode: ClassVar[PositionMode] = "compact"
     lowest_layer: ClassVar[int] = 1
@@ -75,7 +75,13 @@ class VisionDropPlugin(Plugin):
     supports = ("llava", "llava_next")
     owns = ("vision",)
     refused = {"qwen2_vl": "Qwen2-VL's vision tower has no CLS token, windowed attention (2.5) and a 2x2 patch "
-                           "merger; the ranking signal for such towers is not chosen yet"}
+                           "merger; the ranking signal for such towers is not chosen yet",
+               "internvl": "InternViT has a CLS token, but each image token is a 2x2 block of patches concatenated "
+                           "by the pixel shuffle, which needs every tile's full square patch grid; selecting or "
+                           "merging whole 2x2 blocks (per tile and thumbnail) is not built yet",
+               "llava_onevision": "LLaVA-OneVision's SigLIP tower has no CLS token (every last-layer patch is a "
+                                  "feature), so there is no CLS attention to rank by, and video frames are pooled "
+                                  "2x2 after the projector; not built yet"}
     proportional_attention: bool = True
 
     def __init__(self, config: Any) -> None:

@@ -33,7 +33,13 @@ class MustDropPlugin(Plugin):
     config_cls = MustDropConfig
     supports = ("llava", "llava_next")
     refused = {"qwen2_vl": "its local merge runs in the vision tower (no CLS token, 2x2 merger on Qwen2-VL) and "
-                           "its key set needs a patch-to-position map not built for Qwen2-VL yet"}
+                           "its key set needs a patch-to-position map not built for Qwen2-VL yet",
+               "internvl": "its local merge runs in InternViT, whose per-tile square patch grid the 2x2 pixel "
+                           "shuffle needs intact, and its CLS-attention key set needs a map from ViT patches to the "
+                           "shuffled tokens of each tile and thumbnail; neither is built yet",
+               "llava_onevision": "its local merge and key set rank by the ViT's CLS attention, and "
+                                  "LLaVA-OneVision's SigLIP tower has no CLS token (video frames are also pooled "
+                                  "2x2 after the projector); not built yet"}
     owns = ("vision", "prefill", "decode")
     description = "MustDrop: local merge in the vision tower, dual-attention filter in prefill, cache eviction"
 

@@ -19,7 +19,13 @@ class ToMePlugin(VisionDropPlugin):
     name = "tome"
     config_cls = ToMeConfig
     refused = {"qwen2_vl": "merged tokens would need grid positions for Qwen2-VL's 2-D vision RoPE, its windows (2.5) "
-                           "and its 2x2 patch merger; not built yet"}
+                           "and its 2x2 patch merger; not built yet",
+               "internvl": "merged tokens would break the square per-tile patch grid InternVL's 2x2 pixel shuffle "
+                           "reshapes (each image token is four concatenated patches; the CLS token alone is not "
+                           "enough); merging whole 2x2 blocks is not built yet",
+               "llava_onevision": "SigLIP has no CLS token (all last-layer patches are features), but the vision-side "
+                                  "reducer keeps slot 0 as LLaVA's CLS token; and video frames are 2x2-pooled after "
+                                  "the projector, which would mix merged tokens' emptied grid slots; not built yet"}
     description = "ToMe: bipartite soft matching merges similar tokens in every vision-tower layer"
 
     config: ToMeConfig

@@ -90,12 +90,17 @@ def _qwen2_5_vl():
     return tiny_qwen2_vl(variant="qwen2_5_vl", layers=LAYERS, attn_implementation="eager")
 
 
+def _qwen3_vl():  # q/k norms on the head dim, interleaved M-RoPE, deepstack features after layers 0 and 1
+    return tiny_qwen2_vl(variant="qwen3_vl", layers=LAYERS, attn_implementation="eager")
+
+
 BACKBONES: dict[str, Callable] = {
     "LlamaAttention": _llama,
     "MistralAttention": _mistral,
     "Qwen2Attention": _qwen2,
     "Qwen2VLAttention": _qwen2_vl,
     "Qwen2_5_VLAttention": _qwen2_5_vl,
+    "Qwen3VLTextAttention": _qwen3_vl,
 }
 
 

@@ -59,7 +59,7 @@ def test_list_adapters_with_filters():
     everything = mmeff.list_adapters()
     assert {"llava", "llava_next"} <= set(everything)
     assert everything == sorted(everything)
-    assert mmeff.list_adapters("llava*") == ["llava", "llava_next"]
+    assert mmeff.list_adapters("llava*") == ["llava", "llava_next", "llava_onevision"]
     assert mmeff.list_adapters("llava") == ["llava"]
     assert mmeff.list_adapters("*next") == ["llava_next"]
     assert mmeff.list_adapters("zzz*") == []

@@ -1,0 +1,115 @@
+"""InternVL2.5 / InternVL3 in transformers' format (``InternVLForConditionalGeneration``).
+
+What differs from LLaVA, and where the engine meets it:
+
+- **Dynamic tiling.** The processor cuts each image into the grid of 448-px tiles (1..12 by default)
+  whose aspect ratio is closest to the image's, plus a thumbnail tile when the grid has more than one;
+  every tile gives ``image_seq_length`` tokens (256 on the released models). Rows of a batch therefore
+  hold different counts. ``pixel_values`` is ``(tiles, 3, H, W)`` over the whole batch, with no
+  per-image tile count, so :meth:`InternVLAdapter.check_token_counts` checks the placeholders against
+  the tiles: ``context tokens == tiles * tokens_per_tile`` and every ``<img>...</img>`` run a whole
+  number of tiles.
+- **Placeholders.** An image is ``<img>`` + context tokens + ``</img>``; only the context tokens
+  (``config.image_token_id``) carry image features, so only they are vision tokens to token reduction.
+- **Video as frames.** A video is expanded by the processor to ``FrameN: <img>...</img>`` per frame,
+  each frame one tile, and its pixels are merged into ``pixel_values`` in prompt order; to the model
+  (and to every plugin) a video is a run of images.
+- **1-D RoPE.** The decoder is a plain Qwen2 or Llama, so positions are LLaVA's (``position_axes = 1``)
+  and the engine's ``compact`` convention applies unchanged.
+- **Vision tower.** InternViT has a CLS token, but the image features are its patch tokens after a 2x2
+  pixel shuffle (four patches concatenated into one token) and an MLP; vision-side methods rank and
+  merge ViT patches, and the map from a merged token back to its four patches is not built yet.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+
+from ..errors import InputError, UnsupportedModelError
+from ..registry import register_adapter
+from .vlm import VLMAdapter
+
+
+@register_adapter
+class InternVLAdapter(VLMAdapter):
+    key = "internvl"
+    model_types = ("internvl",)
+    description = "InternVL2.5 / 3 (InternViT + pixel shuffle, dynamic 448-px tiling, images and videos as frames)"
+    supports_video: ClassVar[bool] = True
+
+    @property
+    def tokens_per_tile(self) -> int:
+        """Image tokens one tile gives: ``(image_size / patch_size)**2`` patches times ``downsample_ratio**2``."""
+        cfg = self.model.config
+        vision = cfg.vision_config
+        size, patch = _pair(vision.image_size), _pair(vision.patch_size)
+        patches = (size[0] // patch[0]) * (size[1] // patch[1])
+        return int(round(patches * cfg.downsample_ratio**2))
+
+    def _marker_ids(self) -> tuple[int | None, int | None]:
+        """The ``<img>`` / ``</img>`` ids from the processor's tokenizer (the model config does not hold them)."""
+        tokenizer = getattr(self.processor, "tokenizer", None)
+        ids = (getattr(tokenizer, "start_image_token_id", None), getattr(tokenizer, "end_image_token_id", None))
+        return ids if None not in ids else (None, None)
+
+    @property
+    def vision_layers(self):
+        raise UnsupportedModelError(
+            "InternVL's image tokens are InternViT patches merged 2x2 by a pixel shuffle (four patches "
+            "concatenated per token) after the tower; vision-side reduction (VisionZip, ToMe, MustDrop's merge, "
+            "DAMRO's outliers) would need the map from merged tokens back to patches, which is not built yet"
+        )
+
+    def feature_layer_index(self) -> int:
+        self.vision_layers  # noqa: B018 -- raises with the reason
+        return -1
+
+    def check_token_counts(self, input_ids: torch.Tensor, model_inputs: dict[str, Any]) -> None:
+        mask = self.image_token_mask(input_ids)
+        n_tokens = int(mask.sum())
+        pixel_values = model_inputs.get("pixel_values")
+        if pixel_values is None:
+            if n_tokens:
+                raise InputError(f"the prompts hold {n_tokens} image tokens but no pixel_values were given")
+            return
+        per_tile = self.tokens_per_tile
+        tiles = int(pixel_values.shape[0])
+        if n_tokens != tiles * per_tile:
+            raise InputError(
+                f"pixel_values hold {tiles} tile(s), which need {tiles * per_tile} image tokens ({per_tile} per "
+                f"tile) but input_ids hold {n_tokens}; build the prompt with the processor, which expands each "
+                "image to <img> + its tiles' tokens + </img>"
+            )
+        start_id, end_id = self._marker_ids()
+        if start_id is None:
+            return
+        for row in range(input_ids.shape[0]):
+            ids = input_ids[row]
+            starts = (ids == start_id).nonzero().squeeze(-1).tolist()
+            ends = (ids == end_id).nonzero().squeeze(-1).tolist()
+            if len(starts) != len(ends) or any(s >= e for s, e in zip(starts, ends)) or any(
+                    e >= s for e, s in zip(ends, starts[1:])):
+                raise InputError(f"prompt {row}: <img> and </img> markers do not pair up ({len(starts)} <img>, "
+                                 f"{len(ends)} </img>)")
+            inside = torch.zeros_like(mask[row])
+            for i, (s, e) in enumerate(zip(starts, ends)):
+                run = int(mask[row, s + 1:e].sum())
+                if run != e - s - 1 or run == 0 or run % per_tile:
+                    raise InputError(
+                        f"prompt {row}, image {i}: {e - s - 1} tokens between <img> and </img>, {run} of them image "
+                        f"tokens; each image needs a whole number of tiles of {per_tile} image tokens and nothing else"
+                    )
+                inside[s + 1:e] = True
+            stray = int((mask[row] & ~inside).sum())
+            if stray:
+                raise InputError(f"prompt {row}: {stray} image tokens outside <img>...</img>")
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "image_tokens_per_tile": self.tokens_per_tile,
+                "downsample_ratio": self.model.config.downsample_ratio}
+
+
+def _pair(value: Any) -> tuple[int, int]:
+    return (int(value[0]), int(value[1])) if isinstance(value, (list, tuple)) else (int(value), int(value))
