@@ -97,7 +97,7 @@ def run_speed(
     result = {
         "benchmark": "tokens --speed",
         "layout": asdict(layout) | {"image_tokens": layout.image_tokens, "sequence_length": n_text},
-        "refused": {m.label: mmeff.registry.refusal(m.plugin, pipe.adapter.key) or "not supported" for m in refused},
+        "refused": {m.plugin: mmeff.registry.refusal(m.plugin, pipe.adapter.key) or "not supported" for m in refused},
         "runs": runs,
         "decode_tokens": decode_tokens,
         "attn_implementation": attn_implementation,
