@@ -47,7 +47,7 @@ def test_builds_with_tied_token_ids(variant: str) -> None:
 
 def test_bad_variant() -> None:
     with pytest.raises(ValueError, match="variant"):
-        tiny_qwen2_vl(variant="qwen3_vl")
+        tiny_qwen2_vl(variant="qwen9_vl")
 
 
 def test_chat_template_and_tokenizer(qwen) -> None:
