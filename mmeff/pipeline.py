@@ -204,7 +204,9 @@ class MMPipeline:
             image_list = [images]
         else:
             image_list = list(images)
-        if single and videos is not None and not isinstance(videos[0], (list, tuple)):
+        if videos is not None and (not isinstance(videos, (list, tuple)) or not videos):
+            raise InputError("videos must be a non-empty list: one list of frames (or None) per prompt")
+        if single and len(videos or ()) > 1 and not isinstance(videos[0], (list, tuple)):
             videos = [videos]  # one prompt, one clip given as its frames
         if max_new_tokens < 1:
             raise InputError(f"max_new_tokens must be >= 1, got {max_new_tokens}")

@@ -101,8 +101,13 @@ def support_matrix() -> dict[str, dict[str, bool]]:
 
 
 def refusal(plugin: str, adapter_key: str) -> str | None:
-    """Why ``plugin`` is not offered on ``adapter_key`` models, where a reason is recorded."""
-    return get_plugin(plugin).refused.get(adapter_key)
+    """Why ``plugin`` is not offered on ``adapter_key`` models, where a reason is recorded: the plugin's
+    own, else (for a vision-side method) the adapter's ``vision_side_refusal``."""
+    cls = get_plugin(plugin)
+    reason = cls.refused.get(adapter_key)
+    if reason is None and "vision" in cls.owns and not supported(plugin, adapter_key):
+        reason = getattr(get_adapter(adapter_key), "vision_side_refusal", None)
+    return reason
 
 
 def support_cell(plugin: str, adapter_key: str) -> str:

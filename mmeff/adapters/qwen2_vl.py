@@ -35,6 +35,10 @@ class Qwen2VLAdapter(VLMAdapter):
     description = "Qwen2-VL / Qwen2.5-VL (dynamic resolution, M-RoPE, images and videos)"
     position_axes: ClassVar[int] = 3
     supports_video: ClassVar[bool] = True
+    vision_side_refusal: ClassVar[str | None] = (
+        "the Qwen-VL vision tower has no CLS token, windowed attention (2.5) and a 2x2 patch merger after its "
+        "last block; the ranking signal for such towers is not chosen yet"
+    )
 
     @property
     def video_token_id(self) -> int:
@@ -49,10 +53,7 @@ class Qwen2VLAdapter(VLMAdapter):
 
     @property
     def vision_layers(self):
-        raise UnsupportedModelError(
-            "Qwen2-VL's vision tower has no CLS token and merges 2x2 patches after its last block, so "
-            "vision-side reduction (VisionZip, ToMe, MustDrop's merge) has no ranking signal here yet"
-        )
+        raise UnsupportedModelError(f"vision-side reduction on {type(self.model).__name__}: {self.vision_side_refusal}")
 
     def feature_layer_index(self) -> int:
         self.vision_layers  # noqa: B018 -- raises with the reason

@@ -49,6 +49,8 @@ class VLMAdapter(Adapter):
     model_types: ClassVar[tuple[str, ...]] = ()
     #: rows of position ids the decoder's rotary embedding takes: 1, or 3 (t, h, w) for M-RoPE
     position_axes: ClassVar[int] = 1
+    #: why vision-side methods (VisionZip, ToMe, MustDrop's merge) are not offered, where they are not
+    vision_side_refusal: ClassVar[str | None] = None
 
     def __init__(self, obj: nn.Module, processor: Any = None) -> None:
         super().__init__(obj, processor)
@@ -276,8 +278,10 @@ class VLMAdapter(Adapter):
         try:
             if not with_images:
                 return dict(tokenizer(texts, return_tensors="pt", padding=True))
-            pil = [to_pil(im, i) for i, row in enumerate(per_image) for im in row]
-            clips = [[to_pil(f, i) for f in clip] for i, row in enumerate(per_video) for clip in row]
+            pil = [to_pil(im, i if len(row) == 1 else f"{i}.{j}") for i, row in enumerate(per_image)
+                   for j, im in enumerate(row)]
+            clips = [[to_pil(f, f"of video {i}, frame {j}") for j, f in enumerate(clip)]
+                     for i, row in enumerate(per_video) for clip in row]
             visual: dict[str, Any] = {"images": pil} if pil else {}
             if clips:
                 visual["videos"] = clips
@@ -337,7 +341,7 @@ def visual_rows(items: Sequence[Any] | None, n_prompts: int, name: str, allowed:
     return [[] if v is None else list(v) if isinstance(v, (list, tuple)) else [v] for v in items]
 
 
-def to_pil(image: Any, index: int = 0) -> Image.Image:
+def to_pil(image: Any, index: int | str = 0) -> Image.Image:
     """Accept PIL images, HWC uint8/float arrays and CHW tensors; reject anything else clearly."""
     if isinstance(image, Image.Image):
         return image.convert("RGB")

@@ -110,6 +110,9 @@ def _build_qwen(layout: SpeedLayout, attn_implementation: str, seed: int):
     """Qwen2.5-VL: a 2-block windowed ViT of width 64 (its cost is part of every prefill), the
     layout's decoder with M-RoPE, and the processor's flattened-patch input format."""
     head_dim = layout.hidden // layout.heads
+    if layout.hidden % layout.heads or head_dim % 16:
+        raise ValueError(f"the Qwen2.5-VL layout needs a hidden size that is {layout.heads} heads x a multiple of 16 "
+                         f"(M-RoPE sections 2/16, 3/16, 3/16 of the head size); got hidden {layout.hidden}")
     sections = [head_dim // 8, 3 * head_dim // 16, 3 * head_dim // 16]
     vision_start, vision_end, video = 4, 5, 6
     config = Qwen2_5_VLConfig(

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from ..contrastive.decode import Branch, ContrastiveDecoder
-from .plugin_tests import FACTORIES, PROMPTS, VLMPluginTesterMixin, sample_images
+from .plugin_tests import FACTORY_PARAMS, PROMPTS, VLMPluginTesterMixin, sample_images
 
 
 class ContrastivePluginTesterMixin(VLMPluginTesterMixin):
@@ -46,7 +46,7 @@ class ContrastivePluginTesterMixin(VLMPluginTesterMixin):
         stats = pipe.last_stats[name]
         assert stats["forwards"] >= 1 and stats["per_token_s"] >= 0
 
-    @pytest.mark.parametrize("factory", FACTORIES)
+    @pytest.mark.parametrize("factory", FACTORY_PARAMS)
     def test_alpha_zero_and_beta_one_reproduce_greedy(self, factory):
         if factory not in self.runs_on() or not self.positive_is_plain:
             pytest.skip("not applicable")
@@ -58,7 +58,7 @@ class ContrastivePluginTesterMixin(VLMPluginTesterMixin):
             assert torch.equal(self.generate(pipe), plain), f"{options} must give plain greedy decoding"
             pipe.remove_plugin(self.plugin_name)
 
-    @pytest.mark.parametrize("factory", FACTORIES)
+    @pytest.mark.parametrize("factory", FACTORY_PARAMS)
     def test_negative_rows_match_a_solo_run(self, factory):
         if factory not in self.runs_on():
             pytest.skip(f"{self.plugin_name} does not run on {factory}")

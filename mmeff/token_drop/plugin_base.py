@@ -74,9 +74,7 @@ class VisionDropPlugin(Plugin):
 
     supports = ("llava", "llava_next")
     owns = ("vision",)
-    refused = {"qwen2_vl": "Qwen2-VL's vision tower has no CLS token, windowed attention (2.5) and a 2x2 patch "
-                           "merger; the ranking signal for such towers is not chosen yet",
-               "internvl": "InternViT has a CLS token, but each image token is a 2x2 block of patches concatenated "
+    refused = {"internvl": "InternViT has a CLS token, but each image token is a 2x2 block of patches concatenated "
                            "by the pixel shuffle, which needs every tile's full square patch grid; selecting or "
                            "merging whole 2x2 blocks (per tile and thumbnail) is not built yet",
                "llava_onevision": "LLaVA-OneVision's SigLIP tower has no CLS token (every last-layer patch is a "

@@ -33,7 +33,8 @@ class DAMROPlugin(ContrastivePlugin):
     refused = {
         "llava_next": "its outliers are ViT patches ranked by CLS attention; LLaVA-NeXT's tiled image tokens have "
                       "no patch-to-position map yet",
-        "qwen2_vl": "its outliers are ranked by CLS attention, and Qwen2-VL's vision tower has no CLS token",
+        "qwen2_vl": "its outliers are ranked by CLS attention, and the Qwen-VL vision tower has no CLS token",
+        "qwen3_vl": "its outliers are ranked by CLS attention, and the Qwen-VL vision tower has no CLS token",
         "internvl": "InternViT has a CLS token, but its outliers are ViT patches and each InternVL image token is "
                     "a 2x2 block of them merged by the pixel shuffle, over several tiles plus a thumbnail; the "
                     "patch-to-token map is not built yet",

@@ -69,7 +69,9 @@ class MustDropPlugin(Plugin):
                 f"allowed: 0..{feature_idx}, got {self.config.merge_layer}"
             )
         if self.config.filter:
-            DropEngine.check(adapter, self.config.resolve_layers(adapter.num_layers), self.name)
+            layers = self.config.resolve_layers(adapter.num_layers)
+            DropEngine.check(adapter, layers, self.name)
+            adapter.check_attention_scoring(layers)  # its filter ranks by the layer's own attention rows
 
     def attach(self, ctx: PluginContext) -> None:
         adapter = ctx.adapter

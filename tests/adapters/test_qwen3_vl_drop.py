@@ -62,3 +62,25 @@ def test_neutral_drop_keeps_every_deepstack_addition():
         pipe.add_plugin("random_drop", layer=0, budget=1.0)
         pipe.reset_state()
         torch.testing.assert_close(model(**inputs).logits[:, -1], baseline, atol=ATOL, rtol=0)
+
+
+def test_video_row_next_to_an_image_row_matches_solo_runs():
+    """Qwen3-VL's videos (timestamps between frames, deepstack features on video tokens) are reduced
+    like images, and each row of a batch holding a video and an image equals its solo run."""
+    import numpy as np
+
+    model, processor = tiny_qwen2_vl(variant="qwen3_vl", layers=8)
+    pipe = mmeff.wrap(model, processor)
+    pipe.add_plugin("pyramid_drop")
+    rng = np.random.default_rng(3)
+    clip = [rng.integers(0, 255, (24, 24, 3), dtype=np.uint8) for _ in range(4)]
+    images, videos, prompts = [None, sample_images()[0]], [clip, None], ["what happens ?", "how many ?"]
+    batched = pipe.generate(images, prompts, videos=videos, max_new_tokens=5, return_ids=True).new_tokens
+    counts = pipe.last_stats["pyramid_drop"]["image_tokens_per_layer_by_row"]
+    assert counts[0][0] == 18 and counts[0][-1] < counts[0][0] and counts[1][-1] < counts[1][0]
+    pad = processor.tokenizer.pad_token_id
+    for row in range(2):
+        solo = pipe.generate([images[row]], [prompts[row]], videos=[videos[row]], max_new_tokens=5,
+                             return_ids=True).new_tokens[0]
+        assert torch.equal(solo, batched[row, : solo.shape[0]]), f"row {row} differs when batched"
+        assert (batched[row, solo.shape[0]:] == pad).all()

@@ -10,6 +10,7 @@ from mmeff.errors import ConfigError
 from mmeff.plugins.fastv import FastVConfig
 from mmeff.testing.plugin_tests import (
     FACTORIES,
+    FACTORY_PARAMS,
     PROMPTS,
     VLMPluginTesterMixin,
     cache_lengths,
@@ -36,7 +37,7 @@ class TestFastV(VLMPluginTesterMixin):
         assert stats["final_image_tokens"] < stats["mean_image_tokens"] < stats["image_tokens_before"][0] + 1
 
 
-@pytest.mark.parametrize("factory", list(FACTORIES))
+@pytest.mark.parametrize("factory", FACTORY_PARAMS)
 def test_cached_generation_matches_no_cache_recomputation(factory):
     model, processor = FACTORIES[factory]()
     pipe = mmeff.wrap(model, processor)

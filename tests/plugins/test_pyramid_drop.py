@@ -9,7 +9,7 @@ import mmeff
 from mmeff.errors import ConfigError, InputError
 from mmeff.plugins.pyramid_drop import PyramidDropConfig, default_layers
 from mmeff.plugins.pyramid_drop.ops import last_query_attention, stage_keep_counts, topk_mask
-from mmeff.testing.plugin_tests import FACTORIES, PROMPTS, VLMPluginTesterMixin, sample_images
+from mmeff.testing.plugin_tests import FACTORIES, FACTORY_PARAMS, PROMPTS, VLMPluginTesterMixin, sample_images
 
 
 class TestPyramidDrop(VLMPluginTesterMixin):
@@ -47,7 +47,7 @@ class TestPyramidDrop(VLMPluginTesterMixin):
         assert 0 < stats["retained_fraction"] < 1
 
 
-@pytest.mark.parametrize("factory", list(FACTORIES))
+@pytest.mark.parametrize("factory", FACTORY_PARAMS)
 def test_cached_generation_matches_no_cache_recomputation(factory):
     """Decode steps with per-layer shrunken caches == re-running the whole dropped sequence."""
     model, processor = FACTORIES[factory]()
