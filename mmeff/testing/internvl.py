@@ -14,10 +14,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from .tokenizer import BASE_WORDS
+from .tokenizer import chatml_word_tokenizer
 
 if TYPE_CHECKING:
     from transformers import InternVLForConditionalGeneration, InternVLProcessor
@@ -53,26 +52,12 @@ def internvl_tokenizer() -> PreTrainedTokenizerFast:
     Exposes the attributes ``InternVLProcessor`` reads: ``start_image_token`` / ``end_image_token`` /
     ``context_image_token`` / ``video_token`` and their ``*_id``s.
     """
-    words = list(dict.fromkeys([*INTERNVL_SPECIAL, *BASE_WORDS, *ROLE_WORDS, *FRAME_WORDS]))
-    vocab = {w: i for i, w in enumerate(words)}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    splits = [pre_tokenizers.Split(s, behavior="isolated") for s in ["\n", *INTERNVL_SPECIAL]]
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [*splits, pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()]
+    return chatml_word_tokenizer(
+        INTERNVL_SPECIAL,
+        {"start_image_token": IMG_START, "end_image_token": IMG_END, "context_image_token": IMG_CONTEXT,
+         "video_token": VIDEO},
+        [*ROLE_WORDS, *FRAME_WORDS],
     )
-    tok.decoder = decoders.WordPiece(prefix="##", cleanup=True)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        eos_token=IM_END,
-        unk_token="<unk>",
-        pad_token=PAD,
-        extra_special_tokens={"start_image_token": IMG_START, "end_image_token": IMG_END,
-                              "context_image_token": IMG_CONTEXT, "video_token": VIDEO},
-    )
-    # Registered as added tokens so "<...>" is never cut up by the punctuation pre-tokenizer.
-    fast.add_tokens([IM_START, IM_END, IMG_START, IMG_END, IMG_CONTEXT, VIDEO], special_tokens=True)
-    fast.padding_side = "left"
-    return fast
 
 
 def _text_config(text_model: str, vocab: int, ids: dict[str, int], *, layers: int, hidden: int, heads: int,

@@ -16,11 +16,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from .qwen import ROLE_WORDS
-from .tokenizer import BASE_WORDS
+from .tokenizer import chatml_word_tokenizer
 
 if TYPE_CHECKING:
     from transformers import LlavaOnevisionForConditionalGeneration, LlavaOnevisionProcessor
@@ -47,25 +46,7 @@ PINPOINTS = [[TILE, TILE], [TILE, 2 * TILE], [2 * TILE, TILE], [2 * TILE, 2 * TI
 
 def onevision_tokenizer() -> PreTrainedTokenizerFast:
     """Word-level tokenizer over ``BASE_WORDS`` plus the chat and vision special tokens; left padding."""
-    words = list(dict.fromkeys([*ONEVISION_SPECIAL, *BASE_WORDS, *ROLE_WORDS]))
-    vocab = {w: i for i, w in enumerate(words)}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    splits = [pre_tokenizers.Split(s, behavior="isolated") for s in ["\n", *ONEVISION_SPECIAL]]
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [*splits, pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()]
-    )
-    tok.decoder = decoders.WordPiece(prefix="##", cleanup=True)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        eos_token=IM_END,
-        unk_token="<unk>",
-        pad_token=PAD,
-        extra_special_tokens={"image_token": IMAGE, "video_token": VIDEO},
-    )
-    # added tokens, so "<|...|>" and "<image>" are never cut up by the punctuation pre-tokenizer
-    fast.add_tokens([IM_START, IM_END, IMAGE, VIDEO], special_tokens=True)
-    fast.padding_side = "left"
-    return fast
+    return chatml_word_tokenizer(ONEVISION_SPECIAL, {"image_token": IMAGE, "video_token": VIDEO}, ROLE_WORDS)
 
 
 def tiny_llava_onevision(

@@ -12,10 +12,9 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from .tokenizer import BASE_WORDS
+from .tokenizer import chatml_word_tokenizer
 
 if TYPE_CHECKING:
     from transformers import ProcessorMixin, Qwen2_5_VLForConditionalGeneration, Qwen2VLForConditionalGeneration
@@ -46,25 +45,8 @@ MIN_PIXELS, MAX_PIXELS = 16 * 16, 64 * 64
 def qwen_tokenizer(extra_words: Iterable[str] = ()) -> PreTrainedTokenizerFast:
     """Word-level tokenizer over ``BASE_WORDS`` (+ ``extra_words``) plus Qwen's special tokens, each matched whole;
     left padding."""
-    words = list(dict.fromkeys([*QWEN_SPECIAL, *BASE_WORDS, *ROLE_WORDS, *extra_words]))
-    vocab = {w: i for i, w in enumerate(words)}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    splits = [pre_tokenizers.Split(s, behavior="isolated") for s in ["\n", *QWEN_SPECIAL]]
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [*splits, pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()]
-    )
-    tok.decoder = decoders.WordPiece(prefix="##", cleanup=True)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        eos_token=IM_END,
-        unk_token="<unk>",
-        pad_token=PAD,
-        extra_special_tokens={"image_token": IMAGE_PAD, "video_token": VIDEO_PAD},
-    )
-    # Registered as added tokens so "<|...|>" is never cut up by the punctuation pre-tokenizer.
-    fast.add_tokens([IM_START, IM_END, VISION_START, VISION_END, IMAGE_PAD, VIDEO_PAD], special_tokens=True)
-    fast.padding_side = "left"
-    return fast
+    return chatml_word_tokenizer(QWEN_SPECIAL, {"image_token": IMAGE_PAD, "video_token": VIDEO_PAD},
+                                 [*ROLE_WORDS, *extra_words])
 
 
 def _configs(variant: str, vocab: int, ids: dict[str, int], *, layers: int, hidden: int, heads: int,

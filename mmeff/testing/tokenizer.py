@@ -48,3 +48,30 @@ def word_tokenizer(extra_words: Iterable[str] = ()) -> PreTrainedTokenizerFast:
     )
     fast.padding_side = "left"
     return fast
+
+
+#: the ChatML markers every Qwen-based processor's template uses
+CHATML_PAD, CHATML_START, CHATML_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
+
+
+def chatml_word_tokenizer(
+    special: list[str], extra_special_tokens: dict[str, str], words: Iterable[str] = ()
+) -> PreTrainedTokenizerFast:
+    """A word-level ChatML tokenizer (Qwen-family processors): ``special`` tokens first (ids 0..),
+    each matched whole, then ``BASE_WORDS`` + ``words``; ``<|im_end|>`` ends a turn; left padding.
+
+    ``extra_special_tokens`` names the attributes a processor reads (``image_token``, ...)."""
+    vocab_words = list(dict.fromkeys([*special, *BASE_WORDS, *words]))
+    vocab = {w: i for i, w in enumerate(vocab_words)}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    splits = [pre_tokenizers.Split(s, behavior="isolated") for s in ["\n", *special]]
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [*splits, pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()]
+    )
+    tok.decoder = decoders.WordPiece(prefix="##", cleanup=True)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=CHATML_END, unk_token="<unk>",
+                                   pad_token=CHATML_PAD, extra_special_tokens=extra_special_tokens)
+    # added tokens, so "<|...|>" and "<image>" are never cut up by the punctuation pre-tokenizer
+    fast.add_tokens([t for t in special if t not in (CHATML_PAD, "<unk>")], special_tokens=True)
+    fast.padding_side = "left"
+    return fast
