@@ -236,14 +236,18 @@ def cmd_testbed(args: argparse.Namespace) -> None:
         raise SystemExit("usage: mmeff testbed train vlm|sd|clip|ar|mar|mar-draft [--out DIR] [--run-dir DIR]")
     from .testbed.train import parse_overrides
 
-    if args.model == "vlm" and (args.recipe or args.device != "cpu"):
-        raise SystemExit("--recipe and --device apply to `train sd`, `train clip`, `train ar` and `train mar`")
-    out = Path(args.out or f"assets/models/shapes-{TESTBED_MODELS[args.model]}")
-    run_dir = Path(args.run_dir or f"runs/shapes-{TESTBED_MODELS[args.model]}")
+    if args.model == "vlm" and args.device != "cpu":
+        raise SystemExit("--device applies to `train sd`, `train clip`, `train ar` and `train mar`")
+    if args.arch != "llava" and args.model != "vlm":
+        raise SystemExit("--arch applies to `train vlm` only")
+    name = "qwen2vl" if args.arch == "qwen2_vl" else TESTBED_MODELS[args.model]
+    out = Path(args.out or f"assets/models/shapes-{name}")
+    run_dir = Path(args.run_dir or f"runs/shapes-{name}")
     if args.model == "vlm":
-        from .testbed.train import train_vlm
+        from .testbed.train import recipe_class, train_vlm
 
-        train_vlm(out, run_dir)
+        recipe_cls = recipe_class(args.arch)
+        train_vlm(out, run_dir, recipe_cls(**parse_overrides(recipe_cls, args.recipe)), arch=args.arch)
     elif args.model == "sd":
         from .testbed.train_sd import SDRecipe, train_sd
 
@@ -301,13 +305,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what to train (train only): vlm = shapes-llava, sd = shapes-sd, clip = shapes-clip, "
                         "ar = shapes-ar, mar = shapes-mar + its draft shapes-mar-small, "
                         "mar-draft = distil shapes-mar-small on shapes-mar's predictions")
+    p.add_argument("--arch", default="llava", choices=["llava", "qwen2_vl"],
+                   help="train vlm: llava = shapes-llava, qwen2_vl = shapes-qwen2vl (Qwen2-VL, dynamic resolution)")
     p.add_argument("--out", help="train: where save_pretrained writes (default assets/models/shapes-<model>); "
                                  "oracle: report folder (default eval_results/oracle)")
     p.add_argument("--run-dir", help="checkpoints (resume from here) and logs (default runs/shapes-<model>)")
     p.add_argument("--device", default="cpu",
                    help="train sd|clip|ar|mar: torch device (cuda trains the same recipe faster)")
     p.add_argument("--recipe", action="append", default=[], metavar="NAME=VALUE",
-                   help="train sd|clip|ar|mar: override a field of the recipe, e.g. unet_steps=12000 "
+                   help="train vlm|sd|clip|ar|mar: override a field of the recipe, e.g. unet_steps=12000 "
                         "(repeatable; mar: vae=DIR trains on another AutoencoderKL)")
     p.add_argument("--n-scenes", type=int, default=500, help="oracle: held-out scenes to score")
     p.add_argument("--image-size", type=int, default=96, help="oracle: render size in pixels")

@@ -6,6 +6,7 @@ covering it); stage B trains projector + decoder on a caption and 12 questions p
 turn, as a lone question does at evaluation; the tower is frozen for the first 15% and then
 fine-tuned at a lower rate. Seeded, resumable from ``<run>/ckpt.pt``, with a progress bar
 and a loss-curve plot. See ``shared/notes/testbed-training.md`` for the probes behind it.
+``--arch qwen2_vl`` runs the same stages on the shapes Qwen2-VL (:mod:`mmeff.testbed.train_qwen`).
 """
 
 from __future__ import annotations
@@ -61,7 +62,12 @@ class Recipe:
 
 def parse_overrides(recipe_cls: type, pairs: list[str]) -> dict[str, Any]:
     """``["unet_steps=12000", "lr=1e-3"]`` -> typed fields of the recipe dataclass; unknown names raise."""
-    casts = {"int": int, "float": float, "str": str, int: int, float: float, str: str}
+    def flag(value: str) -> bool:
+        if value.lower() not in ("true", "false", "1", "0"):
+            raise ValueError(f"a boolean recipe field takes true or false, got {value!r}")
+        return value.lower() in ("true", "1")
+
+    casts = {"int": int, "float": float, "str": str, "bool": flag, int: int, float: float, str: str, bool: flag}
     types = {f.name: casts[f.type] for f in dataclasses.fields(recipe_cls)}
     out: dict[str, Any] = {}
     for pair in pairs:
@@ -84,18 +90,25 @@ class Trainer:
         self.run_dir, self.recipe, self.spec = run_dir, recipe, spec
         run_dir.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(recipe.seed)
-        self.processor = build_processor(spec)
-        self.model = build_model(spec, self.processor, seed=recipe.seed)
-        self.tower = self.model.model.vision_tower
-        self.head = nn.Linear(spec.vision_hidden, len(KINDS) + 1)
-        self.builder = SequenceBuilder(self.processor.tokenizer, self.model.config.image_token_id, spec.image_tokens)
+        self._build()
         self.stage, self.step, self.losses = "vision", 0, {"vision": [], "chat": []}
         self.seconds, self._mark = 0.0, time.time()  # training wall time, summed over resumed runs
+        # CPU time too: on a shared machine the wall time also counts other people's jobs
+        self.cpu_seconds, self._cpu_mark = 0.0, time.process_time()
         self.metrics: dict[str, dict[str, float]] = {}
         self.optimizer = self._vision_optimizer()
         self.ckpt = run_dir / "ckpt.pt"
         if self.ckpt.is_file():
             self._load()
+
+    def _build(self) -> None:
+        """Processor, model, the tower stage A trains (frozen early in stage B) and its per-patch head."""
+        spec = self.spec
+        self.processor = build_processor(spec)
+        self.model = build_model(spec, self.processor, seed=self.recipe.seed)
+        self.tower = self.model.model.vision_tower
+        self.head = nn.Linear(spec.vision_hidden, len(KINDS) + 1)
+        self.builder = SequenceBuilder(self.processor.tokenizer, self.model.config.image_token_id, spec.image_tokens)
 
     # -- optimisers ------------------------------------------------------------------------
     def _vision_optimizer(self):
@@ -115,9 +128,12 @@ class Trainer:
     def _save(self) -> None:
         now = time.time()
         self.seconds, self._mark = self.seconds + now - self._mark, now
+        cpu = time.process_time()
+        self.cpu_seconds, self._cpu_mark = self.cpu_seconds + cpu - self._cpu_mark, cpu
         state = {"stage": self.stage, "step": self.step, "losses": self.losses, "model": self.model.state_dict(),
                  "head": self.head.state_dict(), "optimizer": self.optimizer.state_dict(),
-                 "recipe": asdict(self.recipe), "metrics": self.metrics, "seconds": self.seconds}
+                 "recipe": asdict(self.recipe), "metrics": self.metrics, "seconds": self.seconds,
+                 "cpu_seconds": self.cpu_seconds}
         tmp = self.ckpt.with_suffix(".tmp")
         torch.save(state, tmp)
         tmp.replace(self.ckpt)
@@ -128,6 +144,7 @@ class Trainer:
         self.head.load_state_dict(state["head"])
         self.stage, self.step, self.losses = state["stage"], state["step"], state["losses"]
         self.metrics, self.seconds = state.get("metrics", {}), state.get("seconds", 0.0)
+        self.cpu_seconds = state.get("cpu_seconds", 0.0)
         self.optimizer = self._vision_optimizer() if self.stage == "vision" else self._chat_optimizer()
         self.optimizer.load_state_dict(state["optimizer"])
         print(f"resumed {self.stage} stage at step {self.step}")
@@ -139,18 +156,14 @@ class Trainer:
         bar = tqdm(range(self.step, r.vision_steps), desc="stage A: vision tower", initial=self.step,
                    total=r.vision_steps)
         for step in bar:
-            scenes = scene_batch(step, r.vision_batch, self.spec.image_size, base_seed=r.seed * 1_000_003)
-            pixels = images_tensor(scenes, self.processor)
-            labels = torch.stack([torch.from_numpy(patch_labels(s, self.spec.patch_size)).flatten() for s in scenes])
-            hidden = self.tower(pixel_values=pixels).last_hidden_state[:, 1:]
-            loss = nn.functional.cross_entropy(self.head(hidden).flatten(0, 1), labels.flatten())
+            loss = self.vision_loss(step)
             self._update(loss, step, r.vision_steps, "vision")
             bar.set_postfix(loss=f"{loss.item():.3f}")
             self.step = step + 1
             if self.step % r.checkpoint_every == 0:
                 self._save()
         self.stage, self.step = "chat", 0
-        self.metrics["vision_patch_accuracy"] = vision_patch_accuracy(self.tower, self.head, self.processor, self.spec)
+        self.metrics["vision_patch_accuracy"] = self.patch_accuracy()
         print(f"stage A held-out object-patch accuracy: {self.metrics['vision_patch_accuracy']}")
         self.optimizer = self._chat_optimizer()
         self._save()
@@ -165,24 +178,41 @@ class Trainer:
                    total=r.chat_steps)
         for step in bar:
             rng.seed(r.seed * 7919 + step)
-            scenes = scene_batch(step, r.chat_batch, self.spec.image_size, base_seed=5_000_000 + r.seed)
-            turns = [training_turns(s, rng, r.questions_per_image, r.hard_negatives, r.colour_negatives)
-                     for s in scenes]
-            pad = self.processor.tokenizer.pad_token_id
-            if r.isolated_turns:
-                batch = collate_isolated([build_isolated(self.builder, t) for t in turns], pad)
-            else:
-                batch = collate([self.builder.build(t) for t in turns], pad)
             frozen = step < unfreeze_at
             self.tower.requires_grad_(not frozen)
-            out = self.model(pixel_values=images_tensor(scenes, self.processor), **batch)
-            self._update(out.loss, step, r.chat_steps, "chat", tower_on=not frozen)
-            bar.set_postfix(loss=f"{out.loss.item():.3f}", tower="frozen" if frozen else "tuned")
+            loss = self.chat_loss(step, rng)
+            self._update(loss, step, r.chat_steps, "chat", tower_on=not frozen)
+            bar.set_postfix(loss=f"{loss.item():.3f}", tower="frozen" if frozen else "tuned")
             self.step = step + 1
             if self.step % r.checkpoint_every == 0:
                 self._save()
         self.stage = "done"
         self._save()
+
+    # -- per-architecture batches ------------------------------------------------------------
+    def vision_loss(self, step: int) -> torch.Tensor:
+        """Stage A: cross-entropy of the head on every patch's (colour, shape) class."""
+        r = self.recipe
+        scenes = scene_batch(step, r.vision_batch, self.spec.image_size, base_seed=r.seed * 1_000_003)
+        pixels = images_tensor(scenes, self.processor)
+        labels = torch.stack([torch.from_numpy(patch_labels(s, self.spec.patch_size)).flatten() for s in scenes])
+        hidden = self.tower(pixel_values=pixels).last_hidden_state[:, 1:]
+        return nn.functional.cross_entropy(self.head(hidden).flatten(0, 1), labels.flatten())
+
+    def chat_loss(self, step: int, rng: random.Random) -> torch.Tensor:
+        """Stage B: the LM loss on answers, a caption and questions per image."""
+        r = self.recipe
+        scenes = scene_batch(step, r.chat_batch, self.spec.image_size, base_seed=5_000_000 + r.seed)
+        turns = [training_turns(s, rng, r.questions_per_image, r.hard_negatives, r.colour_negatives) for s in scenes]
+        pad = self.processor.tokenizer.pad_token_id
+        if r.isolated_turns:
+            batch = collate_isolated([build_isolated(self.builder, t) for t in turns], pad)
+        else:
+            batch = collate([self.builder.build(t) for t in turns], pad)
+        return self.model(pixel_values=images_tensor(scenes, self.processor), **batch).loss
+
+    def patch_accuracy(self) -> dict[str, float]:
+        return vision_patch_accuracy(self.tower, self.head, self.processor, self.spec)
 
     def _update(self, loss: torch.Tensor, step: int, total: int, stage: str, tower_on: bool = True) -> None:
         factor = lr_factor(step, total)
@@ -204,6 +234,7 @@ class Trainer:
         plot_losses(self.losses, out_dir / "training_loss.png")
         info = {"recipe": asdict(self.recipe), "spec": asdict(self.spec), "metrics": self.metrics,
                 "training_minutes": round(self.seconds / 60, 1),
+                "training_cpu_minutes": round(self.cpu_seconds / 60, 1),
                 "final_loss": {k: sum(v[-50:]) / max(1, len(v[-50:])) for k, v in self.losses.items()}}
         (out_dir / "training.json").write_text(json.dumps(info, indent=2))
 
@@ -251,9 +282,33 @@ def plot_losses(losses: dict[str, list[float]], path: Path, titles: dict[str, st
     plt.close(fig)
 
 
-def train_vlm(out_dir: Path, run_dir: Path, recipe: Recipe | None = None, spec: ShapesLlavaSpec | None = None) -> Path:
+VLM_ARCHS = ("llava", "qwen2_vl")
+
+
+def recipe_class(arch: str = "llava") -> type[Recipe]:
+    """The recipe dataclass of ``arch`` (``--recipe`` overrides parse against it)."""
+    if arch == "qwen2_vl":
+        from .train_qwen import QwenRecipe
+
+        return QwenRecipe
+    if arch != "llava":
+        raise ValueError(f"unknown VLM architecture {arch!r}; choose from {VLM_ARCHS}")
+    return Recipe
+
+
+def train_vlm(out_dir: Path, run_dir: Path, recipe: Recipe | None = None, spec: Any = None,
+              arch: str = "llava") -> Path:
+    """Train (or resume) the shapes VLM of ``arch``: ``llava`` (shapes-llava) or ``qwen2_vl`` (shapes-qwen2vl)."""
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    trainer = Trainer(run_dir, recipe or Recipe(), spec or ShapesLlavaSpec())
+    recipe = recipe or recipe_class(arch)()
+    if arch == "qwen2_vl":
+        from .qwen_model import ShapesQwen2VLSpec
+        from .train_qwen import QwenTrainer
+
+        trainer: Trainer = QwenTrainer(run_dir, recipe, spec or ShapesQwen2VLSpec())
+    else:
+        trainer = Trainer(run_dir, recipe, spec or ShapesLlavaSpec())
+    print(f"training {arch} with {torch.get_num_threads()} torch thread(s); run dir {run_dir}", flush=True)
     start = time.time()
     if trainer.stage == "vision":
         trainer.train_vision()
