@@ -150,17 +150,3 @@ class LlavaOnevisionAdapter(VLMAdapter):
                         f"({expected} tokens each, in batch order)"
                     )
 
-    # -- prompts -------------------------------------------------------------------------
-    def chat_prompt(self, prompt: str, *, system: str | None = None, history=(), images: int = 1,
-                    videos: int = 0) -> str:
-        """OneVision's template renders any role under its own header, so ``system`` becomes a system turn."""
-        text = super().chat_prompt(prompt, system=None if self._has_template else system, history=history,
-                                   images=images, videos=videos)
-        if not system or not self._has_template:
-            return text
-        head = [{"role": "system", "content": [{"type": "text", "text": system}]}]
-        return self.processor.apply_chat_template(head) + text
-
-    @property
-    def _has_template(self) -> bool:
-        return bool(getattr(self.processor, "chat_template", None))

@@ -307,7 +307,7 @@ class VLMAdapter(Adapter):
             if answer is not None:
                 conversation.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
         template = getattr(self.processor, "chat_template", None)
-        if system and template and "system" in template:
+        if system and template and self._renders_system(system):
             conversation.insert(0, {"role": "system", "content": [{"type": "text", "text": system}]})
             system = None
         if template:
@@ -319,6 +319,20 @@ class VLMAdapter(Adapter):
                 text += f"USER: {marker}{question} ASSISTANT:" + ("" if answer is None else f" {answer}</s>")
         # templates without a system role: LLaVA-1.5's own format puts it in front of the first turn
         return f"{system} {text}" if system else text
+
+    def _renders_system(self, system: str) -> bool:
+        """Whether the chat template renders a system turn as one (not dropped, refused, or drawn as an
+        assistant turn, as LLaVA-1.5's does): checked by rendering, since templates name roles in many ways."""
+        def render(role: str) -> str:
+            turn = [{"role": role, "content": [{"type": "text", "text": system}]},
+                    {"role": "user", "content": [{"type": "text", "text": "?"}]}]
+            return self.processor.apply_chat_template(turn)
+
+        try:
+            as_system = render("system")
+            return system in as_system and as_system != render("assistant")
+        except Exception:  # noqa: BLE001 -- a template that raises on a system turn has none
+            return False
 
     def decode(self, token_ids: torch.Tensor) -> list[str]:
         return self.processor.batch_decode(token_ids, skip_special_tokens=True)

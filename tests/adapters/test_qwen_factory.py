@@ -103,3 +103,17 @@ def test_video_prompt_generates(qwen) -> None:
     assert (batch["input_ids"] == model.config.video_token_id).sum().item() == 18
     out = model.generate(**batch, max_new_tokens=4, min_new_tokens=4, do_sample=False)
     assert out.shape[1] == batch["input_ids"].shape[1] + 4
+
+
+def test_system_instruction_becomes_a_system_turn() -> None:
+    """Templates that never spell "system" (Qwen's renders any role) still get a real system turn (ICD's
+    instruction), found by rendering one; LLaVA-1.5's template has none, so the text goes in front."""
+    import mmeff
+    from mmeff.testing import tiny_llava
+
+    qwen = mmeff.wrap(*tiny_qwen2_vl()).adapter
+    assert "system" not in qwen.processor.chat_template
+    text = qwen.chat_prompt("how many ?", system="answer with one word")
+    assert text.startswith("<|im_start|>system\nanswer with one word<|im_end|>\n<|im_start|>user\n")
+    llava = mmeff.wrap(*tiny_llava()).adapter
+    assert llava.chat_prompt("how many ?", system="answer with one word").startswith("answer with one word USER:")
