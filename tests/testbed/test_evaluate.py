@@ -47,16 +47,19 @@ def test_eval_under_accelerate_launch_with_two_processes(tmp_path):
         "from mmeff.testbed.evaluate import run_eval\n"
         "r = run_eval(mmeff.wrap(*tiny_llava(layers=4)), 'counting', None, n_scenes=4, batch_size=2)\n"
         "if r: open(sys.argv[1], 'w').write(json.dumps(r['metrics']) + json.dumps(r['processes']))\n"
+        "import torch.distributed as dist\n"
+        "if dist.is_initialized(): dist.destroy_process_group()  # gloo torn down before exit, not during it\n"
     )
     single = run_eval(mmeff.wrap(*tiny_llava(layers=4)), "counting", None, n_scenes=4, batch_size=2)
     out = tmp_path / "out.json"
     launcher = Path(sys.executable).with_name("accelerate")
     # --multi_gpu with no visible GPU: accelerate starts 2 CPU processes with the gloo backend
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
-    subprocess.run([str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                    "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29531",
-                    str(script), str(out)],
-                   check=True, capture_output=True, timeout=600, env=env)
+    done = subprocess.run([str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29531",
+                           str(script), str(out)],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, f"accelerate launch failed ({done.returncode}):\n{done.stderr[-3000:]}"
     text = out.read_text()
     assert text.endswith("2"), "both processes took part"
     assert json.loads(text[:-1]) == single["metrics"]
