@@ -41,7 +41,7 @@ FACTORIES = {
     "llava_onevision-eager": lambda: tiny_llava_onevision(layers=8, attn_implementation="eager"),
 }
 #: factories whose mixin runs are marked ``slow`` (``pytest -m slow``), should one grow too costly for ``make
-#: test``; none now (every factory's mixin run, sdpa and eager, takes about 2 minutes on 2 idle cores)
+#: test``; none now (the whole suite takes about 2.5 minutes on 2 idle cores)
 EXTENDED: tuple[str, ...] = ()
 #: what ``@pytest.mark.parametrize("factory", FACTORY_PARAMS)`` runs on
 FACTORY_PARAMS = [pytest.param(f, marks=pytest.mark.slow) if f in EXTENDED else f for f in FACTORIES]
