@@ -213,3 +213,24 @@ def cache_lengths(pipe: mmeff.MMPipeline, inputs: dict[str, Any]) -> list[int]:
 def image_counts(pipe: mmeff.MMPipeline, inputs: dict[str, Any]) -> torch.Tensor:
     """Image placeholder tokens per row."""
     return (inputs["input_ids"] == pipe.adapter.image_token_id).sum(-1)
+
+
+def layer_inputs_and_attentions(model: torch.nn.Module, layers, inputs: dict[str, Any]):
+    """One eager forward of the unmodified ``model`` with ``output_attentions``, plus every decoder
+    layer's input (hidden states, rotary cos/sin) captured on the way: what attention-row checks compare."""
+    captured: dict[int, tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]] = {}
+
+    def capture(idx):
+        def hook(module, args, kwargs):
+            hidden = args[0] if args else kwargs["hidden_states"]
+            captured[idx] = (hidden.detach().clone(), tuple(t.detach().clone() for t in kwargs["position_embeddings"]))
+        return hook
+
+    handles = [layer.register_forward_pre_hook(capture(i), with_kwargs=True) for i, layer in enumerate(layers)]
+    try:
+        with torch.no_grad():
+            out = model(**inputs, output_attentions=True, use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+    return out, captured

@@ -96,7 +96,7 @@ def tiny_qwen2_vl(
     attn_implementation: str = "sdpa",
     seed: int = 0,
 ) -> tuple[Qwen2VLForConditionalGeneration | Qwen2_5_VLForConditionalGeneration, ProcessorMixin]:
-    """``(model, processor)`` for ``variant`` ``"qwen2_vl"`` or ``"qwen2_5_vl"``; float32, eval.
+    """``(model, processor)`` for ``variant`` ``"qwen2_vl"``, ``"qwen2_5_vl"`` or ``"qwen3_vl"``; float32, eval.
 
     Patch 4, merge 2 (one image token per 8x8 pixels after Qwen's smart_resize, sides rounded to
     multiples of 8, area clamped to [16x16, 64x64]). Image tokens per image: 24x24 -> 9,

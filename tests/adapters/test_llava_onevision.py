@@ -11,7 +11,12 @@ import mmeff
 from mmeff.adapters.llava_onevision import LlavaOnevisionAdapter
 from mmeff.errors import InputError, UnsupportedModelError
 from mmeff.testing import tiny_llava_onevision
-from mmeff.testing.plugin_tests import FACTORY_ADAPTERS, forward_modules, supported_factories
+from mmeff.testing.plugin_tests import (
+    FACTORY_ADAPTERS,
+    forward_modules,
+    layer_inputs_and_attentions,
+    supported_factories,
+)
 from mmeff.token_drop.scoring import attention_at_layer
 
 QUESTION = "what color is the cat?"
@@ -206,20 +211,7 @@ def test_recomputed_attention_rows_match_eager_output_attentions() -> None:
     adapter = mmeff.wrap(model, processor).adapter
     inputs = adapter.build_inputs([image(16, 40), None], [QUESTION, "describe"], videos=[None, clip()])
     mask = inputs["attention_mask"].bool()
-    captured = {}
-
-    def capture(idx):
-        def hook(module, args, kwargs):
-            captured[idx] = (args[0] if args else kwargs["hidden_states"], kwargs["position_embeddings"])
-        return hook
-
-    handles = [layer.register_forward_pre_hook(capture(i), with_kwargs=True) for i, layer in enumerate(adapter.layers)]
-    try:
-        with torch.no_grad():
-            out = model(**inputs, output_attentions=True, use_cache=False)
-    finally:
-        for h in handles:
-            h.remove()
+    out, captured = layer_inputs_and_attentions(model, adapter.layers, inputs)
     slots = torch.full((2, 1), inputs["input_ids"].shape[1] - 1)
     vision = adapter.image_token_mask(inputs["input_ids"])
     for layer_idx, (hidden, cos_sin) in captured.items():

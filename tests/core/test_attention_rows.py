@@ -27,7 +27,7 @@ import mmeff
 from mmeff.adapters.vlm import SCORED_ATTENTION
 from mmeff.errors import UnsupportedModelError
 from mmeff.testing import tiny_llava, tiny_qwen2_vl, word_tokenizer
-from mmeff.testing.plugin_tests import sample_images
+from mmeff.testing.plugin_tests import layer_inputs_and_attentions, sample_images
 from mmeff.token_drop.scoring import attention_at_layer
 
 LAYERS = 4
@@ -142,21 +142,7 @@ def test_recomputed_rows_match_eager_output_attentions(attention_class):
     assert (image_mask.sum(1) > TOP_K).all()
     slots = _query_slots(inputs["input_ids"], mask, image_mask)
 
-    captured: dict[int, tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]] = {}
-
-    def capture(idx):
-        def hook(module, args, kwargs):
-            hidden = args[0] if args else kwargs["hidden_states"]
-            captured[idx] = (hidden.detach().clone(), tuple(t.detach().clone() for t in kwargs["position_embeddings"]))
-        return hook
-
-    handles = [layer.register_forward_pre_hook(capture(i), with_kwargs=True) for i, layer in enumerate(adapter.layers)]
-    try:
-        with torch.no_grad():
-            out = model(**inputs, output_attentions=True, use_cache=False)
-    finally:
-        for h in handles:
-            h.remove()
+    out, captured = layer_inputs_and_attentions(model, adapter.layers, inputs)
     attentions = out.attentions
     assert len(attentions) == LAYERS and sorted(captured) == list(range(LAYERS))
 
