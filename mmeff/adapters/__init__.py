@@ -5,6 +5,7 @@ from . import (  # noqa: F401
     continuous_ar,
     diffusers_t2i,
     flux,
+    gemma3,
     internvl,
     janus,
     llava,

@@ -25,7 +25,7 @@ SUPPORTED_ATTENTION = ("sdpa", "eager")
 #: reproduces: each is checked against the unmodified model's eager ``output_attentions`` in
 #: tests/core/test_attention_rows.py. Others are refused by attention-ranked methods.
 SCORED_ATTENTION = ("LlamaAttention", "MistralAttention", "Qwen2Attention", "Qwen2VLAttention",
-                    "Qwen2_5_VLAttention", "Qwen3VLTextAttention")
+                    "Qwen2_5_VLAttention", "Qwen3VLTextAttention", "Gemma3Attention")
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,8 @@ class QKParts:
     scaling: float | None = None  # the layer's softmax scale; None = head_dim ** -0.5
     q_norm: nn.Module | None = None  # per-head norms before the rotation (Qwen3, Gemma 3)
     k_norm: nn.Module | None = None
+    softcap: float | None = None  # tanh cap on the logits (Gemma 2-style ``attn_logit_softcapping``)
+    window: int | None = None  # sliding window: keys ``k > q - window`` in original token indices
 
 
 class VLMAdapter(Adapter):
@@ -127,19 +129,42 @@ class VLMAdapter(Adapter):
             scaling=getattr(attn, "scaling", None),
             q_norm=getattr(attn, "q_norm", None),
             k_norm=getattr(attn, "k_norm", None),
+            softcap=getattr(attn, "attn_logit_softcapping", None),
+            window=self.attention_window(layer_idx),
         )
 
-    def check_full_attention(self, layer_idx: int) -> None:
-        """Raise for a sliding-window layer: the token-drop engine builds full causal masks."""
+    #: the engine reproduces this model's sliding-window layers (checked against the unmodified model)
+    sliding_windows_reproduced: ClassVar[bool] = False
+
+    def layer_type(self, layer_idx: int) -> str:
+        """``"full_attention"`` or ``"sliding_attention"`` (the decoder config's ``layer_types``)."""
+        types = getattr(self.text_config, "layer_types", None)
+        return types[layer_idx] if types else "full_attention"
+
+    def attention_window(self, layer_idx: int) -> int | None:
+        """The sliding window of decoder layer ``layer_idx`` (keys ``k > q - window``), None for full attention."""
         attn = self.layers[layer_idx].self_attn
-        # Qwen2-style layers carry their own window (None on full-attention layers); Mistral reads its config's
-        window = attn.sliding_window if hasattr(attn, "sliding_window") else getattr(
-            getattr(attn, "config", None), "sliding_window", None)
-        if window is not None:
+        # Qwen2/Gemma-style layers carry their own window (None on full-attention layers); Mistral reads its config's
+        if hasattr(attn, "sliding_window"):
+            return attn.sliding_window
+        return getattr(getattr(attn, "config", None), "sliding_window", None)
+
+    def for_layer(self, value: Any, layer_idx: int) -> Any:
+        """A per-layer-type table (rotary cos/sin of local and global layers) resolved for one layer."""
+        return value[self.layer_type(layer_idx)] if isinstance(value, dict) else value
+
+    def check_full_attention(self, layer_idx: int) -> None:
+        """Raise for a sliding-window layer the engine has not been checked to reproduce."""
+        window = self.attention_window(layer_idx)
+        if window is not None and not self.sliding_windows_reproduced:
             raise UnsupportedModelError(
                 f"decoder layer {layer_idx} of {type(self.model).__name__} uses sliding-window attention "
-                f"(window {window}), which token reduction does not reproduce yet"
+                f"(window {window}), which token reduction does not reproduce for this model yet"
             )
+
+    def prefill_kwargs(self, input_ids: torch.Tensor) -> dict[str, Any]:
+        """What the model's prefill needs beside ids and mask when mmeff drives it (Gemma 3: token types)."""
+        return {}
 
     def check_attention_scoring(self, layers: Sequence[int]) -> None:
         """Raise at ``add_plugin`` if an attention-ranked method could not reproduce these layers' rows."""
@@ -278,8 +303,9 @@ class VLMAdapter(Adapter):
         try:
             if not with_images:
                 return dict(tokenizer(texts, return_tensors="pt", padding=True))
-            pil = [to_pil(im, i if len(row) == 1 else f"{i}.{j}") for i, row in enumerate(per_image)
-                   for j, im in enumerate(row)]
+            pil_rows = [[to_pil(im, i if len(row) == 1 else f"{i}.{j}") for j, im in enumerate(row)]
+                        for i, row in enumerate(per_image)]
+            pil = pil_rows if self.images_per_prompt and any(pil_rows) else [im for row in pil_rows for im in row]
             clips = [[to_pil(f, f"of video {i}, frame {j}") for j, f in enumerate(clip)]
                      for i, row in enumerate(per_video) for clip in row]
             visual: dict[str, Any] = {"images": pil} if pil else {}
@@ -292,6 +318,8 @@ class VLMAdapter(Adapter):
 
     #: whether the processor and model take ``videos`` (lists of frames)
     supports_video: ClassVar[bool] = False
+    #: whether the processor takes images as one list per prompt (Gemma 3's) rather than one flat list
+    images_per_prompt: ClassVar[bool] = False
 
     def chat_prompt(self, prompt: str, *, system: str | None = None, history: Sequence[tuple[str, str]] = (),
                     images: int = 1, videos: int = 0) -> str:

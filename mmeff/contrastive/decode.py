@@ -169,8 +169,9 @@ class _Stream:
 
     def prefill(self) -> torch.Tensor:
         positions, self.offset = self.positions.branch_positions(self.input_ids, self.mask, self.grid)
+        extra = {**self.positions.prefill_kwargs(self.input_ids), **self.features.model_kwargs()}
         out = self.model(input_ids=self.input_ids, attention_mask=self.mask, position_ids=positions,
-                         cache=self.cache, use_cache=True, logits_to_keep=1, **self.features.model_kwargs())
+                         cache=self.cache, use_cache=True, logits_to_keep=1, **extra)
         return out.logits[:, -1].float()
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:

@@ -52,7 +52,7 @@ def check_alpha(alpha: Any, owner: str, name: str = "alpha") -> None:
 class ContrastivePlugin(Plugin):
     """Subclasses implement :meth:`negative` (and :meth:`combine` if not VCD's rule)."""
 
-    supports = ("llava", "llava_next", "qwen2_vl", "qwen3_vl", "internvl", "llava_onevision")
+    supports = ("llava", "llava_next", "qwen2_vl", "qwen3_vl", "internvl", "llava_onevision", "gemma3")
     owns = ("decode_loop",)
     config: ContrastiveConfig
 

@@ -3,6 +3,7 @@
 from typing import Any
 
 from .factories import tiny_llava, tiny_llava_next
+from .gemma3 import tiny_gemma3
 from .internvl import tiny_internvl
 from .onevision import tiny_llava_onevision
 from .qwen import tiny_qwen2_vl
@@ -14,6 +15,7 @@ __all__ = [
     "clip_tokenizer",
     "t5_tokenizer",
     "tiny_flux",
+    "tiny_gemma3",
     "tiny_internvl",
     "tiny_llava",
     "tiny_llava_next",

@@ -23,6 +23,7 @@ import mmeff
 from mmeff.errors import ConfigError, UnsupportedModelError
 
 from .factories import tiny_llava, tiny_llava_next
+from .gemma3 import tiny_gemma3
 from .internvl import tiny_internvl
 from .onevision import tiny_llava_onevision
 from .qwen import tiny_qwen2_vl
@@ -39,6 +40,8 @@ FACTORIES = {
     "internvl-eager": lambda: tiny_internvl(layers=8, attn_implementation="eager"),
     "llava_onevision-sdpa": lambda: tiny_llava_onevision(layers=8, attn_implementation="sdpa"),
     "llava_onevision-eager": lambda: tiny_llava_onevision(layers=8, attn_implementation="eager"),
+    "gemma3-sdpa": lambda: tiny_gemma3(layers=8, attn_implementation="sdpa"),
+    "gemma3-eager": lambda: tiny_gemma3(layers=8, attn_implementation="eager"),
 }
 #: factories whose mixin runs are marked ``slow`` (``pytest -m slow``), should one grow too costly for ``make
 #: test``; none now (the whole suite takes about 2.5 minutes on 2 idle cores)

@@ -55,10 +55,11 @@ CHATML_PAD, CHATML_START, CHATML_END = "<|endoftext|>", "<|im_start|>", "<|im_en
 
 
 def chatml_word_tokenizer(
-    special: list[str], extra_special_tokens: dict[str, str], words: Iterable[str] = ()
+    special: list[str], extra_special_tokens: dict[str, str], words: Iterable[str] = (), *,
+    eos: str = CHATML_END, pad: str = CHATML_PAD, bos: str | None = None,
 ) -> PreTrainedTokenizerFast:
-    """A word-level ChatML tokenizer (Qwen-family processors): ``special`` tokens first (ids 0..),
-    each matched whole, then ``BASE_WORDS`` + ``words``; ``<|im_end|>`` ends a turn; left padding.
+    """A word-level chat tokenizer: ``special`` tokens first (ids 0..), each matched whole, then
+    ``BASE_WORDS`` + ``words``; ``eos`` ends a turn (ChatML's ``<|im_end|>`` by default); left padding.
 
     ``extra_special_tokens`` names the attributes a processor reads (``image_token``, ...)."""
     vocab_words = list(dict.fromkeys([*special, *BASE_WORDS, *words]))
@@ -69,9 +70,9 @@ def chatml_word_tokenizer(
         [*splits, pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()]
     )
     tok.decoder = decoders.WordPiece(prefix="##", cleanup=True)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=CHATML_END, unk_token="<unk>",
-                                   pad_token=CHATML_PAD, extra_special_tokens=extra_special_tokens)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=eos, unk_token="<unk>", pad_token=pad,
+                                   bos_token=bos, extra_special_tokens=extra_special_tokens)
     # added tokens, so "<|...|>" and "<image>" are never cut up by the punctuation pre-tokenizer
-    fast.add_tokens([t for t in special if t not in (CHATML_PAD, "<unk>")], special_tokens=True)
+    fast.add_tokens([t for t in special if t not in (pad, "<unk>")], special_tokens=True)
     fast.padding_side = "left"
     return fast

@@ -26,7 +26,7 @@ from .. import hooks as _hooks
 from ..adapters.vlm import SUPPORTED_ATTENTION, VLMAdapter
 from ..errors import ConfigError, InputError
 from ..hooks import ModelHook
-from .ops import causal_mask, compact_positions, gather_tokens, left_pad_indices, slots_of
+from .ops import compact_positions, gather_tokens, image_blocks, layout_mask, left_pad_indices, slots_of
 
 PositionMode = Literal["compact", "keep"]
 NAMESPACE = "token_drop"
@@ -44,9 +44,8 @@ class Layout:
     positions: torch.Tensor | None  # (A, B, L_s) position ids (A = 1, or 3 for M-RoPE); set at the decoder's input
     shift: torch.Tensor  # (B,) decode positions move back by this much
     original: bool = False
-    cos_sin: tuple[torch.Tensor, torch.Tensor] | None = None
-    mask: Any = None
-    mask_built: bool = False
+    cos_sin: Any = None  # (cos, sin), or a table per layer type (Gemma 3's local and global rotary)
+    masks: dict[int | None, Any] = field(default_factory=dict)  # prefill mask per sliding window (None: full)
 
     @property
     def image_counts(self) -> torch.Tensor:
@@ -62,7 +61,7 @@ class SelectionInput:
     hidden: torch.Tensor  # (B, L_cur, D) input of layer ``layer_idx``
     layout: Layout
     query_slot: torch.Tensor  # (B,) slot of each row's last (non-pad) prompt token in the current layout
-    cos_sin: tuple[torch.Tensor, torch.Tensor]  # rotary tables of the current layout
+    cos_sin: Any  # rotary cos/sin of the current layout (or a table per layer type: ``adapter.for_layer``)
     original_image_counts: torch.Tensor  # (B,) image tokens per row before the owner's first stage
     prev_input: tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]] | None = None  # layer_idx - 1's input
 
@@ -104,6 +103,7 @@ class DropState:
     forward_calls: int = 0
     exempt_rows: torch.Tensor | None = None  # (B,) rows that keep every image token at decoder-side stages
     deepstack: tuple[torch.Tensor, list[torch.Tensor]] | None = None  # (visual mask, per-layer features), Qwen3-VL
+    blocks: torch.Tensor | None = None  # (B, full_len) image block ids (Gemma 3's bidirectional image attention)
 
 
 class DropEngine:
@@ -220,6 +220,7 @@ class DropEngine:
         if past == 0:
             st.fallback_positions = torch.arange(q_len, device=input_ids.device).expand(batch, -1)
             self._start_full(input_ids, mask2d)
+            st.blocks = self._blocks(kwargs.get("token_type_ids"), q_len)
         elif st.layouts:
             # layer 0's cache may be shorter than the prompt (a drop before layer 0), so count
             # decoded tokens ourselves rather than trusting positions derived from its length
@@ -276,6 +277,17 @@ class DropEngine:
         hidden = hidden.clone()
         hidden[present] = hidden[present] + features[layer_idx].to(hidden)[row_of.gather(1, idx)[present]]
         return hidden
+
+    @staticmethod
+    def _blocks(token_type_ids: torch.Tensor | None, length: int) -> torch.Tensor | None:
+        """Image blocks from the prefill's ``token_type_ids``, which transformers' Gemma 3 turns into
+        bidirectional attention among each image's tokens (None: plain causal attention)."""
+        if token_type_ids is None:
+            return None
+        blocks = image_blocks(token_type_ids)
+        if blocks.shape[1] < length:  # generate(use_cache=False) passes the prompt's types only
+            blocks = torch.nn.functional.pad(blocks, (0, length - blocks.shape[1]), value=-1)
+        return blocks[:, :length] if bool((blocks >= 0).any()) else None
 
     def _start_full(self, input_ids: torch.Tensor, mask2d: torch.Tensor | None) -> None:
         st = self.state
@@ -334,6 +346,8 @@ class DropEngine:
                 continue
             slots = slots_of(layout.idx, layout.valid, final.idx, final.valid, st.full_len)
             entry = cache.layers[layer_idx]
+            if getattr(entry, "is_sliding", False):
+                continue  # a sliding-window layer keeps only its window; left as it is
             if entry.keys.shape[-2] != layout.idx.shape[1]:
                 return  # the cache holds more than this prefill (continued prompt): leave it alone
             index = slots.to(entry.keys.device)[:, None, :, None]
@@ -361,13 +375,16 @@ class DropEngine:
             if st.mode == "full" and layer_idx + 1 in self.boundaries:
                 st.prev_inputs[layer_idx + 1] = (hidden, kwargs["position_embeddings"])
             return args, kwargs
+        window = self.adapter.attention_window(layer_idx)
         if st.mode == "full":
-            cos_sin, mask, positions = layout.cos_sin, self._prefill_mask(layout, hidden), layout.positions
+            cos_sin, mask, positions = layout.cos_sin, self._prefill_mask(layout, hidden, window), layout.positions
             if layer_idx + 1 in self.boundaries:
                 st.prev_inputs[layer_idx + 1] = (hidden, cos_sin)
         else:
-            key = (index, evicted is not None)
-            cos_sin, mask, positions = self._decode_inputs(key, evicted or layout, hidden)
+            key = (index, evicted is not None, window)
+            cos_sin, mask, positions = self._decode_inputs(key, evicted or layout, hidden, window)
+            mask = _visible_in_cache(mask, kwargs, layer_idx, hidden.shape[1])
+        cos_sin = self.adapter.for_layer(cos_sin, layer_idx)
         text_positions = positions[0] if positions.shape[0] == 1 else None  # M-RoPE layers take no 1-D ids
         kwargs = dict(kwargs, attention_mask=mask, position_embeddings=cos_sin, position_ids=text_positions)
         if args:
@@ -431,19 +448,22 @@ class DropEngine:
     def _mask_style(self) -> bool:
         return self.adapter.attn_implementation == "sdpa"
 
-    def _prefill_mask(self, layout: Layout, hidden: torch.Tensor) -> Any:
-        if not layout.mask_built:
-            if self._mask_style() and bool(layout.key_valid.all()):
-                layout.mask = None  # sdpa's is_causal path, as transformers does without padding
+    def _prefill_mask(self, layout: Layout, hidden: torch.Tensor, window: int | None) -> Any:
+        if window not in layout.masks:
+            blocks = None
+            if self.state.blocks is not None:
+                blocks = torch.where(layout.valid, self.state.blocks.gather(1, layout.idx), -1).to(hidden.device)
+            if self._mask_style() and window is None and blocks is None and bool(layout.key_valid.all()):
+                layout.masks[window] = None  # sdpa's is_causal path, as transformers does without padding
             else:
-                layout.mask = causal_mask(
-                    layout.key_valid.to(hidden.device), layout.idx.shape[1], as_bool=self._mask_style(),
-                    dtype=hidden.dtype,
+                idx = layout.idx.to(hidden.device)
+                layout.masks[window] = layout_mask(
+                    torch.where(layout.valid.to(hidden.device), idx, -1), idx, layout.key_valid.to(hidden.device),
+                    window=window, q_block=blocks, k_block=blocks, as_bool=self._mask_style(), dtype=hidden.dtype,
                 )
-            layout.mask_built = True
-        return layout.mask
+        return layout.masks[window]
 
-    def _decode_inputs(self, key: Any, layout: Layout, hidden: torch.Tensor):
+    def _decode_inputs(self, key: Any, layout: Layout, hidden: torch.Tensor, window: int | None):
         st = self.state
         cached = st.decode_cache.get(key)
         if cached is not None and cached[0] == st.step:
@@ -452,10 +472,13 @@ class DropEngine:
         cos_sin = self.adapter.rotary(hidden, positions)
         q_len = hidden.shape[1]
         key_valid = torch.cat([layout.key_valid, st.step_tail], dim=1).to(hidden.device)
-        if self._mask_style() and q_len == 1 and bool(key_valid.all()):
+        if self._mask_style() and q_len == 1 and window is None and bool(key_valid.all()):
             mask = None
         else:
-            mask = causal_mask(key_valid, q_len, as_bool=self._mask_style(), dtype=hidden.dtype)
+            tail = st.full_len + torch.arange(st.step_tail.shape[1], device=hidden.device)
+            k_index = torch.cat([layout.idx.to(hidden.device), tail.expand(key_valid.shape[0], -1)], dim=1)
+            mask = layout_mask(k_index[:, -q_len:], k_index, key_valid, window=window, as_bool=self._mask_style(),
+                               dtype=hidden.dtype)
         st.decode_cache[key] = (st.step, cos_sin, mask, positions)
         return cos_sin, mask, positions
 
@@ -489,6 +512,20 @@ class DropEngine:
         if layouts is None:
             return None
         return [self.state.evicted.get(i, lay) for i, lay in enumerate(layouts)]
+
+
+def _visible_in_cache(mask: Any, kwargs: dict, layer_idx: int, q_len: int) -> Any:
+    """A decode mask cut to the keys a sliding-window cache layer returns (its last ``window - 1``
+    entries plus this step's), which are the last columns of the engine's full-history mask."""
+    cache = kwargs.get("cache", kwargs.get("past_key_values"))
+    entries = getattr(cache, "layers", None)
+    if mask is None or entries is None or layer_idx >= len(entries):
+        return mask
+    entry = entries[layer_idx]
+    if not getattr(entry, "is_sliding", False) or not entry.is_initialized:
+        return mask
+    visible = min(entry.keys.shape[-2], entry.sliding_window - 1) + q_len
+    return mask[..., -visible:] if visible < mask.shape[-1] else mask
 
 
 class _CaptureHook(ModelHook):

@@ -58,13 +58,43 @@ def causal_mask(
     float convention of eager attention (0 / dtype min).
     """
     k_len = key_valid.shape[-1]
-    q_pos = torch.arange(k_len - q_len, k_len, device=key_valid.device)
-    k_pos = torch.arange(k_len, device=key_valid.device)
-    allowed = (k_pos[None, :] <= q_pos[:, None])[None, None] & key_valid[:, None, None, :]
+    k_index = torch.arange(k_len, device=key_valid.device).expand_as(key_valid)
+    return layout_mask(k_index[:, k_len - q_len :], k_index, key_valid, as_bool=as_bool, dtype=dtype)
+
+
+def layout_mask(
+    q_index: torch.Tensor, k_index: torch.Tensor, key_valid: torch.Tensor, *, as_bool: bool, dtype: torch.dtype,
+    window: int | None = None, q_block: torch.Tensor | None = None, k_block: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """A (B, 1, Q, K) mask over tokens named by their index in the full sequence (``q_index`` (B, Q),
+    ``k_index`` (B, K); a query index of -1 sees nothing).
+
+    Key k is visible to query q if it is valid and comes no later (``k <= q``) or both lie in
+    the same image block (``q_block == k_block >= 0``: Gemma 3's bidirectional image attention),
+    and, with a ``window``, if ``k > q - window``: transformers' rules, applied to original
+    indices, so a layer that lost tokens still sees exactly the survivors of its unmodified
+    window.
+    """
+    q, k = q_index[:, :, None], k_index[:, None, :]
+    allowed = k <= q
+    if q_block is not None and k_block is not None:
+        qb = q_block[:, :, None]
+        allowed = allowed | ((qb == k_block[:, None, :]) & (qb >= 0))
+    if window is not None:
+        allowed = allowed & (k > q - window)
+    allowed = (allowed & key_valid[:, None, :] & (q >= 0))[:, None]
     if as_bool:
         return allowed
     zero = torch.zeros((), dtype=dtype, device=key_valid.device)
     return torch.where(allowed, zero, torch.finfo(dtype).min)
+
+
+def image_blocks(token_type_ids: torch.Tensor) -> torch.Tensor:
+    """(B, L) block id of each image token (one per contiguous run of ``token_type_ids == 1``), -1 elsewhere:
+    the groups in which transformers' Gemma 3 lets image tokens attend to each other both ways."""
+    image = token_type_ids == 1
+    starts = image & ~torch.nn.functional.pad(image, (1, 0))[:, :-1]
+    return torch.where(image, starts.long().cumsum(-1) - 1, -1)
 
 
 def slots_of(

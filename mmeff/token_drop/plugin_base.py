@@ -17,7 +17,7 @@ from .vision import Transform, VisionReducer
 class DecoderDropPlugin(Plugin):
     """A method that drops image tokens between decoder layers (the *prefill* stage)."""
 
-    supports = ("llava", "llava_next", "qwen2_vl", "qwen3_vl", "internvl", "llava_onevision")
+    supports = ("llava", "llava_next", "qwen2_vl", "qwen3_vl", "internvl", "llava_onevision", "gemma3")
     owns = ("prefill",)
     position_mode: ClassVar[PositionMode] = "compact"
     lowest_layer: ClassVar[int] = 1

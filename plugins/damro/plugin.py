@@ -40,6 +40,8 @@ class DAMROPlugin(ContrastivePlugin):
                     "patch-to-token map is not built yet",
         "llava_onevision": "its outliers are ranked by CLS attention, and LLaVA-OneVision's SigLIP tower has no "
                            "CLS token",
+        "gemma3": "its outliers are ranked by CLS attention, and Gemma 3's SigLIP tower has no CLS token (its "
+                  "patches are also average-pooled 4x4 into each soft token)",
     }
     description = "DAMRO: contrast with only the vision tower's CLS-attention outlier tokens"
     config: DAMROConfig

@@ -34,7 +34,7 @@ class FastVPlugin(DecoderDropPlugin):
     def select(self, inp: SelectionInput) -> torch.Tensor:
         hidden, cos_sin = inp.prev_input
         scores = attention_at_layer(self.adapter, inp.layer_idx - 1, hidden, cos_sin, inp.query_slot[:, None],
-                                    inp.layout.key_valid)[:, 0]
+                                    inp.layout.key_valid, inp.layout.idx)[:, 0]
         counts = row_counts(inp.original_image_counts, self.config.kept)
         return topk_mask(scores, inp.layout.image & inp.layout.valid, counts)
 

@@ -150,7 +150,8 @@ class MustDropPlugin(Plugin):
         image = layout.image & layout.valid
         queries, weight = _text_after_image(layout, inp.query_slot)
         self._queries = float(weight.sum(-1).float().mean())
-        attn = attention_at_layer(self.adapter, inp.layer_idx, inp.hidden, inp.cos_sin, queries, layout.key_valid)
+        attn = attention_at_layer(self.adapter, inp.layer_idx, inp.hidden, inp.cos_sin, queries, layout.key_valid,
+                                  layout.idx)
         share, peak = dual_attention(attn, weight, image)
         keys = self._key_slots(inp)
         if cfg._budget is None:

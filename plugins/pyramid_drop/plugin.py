@@ -32,7 +32,7 @@ class PyramidDropPlugin(DecoderDropPlugin):
 
     def select(self, inp: SelectionInput) -> torch.Tensor:
         scores = attention_at_layer(self.adapter, inp.layer_idx, inp.hidden, inp.cos_sin, inp.query_slot[:, None],
-                                    inp.layout.key_valid)[:, 0]
+                                    inp.layout.key_valid, inp.layout.idx)[:, 0]
         counts = stage_keep_counts(inp.original_image_counts, self.config.ratio, inp.stage)
         return topk_mask(scores, inp.layout.image & inp.layout.valid, counts)
 

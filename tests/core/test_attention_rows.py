@@ -26,7 +26,7 @@ from transformers import (
 import mmeff
 from mmeff.adapters.vlm import SCORED_ATTENTION
 from mmeff.errors import UnsupportedModelError
-from mmeff.testing import tiny_llava, tiny_qwen2_vl, word_tokenizer
+from mmeff.testing import tiny_gemma3, tiny_llava, tiny_qwen2_vl, word_tokenizer
 from mmeff.testing.plugin_tests import layer_inputs_and_attentions, sample_images
 from mmeff.token_drop.scoring import attention_at_layer
 
@@ -94,6 +94,10 @@ def _qwen3_vl():  # q/k norms on the head dim, interleaved M-RoPE, deepstack fea
     return tiny_qwen2_vl(variant="qwen3_vl", layers=LAYERS, attn_implementation="eager")
 
 
+def _gemma3():  # q/k norms, query_pre_attn_scalar, local/global rotary, a 20-token window shorter than the prompts
+    return tiny_gemma3(layers=LAYERS, attn_implementation="eager")
+
+
 BACKBONES: dict[str, Callable] = {
     "LlamaAttention": _llama,
     "MistralAttention": _mistral,
@@ -101,6 +105,7 @@ BACKBONES: dict[str, Callable] = {
     "Qwen2VLAttention": _qwen2_vl,
     "Qwen2_5_VLAttention": _qwen2_5_vl,
     "Qwen3VLTextAttention": _qwen3_vl,
+    "Gemma3Attention": _gemma3,
 }
 
 
