@@ -12,9 +12,10 @@ What differs from LLaVA, and where the engine meets it:
   leave no run of ids to close: every stage keeps the survivors' original ``(t, h, w)`` ids and
   decoding continues with the model's own ``rope_deltas`` (the engine's ``keep`` convention;
   ``compact`` has no meaning here and falls back to it).
-- **No CLS token, windowed ViT attention (2.5), a 2x2 patch merger.** Vision-side methods
-  (VisionZip, ToMe, MustDrop's merge) need a ranking signal LLaVA's CLS attention gave them; they
-  are not offered on this adapter yet.
+- **No CLS token, windowed ViT attention (2.5), a 2x2 patch merger.** VisionZip ranks by the
+  attention each patch receives in the tower's last block and selects among the merger's
+  outputs, as its Qwen2.5-VL release does (:mod:`mmeff.token_drop.merged_vision`); methods that
+  merge inside the ViT (ToMe, MustDrop's local merge) have no such port and are refused.
 """
 
 from __future__ import annotations
@@ -36,9 +37,11 @@ class Qwen2VLAdapter(VLMAdapter):
     position_axes: ClassVar[int] = 3
     supports_video: ClassVar[bool] = True
     vision_side_refusal: ClassVar[str | None] = (
-        "the Qwen-VL vision tower has no CLS token, windowed attention (2.5) and a 2x2 patch merger after its "
-        "last block; the ranking signal for such towers is not chosen yet"
+        "the Qwen-VL vision tower has no CLS token, windowed attention (2.5) and a 2x2 patch merger that needs the "
+        "whole patch grid, so merging inside it (ToMe, MustDrop's local merge) has no released port to follow; "
+        "VisionZip is offered, ranked by the attention each patch receives, as its Qwen2.5-VL release does"
     )
+    vision_signal: ClassVar[str] = "received"
 
     @property
     def video_token_id(self) -> int:
@@ -50,6 +53,10 @@ class Qwen2VLAdapter(VLMAdapter):
 
     def image_token_mask(self, input_ids: torch.Tensor) -> torch.Tensor:
         return (input_ids == self.image_token_id) | (input_ids == self.video_token_id)
+
+    @property
+    def vision_tower(self):
+        return self._part("visual")
 
     @property
     def vision_layers(self):

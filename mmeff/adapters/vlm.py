@@ -53,6 +53,9 @@ class VLMAdapter(Adapter):
     position_axes: ClassVar[int] = 1
     #: why vision-side methods (VisionZip, ToMe, MustDrop's merge) are not offered, where they are not
     vision_side_refusal: ClassVar[str | None] = None
+    #: what vision-side methods rank by: the ViT's CLS attention ("cls"), or, for towers without a
+    #: CLS whose tokens are merged patch blocks, the attention each patch receives ("received")
+    vision_signal: ClassVar[str] = "cls"
 
     def __init__(self, obj: nn.Module, processor: Any = None) -> None:
         super().__init__(obj, processor)

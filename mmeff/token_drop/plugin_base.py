@@ -10,6 +10,7 @@ import torch
 from ..adapters.vlm import VLMAdapter
 from ..plugin import Plugin, PluginContext
 from .engine import DropEngine, PositionMode, SelectionInput
+from .merged_vision import MergedVisionReducer
 from .stats import drop_stats
 from .vision import Transform, VisionReducer
 
@@ -84,7 +85,7 @@ class VisionDropPlugin(Plugin):
 
     def __init__(self, config: Any) -> None:
         super().__init__(config)
-        self.reducer: VisionReducer | None = None
+        self.reducer: VisionReducer | MergedVisionReducer | None = None
 
     def transforms(self, adapter: VLMAdapter) -> dict[int, Transform]:
         """Vision layer index -> what to do to the tokens after that layer."""
@@ -92,12 +93,17 @@ class VisionDropPlugin(Plugin):
 
     def check(self, ctx: PluginContext) -> None:
         assert isinstance(ctx.adapter, VLMAdapter)
-        ctx.adapter.feature_layer_index()
+        if ctx.adapter.vision_signal == "cls":
+            ctx.adapter.feature_layer_index()
         DropEngine.check(ctx.adapter, (), self.name)
 
+    def make_reducer(self, adapter: VLMAdapter) -> VisionReducer | MergedVisionReducer:
+        """The hooks for this tower: ViT-layer transforms on CLS towers (subclasses with a merged-token
+        selection, VisionZip, override this for Qwen-VL's)."""
+        return VisionReducer(self.name, self.transforms(adapter), proportional_attention=self.proportional_attention)
+
     def attach(self, ctx: PluginContext) -> None:
-        self.reducer = VisionReducer(self.name, self.transforms(ctx.adapter),
-                                     proportional_attention=self.proportional_attention)
+        self.reducer = self.make_reducer(ctx.adapter)
         self.reducer.attach(ctx)
 
     def detach(self, ctx: PluginContext) -> None:

@@ -1,4 +1,4 @@
-"""Pure tensor math for reducing tokens inside a ViT (CLIP): attention rows, token merging.
+"""Pure tensor math for reducing tokens inside a ViT (CLIP, Qwen-VL): attention rows, token merging.
 
 Token state inside the tower is ``(x, sizes, sources)``: hidden states (B, L, D), how many
 original patches each token stands for (0 marks a dead padding slot of a ragged batch), and
@@ -154,20 +154,31 @@ def visionzip_merge(
     Returns ``(x, sources)`` with 1 + dominant + contextual tokens; a contextual token is written
     back at its target's grid position.
     """
-    batch, length, dim = x.shape
-    n = length - 1
+    patches, idx = zip_tokens(x[:, 1:], cls_attn[:, 1:], keys[:, 1:], dominant, contextual)
+    return torch.cat([x[:, :1], patches], 1), torch.cat([sources[:, :1], sources[:, 1:].gather(1, idx)], 1)
+
+
+def zip_tokens(
+    x: torch.Tensor, scores: torch.Tensor, keys: torch.Tensor, dominant: int, contextual: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """VisionZip's selection on (B, N, D) tokens without a CLS: the ``dominant`` highest-scoring tokens
+    (in token order), then ``contextual`` tokens, each a target taken at a uniform stride among the
+    others plus the mean of the remaining ones whose key is most cosine-similar to the target's.
+
+    Returns the (B, dominant + contextual, D) tokens and the index of the token each one stands at
+    (a contextual token at its target's).
+    """
+    batch, n, dim = x.shape
     dominant = min(dominant, n)
-    top = cls_attn[:, 1:].topk(dominant, dim=-1).indices.sort(-1).values + 1
-    keep_idx = torch.cat([torch.zeros(batch, 1, dtype=torch.long, device=x.device), top], 1)
-    is_dom = torch.zeros(batch, length, dtype=torch.bool, device=x.device)
-    is_dom.scatter_(1, keep_idx, True)
-    out_x = x.gather(1, keep_idx[..., None].expand(-1, -1, dim))
-    out_src = sources.gather(1, keep_idx)
+    top = scores.topk(dominant, dim=-1).indices.sort(-1).values
+    is_dom = torch.zeros(batch, n, dtype=torch.bool, device=x.device)
+    is_dom.scatter_(1, top, True)
+    out_x = x.gather(1, top[..., None].expand(-1, -1, dim))
     rest = n - dominant
     contextual = min(contextual, rest)
     if contextual <= 0:
-        return out_x, out_src
-    rest_idx = torch.sort((is_dom).to(torch.int8), dim=1, stable=True).indices[:, :rest]  # non-dominant, in order
+        return out_x, top
+    rest_idx = torch.sort(is_dom.to(torch.int8), dim=1, stable=True).indices[:, :rest]  # non-dominant, in order
     step = max(1, rest // contextual)
     target_pos = torch.arange(0, rest, step, device=x.device)[:contextual]
     is_target = torch.zeros(rest, dtype=torch.bool, device=x.device)
@@ -181,7 +192,24 @@ def visionzip_merge(
     x_o = x.gather(1, other_idx[..., None].expand(-1, -1, dim))
     mean = (one_hot.transpose(1, 2) @ x_o) / one_hot.sum(1)[..., None].clamp(min=1)
     ctx = x.gather(1, target_idx[..., None].expand(-1, -1, dim)) + mean
-    return torch.cat([out_x, ctx], 1), torch.cat([out_src, sources.gather(1, target_idx)], 1)
+    return torch.cat([out_x, ctx], 1), torch.cat([top, target_idx], 1)
+
+
+def received_attention(q: torch.Tensor, k: torch.Tensor, bounds: list[int], scaling: float) -> torch.Tensor:
+    """Attention each token *receives* (S,): within each segment ``bounds[i]:bounds[i + 1]`` (the
+    tower's attention blocks, e.g. ``cu_seqlens``), softmax(q k^T * scaling) averaged over heads and
+    summed over the query rows. The ranking signal VisionZip's Qwen2.5-VL release uses in place of
+    CLS attention; ``q`` and ``k`` are (H, S, d), rotary applied. One head at a time, so a 5k-token
+    image needs one S x S matrix, not H of them."""
+    heads, length, _ = q.shape
+    out = torch.zeros(length, dtype=torch.float32, device=q.device)
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        if end <= start:
+            continue
+        for h in range(heads):
+            logits = (q[h, start:end].float() @ k[h, start:end].float().T) * scaling
+            out[start:end] += logits.softmax(-1).sum(0) / heads
+    return out
 
 
 def scatter_to_grid(features: torch.Tensor, sources: torch.Tensor, alive: torch.Tensor, n: int) -> torch.Tensor:

@@ -10,6 +10,8 @@ from mmeff.token_drop.budget import check_int, keep_count, parse_budget
 
 #: the released presets 162+30, 108+20, 54+10 (of 576) all give contextual tokens 30/192 of the total
 CONTEXTUAL_SHARE = 30 / 192
+#: the Qwen2.5-VL release takes both counts as fractions of each image's tokens: 0.65 + 0.05, 0.45 + 0.05
+MERGED_CONTEXTUAL_FRACTION = 0.05
 
 
 @dataclass
@@ -42,4 +44,15 @@ class VisionZipConfig(PluginConfig):
             return dominant, min(self.contextual, n - dominant)
         total = keep_count(n, self._budget)
         contextual = round(total * CONTEXTUAL_SHARE) if total < n else 0
+        return total - contextual, contextual
+
+    def merged_counts(self, n: int) -> tuple[int, int]:
+        """(dominant, contextual) for one image or video of ``n`` merged tokens (Qwen-VL): as the Qwen2.5-VL
+        release, a budget keeps ``max(int(0.05 n), 1)`` contextual tokens and the rest dominant."""
+        if self.dominant is not None:
+            return self.counts(n)
+        total = keep_count(n, self._budget)
+        if total >= n:
+            return n, 0
+        contextual = min(max(int(MERGED_CONTEXTUAL_FRACTION * n), 1), total - 1)
         return total - contextual, contextual

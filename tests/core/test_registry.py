@@ -191,7 +191,7 @@ def test_refused_plugin_error_gives_the_reason():
     from mmeff.testing import tiny_qwen2_vl
 
     pipe = mmeff.wrap(*tiny_qwen2_vl())
-    with pytest.raises(UnsupportedModelError, match="no CLS token") as info:
-        pipe.add_plugin("visionzip")
+    with pytest.raises(UnsupportedModelError, match="patch merger") as info:
+        pipe.add_plugin("tome")
     assert "llava" in str(info.value)  # and names where it does run
     assert not any("_mmeff_hooks" in m.__dict__ for m in pipe.model.modules())

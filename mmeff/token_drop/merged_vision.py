@@ -1,0 +1,164 @@
+"""Vision-side reduction for towers whose LLM tokens are merged patch blocks (Qwen2/2.5/3-VL).
+
+Such a tower has no CLS token, and its 2x2 patch merger needs the whole patch grid, so tokens
+cannot leave inside it. Following VisionZip's Qwen2.5-VL release, the tower runs in full; its
+last block's attention is recomputed to rank patches by the attention they *receive* (heads
+averaged, query rows summed, within each of the block's attention segments), each merged token
+scores the mean of its patches, and the selection happens on the merger's output, one image or
+video at a time, in the order the LLM reads the tokens. Dropped tokens become zero rows, which
+the shared :class:`DropEngine` removes before decoder layer 0, so the decoder and its KV cache
+hold only the survivors, at their original M-RoPE positions.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from ..adapters.vlm import VLMAdapter
+from ..hooks import ModelHook
+from ..plugin import PluginContext
+from .engine import DropEngine, SelectionInput
+from .vision_ops import received_attention
+
+
+@dataclass
+class MergedTokens:
+    """One image or video as the merger emits it, in LLM order: what a selection sees."""
+
+    features: torch.Tensor  # (n, D) merger outputs
+    scores: torch.Tensor  # (n,) attention received by the token's patches (mean over its patches)
+    keys: torch.Tensor  # (n, d) last block's keys, rotary applied, mean over heads and the token's patches
+
+
+#: ``select(item) -> (kept features (m, D), the index each one is written at (m,))``
+MergedSelect = Callable[[MergedTokens], tuple[torch.Tensor, torch.Tensor]]
+
+
+class MergedVisionReducer:
+    """Owns the hooks of one vision-side plugin on a merged-token tower."""
+
+    def __init__(self, owner: str, select: MergedSelect) -> None:
+        self.owner, self.select = owner, select
+        self.engine: DropEngine | None = None
+        self.adapter: VLMAdapter | None = None
+        self._grid: torch.Tensor | None = None
+        self._last_block: tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor]] | None = None
+        self.kept: list[int] = []  # tokens kept per image/video in the last call
+
+    def attach(self, ctx: PluginContext) -> None:
+        adapter = ctx.adapter
+        self.adapter = adapter
+        tower = adapter.vision_tower
+        ctx.add_hook(tower, "tower", _TowerHook(self))
+        ctx.add_hook(tower.blocks[-1], "last_block", _LastBlockHook(self))
+        self.engine = DropEngine.shared(adapter)
+        self.engine.add_stages(self.owner, (0,), _keep_nonzero, priority=0)
+
+    def detach(self) -> None:
+        if self.engine is not None:
+            self.engine.remove_owner(self.owner)
+        self.engine = None
+        self.reset()
+
+    def reset(self) -> None:
+        self._grid, self._last_block = None, None
+
+    # -- hooks ---------------------------------------------------------------------------
+    def on_tower_input(self, args: tuple, kwargs: dict) -> None:
+        self._grid = kwargs.get("grid_thw", args[1] if len(args) > 1 else None)
+        self._last_block = None
+
+    def on_last_block(self, args: tuple, kwargs: dict) -> None:
+        hidden = args[0] if args else kwargs["hidden_states"]
+        self._last_block = (hidden, kwargs["cu_seqlens"], kwargs["position_embeddings"])
+
+    def on_tower_output(self, output):
+        if self._grid is None or self._last_block is None:
+            return output
+        merged = output.pooler_output
+        reduced = self._reduce(merged)
+        self.reset()
+        output.pooler_output = reduced
+        return output
+
+    # -- the selection ---------------------------------------------------------------------
+    def _reduce(self, merged: torch.Tensor) -> torch.Tensor:
+        tower = self.adapter.vision_tower
+        unit = tower.spatial_merge_size**2
+        scores, keys = self._signal(tower, unit)
+        order = self._llm_order(tower)
+        scores, keys = scores[order], keys[order]
+        out = torch.zeros_like(merged)
+        self.kept = []
+        start = 0
+        for n in (self._grid.prod(-1) // unit).tolist():
+            item = MergedTokens(merged[start : start + n], scores[start : start + n], keys[start : start + n])
+            features, where = self.select(item)
+            out[start + where] = features.to(out.dtype)
+            self.kept.append(int(where.numel()))
+            start += n
+        return out
+
+    def _signal(self, tower, unit: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per merged token (in the blocks' order): attention received, and keys averaged over heads."""
+        hidden, cu_seqlens, (cos, sin) = self._last_block
+        block = tower.blocks[-1]
+        attn = block.attn
+        length = hidden.shape[0]
+        with torch.no_grad():
+            qkv = attn.qkv(block.norm1(hidden)).reshape(length, 3, attn.num_heads, -1).permute(1, 0, 2, 3)
+            q, k = qkv[0], qkv[1]
+            rotate = sys.modules[type(attn).__module__].apply_rotary_pos_emb_vision
+            q, k = rotate(q, k, cos, sin)  # (S, H, d)
+            q, k = q.transpose(0, 1), k.transpose(0, 1)  # (H, S, d)
+            received = received_attention(q, k, cu_seqlens.tolist(), attn.scaling)
+        scores = received.view(-1, unit).mean(-1)
+        keys = k.float().mean(0).view(length // unit, unit, -1).mean(1)
+        return scores, keys
+
+    def _llm_order(self, tower) -> torch.Tensor:
+        """Merged tokens' block order -> the order the merger's output is returned in (Qwen2.5-VL
+        runs its blocks on a window-permuted sequence and undoes it after the merger)."""
+        module = sys.modules[type(tower).__module__]
+        n = int((self._grid.prod(-1) // tower.spatial_merge_size**2).sum())
+        if not hasattr(module, "get_vision_window_index") or not hasattr(tower, "window_size"):
+            return torch.arange(n, device=self._grid.device)
+        window_index, _ = module.get_vision_window_index(
+            self._grid, spatial_merge_size=tower.spatial_merge_size, window_size=tower.window_size,
+            patch_size=tower.patch_size, kwargs={},
+        )
+        return torch.argsort(window_index)
+
+
+def _keep_nonzero(inp: SelectionInput) -> torch.Tensor:
+    return (inp.hidden != 0).any(-1).to(inp.layout.image.device)
+
+
+class _TowerHook(ModelHook):
+    stateful = True
+
+    def __init__(self, reducer: MergedVisionReducer) -> None:
+        self.reducer = reducer
+
+    def pre_forward(self, module, args, kwargs):
+        self.reducer.on_tower_input(args, kwargs)
+        return args, kwargs
+
+    def post_forward(self, module, output):
+        return self.reducer.on_tower_output(output)
+
+    def reset_state(self, module) -> None:
+        self.reducer.reset()
+
+
+class _LastBlockHook(ModelHook):
+    def __init__(self, reducer: MergedVisionReducer) -> None:
+        self.reducer = reducer
+
+    def pre_forward(self, module, args, kwargs):
+        self.reducer.on_last_block(args, kwargs)
+        return args, kwargs
