@@ -195,21 +195,25 @@ def zip_tokens(
     return torch.cat([out_x, ctx], 1), torch.cat([top, target_idx], 1)
 
 
-def received_attention(q: torch.Tensor, k: torch.Tensor, bounds: list[int], scaling: float) -> torch.Tensor:
+def received_attention(
+    q: torch.Tensor, k: torch.Tensor, bounds: list[int], scaling: float, chunk: int = 128
+) -> torch.Tensor:
     """Attention each token *receives* (S,): within each segment ``bounds[i]:bounds[i + 1]`` (the
     tower's attention blocks, e.g. ``cu_seqlens``), softmax(q k^T * scaling) averaged over heads and
     summed over the query rows. The ranking signal VisionZip's Qwen2.5-VL release uses in place of
-    CLS attention; ``q`` and ``k`` are (H, S, d), rotary applied. One head at a time, so a 5k-token
-    image needs one S x S matrix, not H of them."""
+    CLS attention; ``q`` and ``k`` are (H, S, d), rotary applied. One head and ``chunk`` query rows
+    at a time, so a 5k-token image never holds an S x S matrix (128 rows of fp32 scores stay in cache:
+    4x faster than 512 on this CPU for a 5184-patch image)."""
     heads, length, _ = q.shape
+    q = (q.float() * scaling).contiguous()
+    k = k.float().contiguous()
     out = torch.zeros(length, dtype=torch.float32, device=q.device)
     for start, end in zip(bounds[:-1], bounds[1:]):
-        if end <= start:
-            continue
         for h in range(heads):
-            logits = (q[h, start:end].float() @ k[h, start:end].float().T) * scaling
-            out[start:end] += logits.softmax(-1).sum(0) / heads
-    return out
+            keys_t = k[h, start:end].T.contiguous()
+            for row in range(start, end, chunk):
+                out[start:end] += (q[h, row : min(end, row + chunk)] @ keys_t).softmax(-1).sum(0)
+    return out / heads
 
 
 def scatter_to_grid(features: torch.Tensor, sources: torch.Tensor, alive: torch.Tensor, n: int) -> torch.Tensor:

@@ -50,19 +50,24 @@ def test_targets_are_judged_on_the_measured_numbers():
     assert checks["tome at 1/9: >= 3x prefill speedup"] == "no"
     order = next(v for k, v in checks.items() if k.startswith("published order"))
     assert order == "replicates"
+    qwen = {c[0]: c[2] for c in check_targets(None, speed + [{"budget": "1/9", "plugin": "pyramid_drop",
+                                                                "prefill_speedup": 2.1}], "qwen2.5-vl-7b")}
+    assert qwen == {"visionzip at 1/9: >= 4x prefill speedup": "no", "tome at 1/9: >= 4x prefill speedup": "no",
+                    "pyramid_drop at 1/9: >= 1.8x prefill speedup": "yes"}
 
 
-def test_qwen_layout_runs_decoder_side_methods_and_reports_the_refused(tmp_path):
-    """Qwen2.5-VL's layout (M-RoPE, GQA, merged patches): decoder-side methods hit their budgets;
-    vision-side ones are refused on this tower and the report says why."""
+def test_qwen_layout_runs_its_methods_and_reports_the_refused(tmp_path):
+    """Qwen2.5-VL's layout (M-RoPE, GQA, merged patches): VisionZip and decoder-side methods hit their
+    budgets; ToMe is refused on this tower and the report says why."""
     layout = SpeedLayout(layers=4, hidden=64, heads=4, kv_heads=2, image_size=112, patch_size=14, merge=2,
                          text_before=4, text_after=6, arch="qwen2_5_vl", reference="qwen2.5-vl-7b")
     assert layout.image_tokens == 16
-    methods = tuple(all_methods(("visionzip", "fastv", "random_drop"), ("1/9",)))
+    methods = tuple(all_methods(("visionzip", "tome", "fastv", "random_drop"), ("1/9",)))
     result = run_speed(tmp_path / "speed", methods=methods, layout=layout, runs=1, decode_tokens=2, warmup=0)
     rows = {r["method"]: r for r in result["results"]}
     assert rows["baseline"]["final_image_tokens"] == 16
     assert rows["fastv @1/9"]["final_image_tokens"] == rows["random_drop @1/9"]["final_image_tokens"] == 2
+    assert rows["visionzip @1/9"]["final_image_tokens"] == 2
     assert rows["fastv @1/9"]["kv_cache_mb_reference_fp16"] < rows["baseline"]["kv_cache_mb_reference_fp16"]
-    assert "visionzip @1/9" not in rows and "no CLS token" in result["refused"]["visionzip"]
+    assert "tome @1/9" not in rows and "patch merger" in result["refused"]["tome"]
     assert "refused on this model" in (tmp_path / "speed" / "report.md").read_text()
