@@ -36,12 +36,19 @@ class Branch:
     token but k): positions are counted over the unmasked tokens only, so such a row is the
     same computation as the shorter prompt without those tokens. ``same_images`` reuses the
     positive branch's image features (ICD, LQCD, DAMRO) instead of encoding them twice.
+    ``position_mask`` (default: the attention mask) is what positions are counted over instead: on
+    M-RoPE models a hidden image token keeps its place, so the survivors keep their (t, h, w) ids.
     """
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     vision: dict[str, Any] = field(default_factory=dict)  # pixel_values, image_sizes or mm_encoder_outputs
     same_images: bool = False
+    position_mask: torch.Tensor | None = None
+
+    @property
+    def positions_over(self) -> torch.Tensor:
+        return self.attention_mask if self.position_mask is None else self.position_mask
 
     @property
     def batch(self) -> int:
@@ -60,7 +67,8 @@ class Branch:
 
     def to(self, device: torch.device) -> Branch:
         vision = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in self.vision.items()}
-        return Branch(self.input_ids.to(device), self.attention_mask.to(device), vision, self.same_images)
+        pmask = None if self.position_mask is None else self.position_mask.to(device)
+        return Branch(self.input_ids.to(device), self.attention_mask.to(device), vision, self.same_images, pmask)
 
 
 VISION_KEYS = ("pixel_values", "image_sizes", "image_grid_thw", "mm_encoder_outputs")
@@ -136,12 +144,13 @@ class DecodeResult:
         return self.decode_s / max(1, self.decode_steps)
 
 
-def _stack_rows(pos: Branch, neg: Branch, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Both branches' ids and masks as rows of one left-padded batch."""
+def _stack_rows(pos: Branch, neg: Branch, pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Both branches' ids, masks and position masks as rows of one left-padded batch."""
     width = max(pos.input_ids.shape[1], neg.input_ids.shape[1])
     ids = torch.cat([_left_pad(pos.input_ids, width, pad_id), _left_pad(neg.input_ids, width, pad_id)])
     mask = torch.cat([_left_pad(pos.attention_mask, width, 0), _left_pad(neg.attention_mask, width, 0)])
-    return ids, mask
+    pmask = torch.cat([_left_pad(pos.positions_over, width, 0), _left_pad(neg.positions_over, width, 0)])
+    return ids, mask, pmask
 
 
 def _sync(t: torch.Tensor) -> None:
@@ -160,15 +169,17 @@ class _Stream:
     """One forward stream (a batch of rows with its own cache); positions follow the adapter's rule."""
 
     def __init__(self, model: torch.nn.Module, input_ids: torch.Tensor, mask: torch.Tensor,
-                 features: ImageFeatures, positions: Any, grid: torch.Tensor | None = None) -> None:
+                 features: ImageFeatures, positions: Any, grid: torch.Tensor | None = None,
+                 position_mask: torch.Tensor | None = None) -> None:
         self.model, self.input_ids, self.mask, self.features = model, input_ids, mask, features
         self.positions, self.grid = positions, grid
+        self.position_mask = mask if position_mask is None else position_mask
         self.rows = input_ids.shape[0]
         self.cache = DynamicCache()
         self.offset: torch.Tensor | None = None
 
     def prefill(self) -> torch.Tensor:
-        positions, self.offset = self.positions.branch_positions(self.input_ids, self.mask, self.grid)
+        positions, self.offset = self.positions.branch_positions(self.input_ids, self.position_mask, self.grid)
         extra = {**self.positions.prefill_kwargs(self.input_ids), **self.features.model_kwargs()}
         out = self.model(input_ids=self.input_ids, attention_mask=self.mask, position_ids=positions,
                          cache=self.cache, use_cache=True, logits_to_keep=1, **extra)
@@ -176,7 +187,8 @@ class _Stream:
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         self.mask = torch.cat([self.mask, self.mask.new_ones(self.mask.shape[0], 1)], 1)
-        positions = self.positions.step_positions(self.mask, self.offset)
+        self.position_mask = torch.cat([self.position_mask, self.position_mask.new_ones(self.mask.shape[0], 1)], 1)
+        positions = self.positions.step_positions(self.position_mask, self.offset)
         out = self.model(input_ids=tokens[:, None], attention_mask=self.mask, position_ids=positions,
                          cache=self.cache, use_cache=True, logits_to_keep=1)
         return out.logits[:, -1].float()
@@ -226,18 +238,21 @@ class ContrastiveDecoder:
         rule = self.positions
         pos_features = image_features(self.model, pos.vision)
         if neg is None:
-            streams = [_Stream(self.model, pos.input_ids, pos.attention_mask, pos_features, rule, _grids(pos))]
+            streams = [_Stream(self.model, pos.input_ids, pos.attention_mask, pos_features, rule, _grids(pos),
+                               pos.position_mask)]
         else:
             neg_features = pos_features if neg.same_images else image_features(self.model, neg.vision)
             neg_grid = _grids(pos if neg.same_images else neg)
             if self.separate:
-                streams = [_Stream(self.model, pos.input_ids, pos.attention_mask, pos_features, rule, _grids(pos)),
-                           _Stream(self.model, neg.input_ids, neg.attention_mask, neg_features, rule, neg_grid)]
+                streams = [_Stream(self.model, pos.input_ids, pos.attention_mask, pos_features, rule, _grids(pos),
+                                   pos.position_mask),
+                           _Stream(self.model, neg.input_ids, neg.attention_mask, neg_features, rule, neg_grid,
+                                   neg.position_mask)]
             else:
-                ids, mask = _stack_rows(pos, neg, pad_token_id)
+                ids, mask, pmask = _stack_rows(pos, neg, pad_token_id)
                 grids = [g for g in (_grids(pos), neg_grid) if g is not None]
                 streams = [_Stream(self.model, ids, mask, pos_features + neg_features, rule,
-                                   torch.cat(grids) if grids else None)]
+                                   torch.cat(grids) if grids else None, pmask)]
         self.last_streams = streams
 
         logits = torch.cat([s.prefill() for s in streams])

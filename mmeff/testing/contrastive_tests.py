@@ -71,7 +71,8 @@ class ContrastivePluginTesterMixin(VLMPluginTesterMixin):
         decoder.run(pos, neg, max_new_tokens=1, eos_token_id=None, pad_token_id=0)
         batched = decoder.last_prefill[len(PROMPTS):]
         solo_decoder = ContrastiveDecoder(pipe.model, lambda lp, ln, step: lp)
-        solo_neg = neg if not neg.same_images else Branch(neg.input_ids, neg.attention_mask, pos.vision)
+        solo_neg = neg if not neg.same_images else Branch(neg.input_ids, neg.attention_mask, pos.vision,
+                                                          position_mask=neg.position_mask)
         solo_decoder.run(solo_neg, None, max_new_tokens=1, eos_token_id=None, pad_token_id=0)
         torch.testing.assert_close(batched, solo_decoder.last_prefill, atol=1e-4, rtol=1e-4)
 

@@ -9,7 +9,7 @@ shrinks the sizes, so tests exercise the same code paths as the released checkpo
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers import PreTrainedTokenizerFast
@@ -145,3 +145,22 @@ def tiny_qwen2_vl(
     processor = processor_cls(image_processor=image_processor, tokenizer=tokenizer, video_processor=video_processor,
                               chat_template=QWEN_CHAT_TEMPLATE)
     return model, processor
+
+
+# -- references for tests: the unmodified model's own ingredients ---------------------------
+def merged_embeddings(model, inputs: dict[str, Any]) -> torch.Tensor:
+    """Text embeddings with the image features scattered in, as ``Qwen2VLModel.forward`` does."""
+    embeds = model.get_input_embeddings()(inputs["input_ids"])
+    features = model.model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"]).pooler_output
+    features = torch.cat(features, dim=0).to(embeds.dtype)
+    mask = (inputs["input_ids"] == model.config.image_token_id)[..., None]
+    assert int(mask.sum()) == features.shape[0]
+    return embeds.masked_scatter(mask, features)
+
+
+def original_positions(model, inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The full prompt's (3, B, L) M-RoPE ids and (B, 1) rope_deltas, as Qwen's generate computes them."""
+    return model.model.get_rope_index(
+        inputs["input_ids"], inputs["mm_token_type_ids"], image_grid_thw=inputs["image_grid_thw"],
+        attention_mask=inputs["attention_mask"],
+    )

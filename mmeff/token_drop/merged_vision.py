@@ -88,14 +88,11 @@ class MergedVisionReducer:
     # -- the selection ---------------------------------------------------------------------
     def _reduce(self, merged: torch.Tensor) -> torch.Tensor:
         tower = self.adapter.vision_tower
-        unit = tower.spatial_merge_size**2
-        scores, keys = self._signal(tower, unit)
-        order = self._llm_order(tower)
-        scores, keys = scores[order], keys[order]
+        scores, keys = merged_token_signal(tower, *self._last_block, self._grid)
         out = torch.zeros_like(merged)
         self.kept = []
         start = 0
-        for n in (self._grid.prod(-1) // unit).tolist():
+        for n in merged_counts(tower, self._grid):
             item = MergedTokens(merged[start : start + n], scores[start : start + n], keys[start : start + n])
             features, where = self.select(item)
             out[start + where] = features.to(out.dtype)
@@ -103,35 +100,62 @@ class MergedVisionReducer:
             start += n
         return out
 
-    def _signal(self, tower, unit: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per merged token (in the blocks' order): attention received, and keys averaged over heads."""
-        hidden, cu_seqlens, (cos, sin) = self._last_block
-        block = tower.blocks[-1]
-        attn = block.attn
-        length = hidden.shape[0]
-        with torch.no_grad():
-            qkv = attn.qkv(block.norm1(hidden)).reshape(length, 3, attn.num_heads, -1).permute(1, 0, 2, 3)
-            q, k = qkv[0], qkv[1]
-            rotate = sys.modules[type(attn).__module__].apply_rotary_pos_emb_vision
-            q, k = rotate(q, k, cos, sin)  # (S, H, d)
-            q, k = q.transpose(0, 1), k.transpose(0, 1)  # (H, S, d)
-            received = received_attention(q, k, cu_seqlens.tolist(), attn.scaling)
-        scores = received.view(-1, unit).mean(-1)
-        keys = k.float().mean(0).view(length // unit, unit, -1).mean(1)
-        return scores, keys
 
-    def _llm_order(self, tower) -> torch.Tensor:
-        """Merged tokens' block order -> the order the merger's output is returned in (Qwen2.5-VL
-        runs its blocks on a window-permuted sequence and undoes it after the merger)."""
-        module = sys.modules[type(tower).__module__]
-        n = int((self._grid.prod(-1) // tower.spatial_merge_size**2).sum())
-        if not hasattr(module, "get_vision_window_index") or not hasattr(tower, "window_size"):
-            return torch.arange(n, device=self._grid.device)
-        window_index, _ = module.get_vision_window_index(
-            self._grid, spatial_merge_size=tower.spatial_merge_size, window_size=tower.window_size,
-            patch_size=tower.patch_size, kwargs={},
-        )
-        return torch.argsort(window_index)
+def merged_counts(tower, grid: torch.Tensor) -> list[int]:
+    """LLM tokens of each image or video (its ``grid_thw`` row over the 2x2 merge)."""
+    return (grid.prod(-1) // tower.spatial_merge_size**2).tolist()
+
+
+@torch.no_grad()
+def merged_token_signal(tower, hidden: torch.Tensor, cu_seqlens: torch.Tensor, cos_sin, grid: torch.Tensor
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per merged token, in the LLM's order: the attention its patches receive in the tower's last block
+    (mean over the patches), and the block's rotary keys averaged over heads and the patches.
+    ``hidden``, ``cu_seqlens`` and ``cos_sin`` are that block's inputs."""
+    unit = tower.spatial_merge_size**2
+    block = tower.blocks[-1]
+    attn = block.attn
+    length = hidden.shape[0]
+    qkv = attn.qkv(block.norm1(hidden)).reshape(length, 3, attn.num_heads, -1).permute(1, 0, 2, 3)
+    rotate = sys.modules[type(attn).__module__].apply_rotary_pos_emb_vision
+    q, k = rotate(qkv[0], qkv[1], *cos_sin)  # (S, H, d)
+    q, k = q.transpose(0, 1), k.transpose(0, 1)  # (H, S, d)
+    received = received_attention(q, k, cu_seqlens.tolist(), attn.scaling)
+    scores = received.view(-1, unit).mean(-1)
+    keys = k.float().mean(0).view(length // unit, unit, -1).mean(1)
+    order = _llm_order(tower, grid)
+    return scores[order], keys[order]
+
+
+@torch.no_grad()
+def tower_signal(tower, pixel_values: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """:func:`merged_token_signal`'s scores from one pass of the tower over ``pixel_values`` (DAMRO's outliers)."""
+    captured: dict[str, tuple] = {}
+
+    def last_block(module, args, kwargs):
+        captured["inputs"] = (args[0] if args else kwargs["hidden_states"], kwargs["cu_seqlens"],
+                              kwargs["position_embeddings"])
+
+    handle = tower.blocks[-1].register_forward_pre_hook(last_block, with_kwargs=True)
+    try:
+        tower(pixel_values, grid_thw=grid)
+    finally:
+        handle.remove()
+    return merged_token_signal(tower, *captured["inputs"], grid)[0]
+
+
+def _llm_order(tower, grid: torch.Tensor) -> torch.Tensor:
+    """Merged tokens' block order -> the order the merger's output is returned in (Qwen2.5-VL
+    runs its blocks on a window-permuted sequence and undoes it after the merger)."""
+    module = sys.modules[type(tower).__module__]
+    n = sum(merged_counts(tower, grid))
+    if not hasattr(module, "get_vision_window_index") or not hasattr(tower, "window_size"):
+        return torch.arange(n, device=grid.device)
+    window_index, _ = module.get_vision_window_index(
+        grid, spatial_merge_size=tower.spatial_merge_size, window_size=tower.window_size,
+        patch_size=tower.patch_size, kwargs={},
+    )
+    return torch.argsort(window_index)
 
 
 def _keep_nonzero(inp: SelectionInput) -> torch.Tensor:

@@ -6,6 +6,11 @@ The outliers come from single-head attention over the full width at the vision f
 (the released code hooks that layer's q/k projections). The negative rows keep every image
 token but mask all except the k outliers, which is the same computation as a prompt holding
 only those k tokens (positions are counted over unmasked tokens).
+
+Qwen2/2.5/3-VL's tower has no CLS token. There the outliers are the k merged tokens of each image
+whose patches *receive* the most attention in the tower's last block: the signal VisionZip's
+Qwen2.5-VL release ranks by in place of CLS attention (DAMRO has no release for these towers, so
+this is mmeff's choice). Hidden tokens keep their places, so the k survivors keep their M-RoPE ids.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from mmeff.contrastive.plugin_base import ContrastivePlugin
 from mmeff.errors import ConfigError, InputError
 from mmeff.plugin import PluginContext
 from mmeff.registry import register_plugin
+from mmeff.token_drop.merged_vision import merged_counts, tower_signal
 from mmeff.token_drop.vision_ops import cls_attention
 
 from .config import DAMROConfig
@@ -29,12 +35,10 @@ from .config import DAMROConfig
 class DAMROPlugin(ContrastivePlugin):
     name = "damro"
     config_cls = DAMROConfig
-    supports = ("llava",)
+    supports = ("llava", "qwen2_vl", "qwen3_vl")
     refused = {
         "llava_next": "its outliers are ViT patches ranked by CLS attention; LLaVA-NeXT's tiled image tokens have "
                       "no patch-to-position map yet",
-        "qwen2_vl": "its outliers are ranked by CLS attention, and the Qwen-VL vision tower has no CLS token",
-        "qwen3_vl": "its outliers are ranked by CLS attention, and the Qwen-VL vision tower has no CLS token",
         "internvl": "InternViT has a CLS token, but its outliers are ViT patches and each InternVL image token is "
                     "a 2x2 block of them merged by the pixel shuffle, over several tiles plus a thumbnail; the "
                     "patch-to-token map is not built yet",
@@ -47,6 +51,8 @@ class DAMROPlugin(ContrastivePlugin):
     config: DAMROConfig
 
     def check(self, ctx: PluginContext) -> None:
+        if ctx.adapter.vision_signal == "received":
+            return  # images differ in token count: k is checked against each image at generate
         n = ctx.adapter.tokens_per_image
         if self.config.k > n:
             raise ConfigError(f"damro: k={self.config.k} is more than the {n} image tokens per image; use 1..{n}")
@@ -67,6 +73,8 @@ class DAMROPlugin(ContrastivePlugin):
         pixels = inputs.get("pixel_values")
         if pixels is None:
             raise InputError("damro needs pixel_values: its negative branch keeps the image's outlier tokens")
+        if self.adapter.vision_signal == "received":
+            return self._negative_merged(inputs)
         ids = inputs["input_ids"]
         image = self.adapter.image_token_mask(ids)
         per_row = image.sum(-1)
@@ -82,3 +90,28 @@ class DAMROPlugin(ContrastivePlugin):
         mask[hidden] = 0
         self._extra = {"outlier_tokens": chosen.tolist()}
         return Branch(ids, mask.long(), {}, same_images=True)
+
+    def _negative_merged(self, inputs: dict[str, Any]) -> Branch:
+        """Qwen-VL: per image, the k merged tokens whose patches receive the most attention."""
+        ids, grid = inputs["input_ids"], inputs["image_grid_thw"]
+        tower = self.adapter.vision_tower
+        counts = merged_counts(tower, grid)
+        if min(counts) < self.config.k:
+            raise InputError(f"damro: k={self.config.k} is more than the {min(counts)} tokens of the smallest image; "
+                             f"use 1..{min(counts)} or larger images")
+        scores = tower_signal(tower, inputs["pixel_values"], grid).to(ids.device)
+        keep = torch.zeros_like(scores, dtype=torch.bool)
+        chosen, start = [], 0
+        for n in counts:
+            top = scores[start : start + n].topk(self.config.k).indices.sort().values
+            keep[start + top] = True
+            chosen.append(top.tolist())
+            start += n
+        image = self.adapter.image_token_mask(ids)
+        padding = inputs["attention_mask"].long() if inputs.get("attention_mask") is not None else torch.ones_like(ids)
+        hidden = image.clone()
+        hidden[image] = ~keep
+        mask = padding.clone()
+        mask[hidden] = 0
+        self._extra = {"outlier_tokens": chosen}
+        return Branch(ids, mask, {}, same_images=True, position_mask=padding)

@@ -19,6 +19,7 @@ from mmeff.errors import InputError
 from mmeff.plugins.pyramid_drop.ops import stage_keep_counts
 from mmeff.testing import tiny_llava, tiny_qwen2_vl
 from mmeff.testing.plugin_tests import PROMPTS, cache_lengths, sample_images
+from mmeff.testing.qwen import merged_embeddings, original_positions
 from mmeff.token_drop.engine import DropEngine
 
 QWEN_FACTORIES = {
@@ -45,24 +46,6 @@ def pad_id(pipe: mmeff.MMPipeline) -> int:
 
 
 # -- the reference: the unmodified model on the kept tokens only ----------------------------
-def merged_embeddings(model, inputs: dict) -> torch.Tensor:
-    """Text embeddings with the image features scattered in, as ``Qwen2VLModel.forward`` does."""
-    embeds = model.get_input_embeddings()(inputs["input_ids"])
-    features = model.model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"]).pooler_output
-    features = torch.cat(features, dim=0).to(embeds.dtype)
-    mask = (inputs["input_ids"] == model.config.image_token_id)[..., None]
-    assert int(mask.sum()) == features.shape[0]
-    return embeds.masked_scatter(mask, features)
-
-
-def original_positions(model, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """The full prompt's (3, B, L) M-RoPE ids and (B, 1) rope_deltas, as Qwen's generate computes them."""
-    return model.model.get_rope_index(
-        inputs["input_ids"], inputs["mm_token_type_ids"], image_grid_thw=inputs["image_grid_thw"],
-        attention_mask=inputs["attention_mask"],
-    )
-
-
 def kept_indices(pipe: mmeff.MMPipeline, inputs: dict) -> list[torch.Tensor]:
     """Per row, the non-pad original tokens that survived the last stage (read right after the plugin's call)."""
     layout = DropEngine.existing(pipe.adapter).state.layouts[-1]
