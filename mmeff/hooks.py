@@ -80,6 +80,13 @@ class HookRegistry:
         self._wrapper = self._make_wrapper()
         self.module.forward = self._wrapper
 
+    def __deepcopy__(self, memo: dict) -> HookRegistry:
+        # the copy's forward would still be our wrapper around the *original* module's forward
+        raise TypeError(
+            f"copy.deepcopy of a {type(self.module).__name__} with mmeff hooks attached would run the original "
+            "model's weights; copy the model before wrapping it, or call pipe.remove_all_plugins() first"
+        )
+
     @classmethod
     def get_or_create(cls, module: nn.Module) -> HookRegistry:
         registry = module.__dict__.get(_ATTR)

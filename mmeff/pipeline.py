@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from . import registry
@@ -37,12 +39,19 @@ class GenerationOutput:
     new_tokens: torch.Tensor  # only the generated part
 
 
+#: id(model) -> the pipelines wrapping it (weakly), so two pipelines never hook one model at once
+_PIPELINES: dict[int, list[weakref.ref]] = {}
+
+
 class MMPipeline:
     """A model (or diffusers pipeline) with a stack of named, removable plugins."""
 
     def __init__(self, obj: Any, processor: Any = None, adapter: Adapter | None = None) -> None:
         self.adapter = adapter or registry.find_adapter(obj)(obj, processor)
         self.obj = obj
+        self._check_sole_owner()
+        refs = [r for r in _PIPELINES.get(id(obj), []) if r() is not None and r().obj is obj]
+        _PIPELINES[id(obj)] = [*refs, weakref.ref(self)]
         self.processor = processor
         self._plugins: OrderedDict[str, Plugin] = OrderedDict()
         self._suspended = False  # inside plugins_disabled(): call-time plugin steps are skipped too
@@ -52,6 +61,17 @@ class MMPipeline:
     @property
     def model(self) -> Any:
         return self.obj
+
+    def _check_sole_owner(self) -> None:
+        """Refuse to hook a model another live pipeline already has plugins on (their hooks and per-call
+        state would interleave)."""
+        for ref in _PIPELINES.get(id(self.obj), []):
+            other = ref()
+            if other is not None and other is not self and other.obj is self.obj and other._plugins:
+                raise ConfigError(
+                    f"this {type(self.obj).__name__} is already wrapped by another MMPipeline with plugins "
+                    f"{list(other._plugins)}; use that pipeline, or call its remove_all_plugins() first"
+                )
 
     # -- plugins -------------------------------------------------------------------------
     @property
@@ -65,6 +85,7 @@ class MMPipeline:
         Re-adding a name replaces the earlier instance. On any error nothing is attached.
         """
         cls, config = self._resolve(plugin, options)
+        self._check_sole_owner()
         if not registry.supported(cls.name, self.adapter.key):
             reason = registry.refusal(cls.name, self.adapter.key)
             raise UnsupportedModelError(
@@ -90,6 +111,10 @@ class MMPipeline:
         previous = self._plugins.get(cls.name)
         if previous is not None:
             self.remove_plugin(cls.name)
+        if self._suspended:  # inside plugins_disabled(): attached when the block ends
+            instance.ctx = ctx
+            self._plugins[cls.name] = instance
+            return instance
         try:
             instance.attach(ctx)
         except BaseException:
@@ -110,7 +135,8 @@ class MMPipeline:
         if name not in self._plugins:
             raise KeyError(f"no plugin {name!r} attached; attached: {list(self._plugins)}")
         plugin = self._plugins.pop(name)
-        plugin.detach(plugin.ctx)
+        if not self._suspended:  # inside plugins_disabled() it is detached already
+            plugin.detach(plugin.ctx)
         plugin.ctx = None
 
     def remove_all_plugins(self) -> None:
@@ -119,18 +145,22 @@ class MMPipeline:
 
     @contextlib.contextmanager
     def plugins_disabled(self) -> Iterator[MMPipeline]:
-        """Run the unmodified model on the same object; plugins come back afterwards."""
-        detached = list(self._plugins.values())
-        for plugin in reversed(detached):
+        """Run the unmodified model on the same object; plugins come back afterwards.
+
+        Nested blocks change nothing (the outermost one restores); a plugin added inside a block
+        is attached when the outermost block ends, one removed inside stays removed."""
+        if self._suspended:
+            yield self
+            return
+        for plugin in reversed(list(self._plugins.values())):
             plugin.detach(plugin.ctx)
-        suspended, self._suspended = self._suspended, True
+        self._suspended = True
         try:
             yield self
         finally:
-            self._suspended = suspended
-            for plugin in detached:
-                if self._plugins.get(plugin.name) is plugin and plugin.ctx is not None:  # not removed meanwhile
-                    plugin.attach(plugin.ctx)
+            self._suspended = False
+            for plugin in list(self._plugins.values()):
+                plugin.attach(plugin.ctx)
 
     def _resolve(self, plugin: str | PluginConfig, options: dict[str, Any]) -> tuple[type[Plugin], PluginConfig]:
         if isinstance(plugin, PluginConfig):
@@ -208,8 +238,10 @@ class MMPipeline:
             raise InputError("videos must be a non-empty list: one list of frames (or None) per prompt")
         if single and len(videos or ()) > 1 and not isinstance(videos[0], (list, tuple)):
             videos = [videos]  # one prompt, one clip given as its frames
-        if max_new_tokens < 1:
-            raise InputError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        if isinstance(max_new_tokens, np.integer):
+            max_new_tokens = int(max_new_tokens)
+        if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
+            raise InputError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
         loops = [p.name for p in self._active() if "decode_loop" in p.owned_stages()]
         if loops and videos is not None and any(v is not None for v in videos):
             raise InputError(f"{loops[0]}: contrastive decoding on video inputs is not supported yet; pass images")

@@ -7,9 +7,11 @@ a wrapped model through a :class:`PluginContext` and removes them again.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import numpy as np
 import torch.nn as nn
 
 from . import hooks as _hooks
@@ -24,7 +26,20 @@ class PluginConfig:
     """Base of every plugin config: subclasses add fields and override :meth:`validate`."""
 
     def __post_init__(self) -> None:
+        self._check_numbers()
         self.validate()
+
+    def _check_numbers(self) -> None:
+        """NumPy scalars become Python numbers; NaN and infinity are refused everywhere (no option uses them,
+        and a NaN weight silently empties answers or searches)."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, np.generic):
+                value = value.item()
+                setattr(self, f.name, value)
+            items = value if isinstance(value, (list, tuple)) else [value]
+            if any(isinstance(v, float) and not math.isfinite(v) for v in items):
+                raise ConfigError(f"{type(self).__name__}.{f.name} must be finite, got {value!r}")
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the allowed values."""

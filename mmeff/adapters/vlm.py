@@ -287,7 +287,9 @@ class VLMAdapter(Adapter):
         if not prompts:
             raise InputError("no prompts given")
         for i, p in enumerate(prompts):
-            if not isinstance(p, str) or not p.strip():
+            if not isinstance(p, str):
+                raise InputError(f"prompt {i} is a {type(p).__name__}; prompts must be str (decode bytes first)")
+            if not p.strip():
                 raise InputError(f"prompt {i} is empty; every prompt must contain text")
         per_image = visual_rows(images, len(prompts), "images", "an image, a list of images or None")
         per_video = visual_rows(videos, len(prompts), "videos", "a list of frames or None")

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..errors import ConfigError
@@ -45,7 +46,9 @@ def check_layers(layers: Any, plugin: str) -> tuple[int, ...] | None:
     """``None`` or a strictly increasing tuple of decoder-layer indices >= 1."""
     if layers is None:
         return None
-    layers = tuple(layers)
+    if not isinstance(layers, (list, tuple)):
+        raise ConfigError(f"{plugin} layers must be a list of decoder-layer indices, e.g. [8, 16, 24]; got {layers!r}")
+    layers = tuple(int(x) if isinstance(x, np.integer) else x for x in layers)
     if not layers or not all(isinstance(x, int) and not isinstance(x, bool) for x in layers):
         raise ConfigError(f"{plugin} layers must be a non-empty tuple of ints, got {layers!r}")
     if any(x < 1 for x in layers) or list(layers) != sorted(set(layers)):

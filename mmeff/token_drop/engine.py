@@ -203,6 +203,11 @@ class DropEngine:
     def on_model_forward(self, args: tuple, kwargs: dict) -> None:
         st = self.state
         st.forward_calls += 1
+        if self.adapter.attn_implementation not in SUPPORTED_ATTENTION:  # switched after add_plugin
+            raise ConfigError(
+                f"token dropping builds masks for attn_implementation in {SUPPORTED_ATTENTION}; the model now uses "
+                f"{self.adapter.attn_implementation!r} (set_attn_implementation('sdpa') or remove the plugin)"
+            )
         input_ids = kwargs.get("input_ids", args[0] if args else None)
         if input_ids is None:
             raise InputError("token dropping needs input_ids to find the image tokens (inputs_embeds alone hide them)")

@@ -192,7 +192,7 @@ def test_bad_image_in_batch_names_its_index(llava_pipe):
 
 @pytest.mark.parametrize("n", [0, -1])
 def test_max_new_tokens_must_be_positive(llava_pipe, n):
-    with pytest.raises(InputError, match="max_new_tokens must be >= 1"):
+    with pytest.raises(InputError, match="max_new_tokens must be an int >= 1"):
         llava_pipe.generate(_image(), "is there a dog ?", max_new_tokens=n)
 
 

@@ -1,0 +1,114 @@
+"""What a user can do to a wrapped model must never corrupt it (issue 29, "Using the model"): copies,
+nested disabling, two pipelines, switching attention, non-finite and mistyped options."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+import mmeff
+from mmeff.errors import ConfigError, InputError
+from mmeff.testing import tiny_llava
+from mmeff.testing.plugin_tests import PROMPTS, forward_modules, sample_images
+
+
+@pytest.fixture
+def pipe() -> mmeff.MMPipeline:
+    return mmeff.wrap(*tiny_llava(layers=4))
+
+
+def _hooked(pipe: mmeff.MMPipeline) -> set[str]:
+    return {name for name, fn in forward_modules(pipe.model).items() if fn is not None}
+
+
+def _tokens(pipe: mmeff.MMPipeline) -> torch.Tensor:
+    return pipe.generate(sample_images(), PROMPTS, max_new_tokens=4, return_ids=True).new_tokens
+
+
+def test_deepcopy_of_a_hooked_model_is_refused_and_the_plain_copy_works(pipe):
+    pipe.add_plugin("pyramid_drop")
+    with pytest.raises(TypeError, match="deepcopy"):
+        copy.deepcopy(pipe.model)
+    pipe.remove_all_plugins()
+    clone = copy.deepcopy(pipe.model)
+    assert forward_modules(clone) == forward_modules(pipe.model)
+    assert torch.equal(_tokens(mmeff.wrap(clone, pipe.processor)), _tokens(pipe))
+
+
+@pytest.mark.parametrize("plugin, added", [("visionzip", "vcd"), ("pyramid_drop", "vcd"), ("vcd", "random_drop")])
+def test_nested_plugins_disabled_restores_once_and_defers_new_plugins(pipe, plugin, added):
+    plain = _tokens(pipe)
+    pipe.add_plugin(plugin)
+    active = _tokens(pipe)
+    hooked = _hooked(pipe)
+    with pipe.plugins_disabled():
+        with pipe.plugins_disabled():
+            assert torch.equal(_tokens(pipe), plain)
+        assert torch.equal(_tokens(pipe), plain), "the inner block must not re-enable plugins"
+        pipe.add_plugin(added)
+        assert torch.equal(_tokens(pipe), plain), "a plugin added inside the block is not active there"
+    assert set(pipe.plugins) == {plugin, added}
+    assert not torch.equal(_tokens(pipe), active), "the added plugin is active after the block"
+    pipe.remove_plugin(added)
+    assert _hooked(pipe) == hooked
+    assert torch.equal(_tokens(pipe), active)
+    pipe.remove_all_plugins()
+    assert all(fn is None for fn in forward_modules(pipe.model).values())
+    assert torch.equal(_tokens(pipe), plain)
+
+
+def test_a_plugin_removed_inside_the_block_stays_removed(pipe):
+    pipe.add_plugin("fastv")
+    with pipe.plugins_disabled():
+        pipe.remove_plugin("fastv")
+    assert not pipe.plugins
+    assert all(fn is None for fn in forward_modules(pipe.model).values())
+
+
+def test_a_second_pipeline_on_a_hooked_model_names_the_first(pipe):
+    pipe.add_plugin("fastv")
+    with pytest.raises(ConfigError, match=r"another MMPipeline with plugins \['fastv'\]"):
+        mmeff.wrap(pipe.model, pipe.processor)
+    pipe.remove_all_plugins()
+    second = mmeff.wrap(pipe.model, pipe.processor)  # fine once the first holds no plugins
+    second.add_plugin("random_drop")
+    with pytest.raises(ConfigError, match="another MMPipeline"):
+        pipe.add_plugin("fastv")
+    assert not pipe.plugins
+
+
+def test_switching_to_an_unsupported_attention_after_add_plugin_is_refused_at_the_call(pipe):
+    pipe.add_plugin("pyramid_drop")
+    pipe.model.set_attn_implementation("flex_attention")
+    inputs = pipe.adapter.build_inputs(sample_images(), PROMPTS)
+    with pytest.raises(ConfigError, match="flex_attention"):
+        with torch.no_grad():
+            pipe.model(**inputs)
+    pipe.model.set_attn_implementation("sdpa")
+    assert len(_tokens(pipe)) == 2
+
+
+@pytest.mark.parametrize("plugin, options", [
+    ("vcd", {"alpha": float("nan")}), ("vcd", {"beta": float("inf")}), ("m3id", {"lam": float("nan")}),
+    ("icd", {"alpha": float("-inf")}),
+])
+def test_non_finite_options_are_refused(pipe, plugin, options):
+    with pytest.raises(ConfigError, match="must be finite"):
+        pipe.add_plugin(plugin, **options)
+    assert not pipe.plugins
+
+
+def test_mistyped_options_and_inputs_get_clear_errors(pipe):
+    with pytest.raises(ConfigError, match="list of decoder-layer indices"):
+        pipe.add_plugin("pyramid_drop", layers=5)
+    plugin = pipe.add_plugin("pyramid_drop", ratio=np.float32(0.5), layers=[np.int64(1), 2])
+    assert type(plugin.config.ratio) is float and plugin.config.layers == (1, 2)
+    for bad in (2.5, "3", True, 0):
+        with pytest.raises(InputError, match="max_new_tokens must be an int"):
+            pipe.generate(sample_images(), PROMPTS, max_new_tokens=bad)
+    assert len(pipe.generate(sample_images(), PROMPTS, max_new_tokens=np.int64(2))) == 2
+    with pytest.raises(InputError, match="prompts must be str"):
+        pipe.generate(sample_images(), [b"is there a cat?", "how many?"], max_new_tokens=2)
