@@ -35,11 +35,13 @@ def m3id_combine(logits_img: torch.Tensor, logits_noimg: torch.Tensor, step: int
                  threshold: float, scale: float = 1.0) -> torch.Tensor:
     """``l_c + scale * w_t (l_c - l_u)`` on rows where the model is unsure (``max p_c < threshold``), else ``l_c``.
 
-    ``step`` is t, a scalar or one per row.
+    ``step`` is t, a scalar or one per row; ``threshold >= 1`` contrasts every row (no gate).
     """
     w = scale * m3id_weight(step, lam).to(logits_img.device)
     if w.ndim:
         w = w[:, None]
+    if threshold >= 1:
+        return logits_img + w * (logits_img - logits_noimg)
     unsure = logits_img.float().softmax(-1).amax(-1, keepdim=True) < threshold
     return torch.where(unsure, logits_img + w * (logits_img - logits_noimg), logits_img)
 

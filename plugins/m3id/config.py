@@ -1,4 +1,6 @@
-"""M3ID's settings: forgetting rate 0.02 and the 0.3 confidence gate of the reimplementations."""
+"""M3ID's settings. M3ID has no official code; the reimplementations read start ``t`` at 1 at the first
+answer token and contrast at every step (no confidence gate): those are the defaults. Counting the
+prompt (``count_prompt``) and a gate (``threshold`` < 1) are options."""
 
 from __future__ import annotations
 
@@ -13,9 +15,10 @@ class M3IDConfig(ContrastiveConfig):
     """``alpha`` scales M3ID's own weight ``w_t = exp(lam * t) - 1`` (1 = the paper; 0 = plain decoding)."""
 
     lam: float = field(default=0.02, metadata={"help": "forgetting rate lambda > 0"})
-    threshold: float = field(default=0.3, metadata={"help": "contrast only where max p < threshold, in (0, 1]"})
-    count_prompt: bool = field(default=True, metadata={
-        "help": "t also counts the prompt's text tokens (+1 for the image), as the reimplementations do"})
+    threshold: float = field(default=1.0, metadata={
+        "help": "contrast only where max p < threshold, in (0, 1]; 1 = at every step, as the reimplementations"})
+    count_prompt: bool = field(default=False, metadata={
+        "help": "t also counts the prompt's text tokens (+1 for the image); off: t = 1 at the first answer token"})
 
     def validate(self) -> None:
         super().validate()

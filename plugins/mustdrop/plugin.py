@@ -161,6 +161,8 @@ class MustDropPlugin(Plugin):
         return topk_mask(score.masked_fill(keys, float("inf")), image, counts)
 
     def _stage_counts(self, inp: SelectionInput, keys: torch.Tensor) -> torch.Tensor:
+        if inp.stage == 1:  # a new prefill: direct model() calls get no pipeline reset between them
+            self._schedule = {}
         if not self._schedule:
             before = self.engine.state.layouts[0].image_counts.tolist()
             entering = inp.original_image_counts.tolist()

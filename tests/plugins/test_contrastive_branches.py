@@ -119,6 +119,22 @@ def test_m3id_negative_has_no_image(pipe):
     assert not (neg.input_ids == pipe.adapter.image_token_id).any() and not neg.vision
 
 
+def test_m3id_t_starts_at_one_at_the_first_answer_token_and_contrasts_every_step(pipe):
+    """The reimplementations: w_t = exp(lam t) - 1 with t = 1 at the first answer token, whatever the
+    prompt's length, and no confidence gate; counting the prompt is the option."""
+    negative_of(pipe, "m3id")
+    plugin = pipe.plugins["m3id"]
+    assert plugin.config.threshold == 1.0 and not plugin.config.count_prompt
+    lp = torch.tensor([[8.0, 0.0, 0.0], [0.0, 1.0, 0.0]])  # row 0 is sure (p > 0.99): no gate either way
+    ln = torch.tensor([[0.0, 8.0, 0.0], [1.0, 0.0, 0.0]])
+    w1 = math.exp(0.02) - 1
+    torch.testing.assert_close(plugin.combine(lp, ln, 0), lp + w1 * (lp - ln))
+    pipe.remove_plugin("m3id")
+    negative_of(pipe, "m3id", count_prompt=True)
+    counted = pipe.plugins["m3id"]._offset
+    assert (counted > 4).all() and counted[0] != counted[1]  # the two prompts differ in length
+
+
 def test_negative_rows_get_the_same_token_drop():
     pipe = mmeff.wrap(*tiny_llava(layers=8))
     pipe.add_plugin("fastv", k=2, ratio=0.5)

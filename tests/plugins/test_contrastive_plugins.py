@@ -36,7 +36,7 @@ class TestM3ID(ContrastivePluginTesterMixin):
     plugin_name = "m3id"
     neutral_options = {"alpha": 0.0}
     active_options = {"alpha": 1.0}
-    strong_options = {"alpha": 20.0, "beta": 1e-3, "threshold": 1.0}
+    strong_options = {"alpha": 200.0, "beta": 1e-3}  # w_1 = e^0.02 - 1 = 0.02 at the first answer token
     bad_options = [*COMMON_BAD, {"lam": 0}, {"threshold": 0}, {"threshold": 1.2}]
 
 

@@ -130,3 +130,22 @@ def test_config_errors_name_allowed_values():
     with pytest.raises(ConfigError, match="at least one stage"):
         MustDropConfig(merge=False, filter=False, cache_policy=False)
     assert MustDropConfig(filter=False, cache_policy=False).merge
+
+
+def test_schedule_is_recomputed_at_every_prefill_of_direct_model_calls():
+    """Issue 29 (d): a one-row ``model(...)`` after a two-row one (no pipeline call in between) keeps what
+    a one-row call alone keeps; the schedule of the batch must not carry over."""
+    model, processor = FACTORIES["llava_next-sdpa"]()
+    pipe = mmeff.wrap(model, processor)
+    pipe.add_plugin("mustdrop", merge=False, budget=0.3, layers=(2, 4), cache_policy=False)
+    batch = pipe.adapter.build_inputs(sample_images(), PROMPTS)
+    single = pipe.adapter.build_inputs(sample_images()[1:], PROMPTS[1:])
+    with torch.no_grad():
+        pipe.reset_state()
+        model(**single)
+        alone = pipe.plugins["mustdrop"].stats()["image_tokens_per_layer_by_row"]
+        pipe.reset_state()
+        model(**batch)
+        model(**single)
+        after_batch = pipe.plugins["mustdrop"].stats()["image_tokens_per_layer_by_row"]
+    assert after_batch == alone
