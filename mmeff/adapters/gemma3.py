@@ -36,6 +36,7 @@ class Gemma3Adapter(VLMAdapter):
     description = "Gemma 3 (SigLIP + pooled soft tokens; sliding-window and global layers, bidirectional images)"
     sliding_windows_reproduced: ClassVar[bool] = True
     images_per_prompt: ClassVar[bool] = True
+    bidirectional_images: ClassVar[bool] = True
     vision_side_refusal: ClassVar[str | None] = (
         "Gemma 3's SigLIP tower has no CLS token and its patch grid is average-pooled 4x4 into the soft tokens "
         "after the tower; the ranking signal for such towers is not chosen yet"

@@ -138,6 +138,8 @@ class VLMAdapter(Adapter):
 
     #: the engine reproduces this model's sliding-window layers (checked against the unmodified model)
     sliding_windows_reproduced: ClassVar[bool] = False
+    #: the model lets an image's tokens attend to each other both ways when given ``token_type_ids`` (Gemma 3)
+    bidirectional_images: ClassVar[bool] = False
 
     def layer_type(self, layer_idx: int) -> str:
         """``"full_attention"`` or ``"sliding_attention"`` (the decoder config's ``layer_types``)."""

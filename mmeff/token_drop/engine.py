@@ -225,7 +225,7 @@ class DropEngine:
         if past == 0:
             st.fallback_positions = torch.arange(q_len, device=input_ids.device).expand(batch, -1)
             self._start_full(input_ids, mask2d)
-            st.blocks = self._blocks(kwargs.get("token_type_ids"), q_len)
+            st.blocks = self._blocks(kwargs.get("token_type_ids"), q_len) if self.adapter.bidirectional_images else None
         elif st.layouts:
             # layer 0's cache may be shorter than the prompt (a drop before layer 0), so count
             # decoded tokens ourselves rather than trusting positions derived from its length
