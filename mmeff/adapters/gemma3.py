@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..errors import InputError, UnsupportedModelError
+from ..errors import UnsupportedModelError
 from ..registry import register_adapter
 from .vlm import VLMAdapter
 
@@ -61,16 +61,7 @@ class Gemma3Adapter(VLMAdapter):
 
     def check_token_counts(self, input_ids: torch.Tensor, model_inputs: dict[str, Any]) -> None:
         super().check_token_counts(input_ids, model_inputs)
-        pixel_values = model_inputs.get("pixel_values")
-        if pixel_values is None:
-            return
-        n_tokens = int(self.image_token_mask(input_ids).sum())
-        expected = pixel_values.shape[0] * self.tokens_per_image
-        if n_tokens != expected:
-            raise InputError(
-                f"{pixel_values.shape[0]} image(s) need {expected} image tokens "
-                f"({self.tokens_per_image} each) but input_ids hold {n_tokens}"
-            )
+        self.check_tokens_per_image(input_ids, model_inputs, self.tokens_per_image)
 
     def describe(self) -> dict[str, Any]:
         cfg = self.text_config

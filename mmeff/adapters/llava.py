@@ -6,7 +6,6 @@ from typing import Any
 
 import torch
 
-from ..errors import InputError
 from ..registry import register_adapter
 from .vlm import VLMAdapter
 
@@ -26,16 +25,7 @@ class LlavaAdapter(VLMAdapter):
 
     def check_token_counts(self, input_ids: torch.Tensor, model_inputs: dict[str, Any]) -> None:
         super().check_token_counts(input_ids, model_inputs)
-        pixel_values = model_inputs.get("pixel_values")
-        if pixel_values is None:
-            return
-        n_tokens = int(self.image_token_mask(input_ids).sum())
-        expected = pixel_values.shape[0] * self.tokens_per_image
-        if n_tokens != expected:
-            raise InputError(
-                f"{pixel_values.shape[0]} image(s) need {expected} image tokens "
-                f"({self.tokens_per_image} each) but input_ids hold {n_tokens}"
-            )
+        self.check_tokens_per_image(input_ids, model_inputs, self.tokens_per_image)
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "image_tokens_per_image": self.tokens_per_image}

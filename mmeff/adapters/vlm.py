@@ -266,6 +266,19 @@ class VLMAdapter(Adapter):
         if model_inputs.get("pixel_values") is None and n_tokens:
             raise InputError(f"the prompt holds {n_tokens} image tokens but no pixel_values were given")
 
+    def check_tokens_per_image(self, input_ids: torch.Tensor, model_inputs: dict[str, Any], per_image: int) -> None:
+        """For models with a fixed token count per image (LLaVA-1.5, Gemma 3): placeholders = images x count."""
+        pixel_values = model_inputs.get("pixel_values")
+        if pixel_values is None:
+            return
+        n_tokens = int(self.image_token_mask(input_ids).sum())
+        expected = pixel_values.shape[0] * per_image
+        if n_tokens != expected:
+            raise InputError(
+                f"{pixel_values.shape[0]} image(s) need {expected} image tokens "
+                f"({per_image} each) but input_ids hold {n_tokens}"
+            )
+
     def build_inputs(
         self,
         images: Sequence[Any] | None,

@@ -21,7 +21,8 @@ import torch
 from ..adapters.vlm import VLMAdapter
 from ..hooks import ModelHook
 from ..plugin import PluginContext
-from .engine import DropEngine, SelectionInput
+from .engine import DropEngine
+from .vision import VisionReducer
 from .vision_ops import received_attention
 
 
@@ -56,7 +57,7 @@ class MergedVisionReducer:
         ctx.add_hook(tower, "tower", _TowerHook(self))
         ctx.add_hook(tower.blocks[-1], "last_block", _LastBlockHook(self))
         self.engine = DropEngine.shared(adapter)
-        self.engine.add_stages(self.owner, (0,), _keep_nonzero, priority=0)
+        self.engine.add_stages(self.owner, (0,), VisionReducer._keep_nonzero, priority=0)
 
     def detach(self) -> None:
         if self.engine is not None:
@@ -156,10 +157,6 @@ def _llm_order(tower, grid: torch.Tensor) -> torch.Tensor:
         patch_size=tower.patch_size, kwargs={},
     )
     return torch.argsort(window_index)
-
-
-def _keep_nonzero(inp: SelectionInput) -> torch.Tensor:
-    return (inp.hidden != 0).any(-1).to(inp.layout.image.device)
 
 
 class _TowerHook(ModelHook):
