@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import time
 import weakref
 from collections import OrderedDict
@@ -34,9 +35,10 @@ DEFAULT = _Default()
 class GenerationOutput:
     """Decoded answers plus the token ids that produced them."""
 
-    texts: list[str]
+    texts: list[str] | list[list[str]]  # one list per prompt with num_return_sequences > 1
     sequences: torch.Tensor  # prompt + new tokens, left padded
     new_tokens: torch.Tensor  # only the generated part
+    raw: Any = None  # what model.generate returned (its output object with return_dict_in_generate=True)
 
 
 #: id(model) -> the pipelines wrapping it (weakly), so two pipelines never hook one model at once
@@ -249,17 +251,19 @@ class MMPipeline:
         self.adapter.check_token_counts(inputs["input_ids"], inputs)
 
         self.reset_state()
-        generate_kwargs.setdefault("do_sample", False)
-        pad_id = getattr(self.processor, "tokenizer", self.processor).pad_token_id
-        generate_kwargs.setdefault("pad_token_id", pad_id)
+        generate_kwargs = self._generation_defaults(generate_kwargs)
         start = time.perf_counter()
         for plugin in self._active():  # a decoding plugin may take over the loop (custom_generate)
             inputs, generate_kwargs = plugin.prepare_generate(self, inputs, image_list, prompt_list, generate_kwargs)
-        sequences = self.obj.generate(**inputs, max_new_tokens=max_new_tokens, **generate_kwargs)
+        raw = self.obj.generate(**inputs, max_new_tokens=max_new_tokens, **generate_kwargs)
         wall = time.perf_counter() - start
+        sequences = raw.sequences if hasattr(raw, "sequences") else raw
         prompt_len = inputs["input_ids"].shape[1]
         new_tokens = sequences[:, prompt_len:]
         texts = [t.strip() for t in self.adapter.decode(new_tokens)]
+        per_prompt = new_tokens.shape[0] // len(prompt_list)
+        if per_prompt > 1:  # num_return_sequences: transformers' rows are grouped by prompt
+            texts = [texts[i * per_prompt : (i + 1) * per_prompt] for i in range(len(prompt_list))]
         self._collect_stats(
             {
                 "wall_time_s": wall,
@@ -269,8 +273,24 @@ class MMPipeline:
             }
         )
         if return_ids:
-            return GenerationOutput(texts=texts, sequences=sequences, new_tokens=new_tokens)
+            return GenerationOutput(texts=texts, sequences=sequences, new_tokens=new_tokens,
+                                    raw=raw if raw is not sequences else None)
         return texts[0] if single else texts
+
+    def _generation_defaults(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The model's own generation defaults stand (as in transformers); only a missing pad token is filled
+        in, on a copy of a given ``generation_config`` rather than beside it (which transformers warns about)."""
+        kwargs = dict(kwargs)
+        pad_id = getattr(self.processor, "tokenizer", self.processor).pad_token_id
+        config = kwargs.get("generation_config")
+        if config is not None:
+            if config.pad_token_id is None and "pad_token_id" not in kwargs:
+                config = copy.deepcopy(config)
+                config.pad_token_id = pad_id
+                kwargs["generation_config"] = config
+        elif getattr(getattr(self.obj, "generation_config", None), "pad_token_id", None) is None:
+            kwargs.setdefault("pad_token_id", pad_id)
+        return kwargs
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Diffusers pipelines: run the wrapped pipeline with every plugin's call-time changes."""

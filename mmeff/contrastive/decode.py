@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 from transformers import DynamicCache
+from transformers.generation.utils import GenerateDecoderOnlyOutput
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from ..errors import ConfigError, InputError
@@ -367,4 +368,7 @@ def contrastive_generate(
     )
     if cd_result is not None:
         cd_result.append(result)
-    return torch.cat([input_ids, result.new_tokens], 1)
+    sequences = torch.cat([input_ids, result.new_tokens], 1)
+    if generation_config.return_dict_in_generate:
+        return GenerateDecoderOnlyOutput(sequences=sequences)
+    return sequences

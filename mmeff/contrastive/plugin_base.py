@@ -92,6 +92,18 @@ class ContrastivePlugin(Plugin):
             raise InputError(f"{self.name}: contrastive decoding on video inputs is not supported yet; pass images")
         if "custom_generate" in kwargs:
             raise ConfigError(f"{self.name} owns the decode loop; do not pass custom_generate as well")
+        config = kwargs.get("generation_config")
+        for option in ("num_beams", "num_return_sequences"):
+            value = kwargs.get(option, getattr(config, option, 1) if config is not None else 1)
+            if value not in (None, 1):
+                raise ConfigError(f"{self.name}: {option}={value} is not supported under contrastive decoding (one "
+                                  "greedy or sampled sequence per prompt); remove the plugin for beam search")
+        for option in ("output_scores", "output_logits", "output_attentions", "output_hidden_states"):
+            if kwargs.get(option):
+                raise ConfigError(f"{self.name}: {option}=True is not supported under contrastive decoding yet")
+        if kwargs.get("streamer") is not None:  # transformers does not hand streamer to a custom_generate callable
+            kwargs = {**kwargs, "cd_streamer": kwargs["streamer"]}
+            del kwargs["streamer"]
         inputs = self.positive(pipe, inputs, images, prompts)
         negative = self.negative(pipe, inputs, images, prompts)
         if negative is not None:
