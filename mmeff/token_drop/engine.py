@@ -235,12 +235,12 @@ class DropEngine:
             st.decoded += q_len
             if mask2d is not None:
                 st.step_tail = mask2d[:, st.full_len :].bool()
-                st.fallback_positions = (mask2d.long().cumsum(-1) - 1).clamp(min=0)[:, -q_len:]
             else:
                 st.step_tail = torch.ones(batch, st.decoded, dtype=torch.bool, device=input_ids.device)
-                st.fallback_positions = (
-                    torch.arange(q_len, device=input_ids.device) + st.full_len + before
-                ).expand(batch, -1)
+            # without position ids the decoder counts every cache slot, pads included (transformers'
+            # cache_position), in prefill and decoding alike
+            st.fallback_positions = (torch.arange(q_len, device=input_ids.device) + st.full_len + before).expand(
+                batch, -1)
         else:
             st.mode = "off"  # the cache was filled before this plugin was attached
 

@@ -112,3 +112,31 @@ def test_mistyped_options_and_inputs_get_clear_errors(pipe):
     assert len(pipe.generate(sample_images(), PROMPTS, max_new_tokens=np.int64(2))) == 2
     with pytest.raises(InputError, match="prompts must be str"):
         pipe.generate(sample_images(), [b"is there a cat?", "how many?"], max_new_tokens=2)
+
+
+@pytest.mark.parametrize("with_positions", [False, True])
+def test_direct_model_calls_decode_where_a_full_forward_would(pipe, with_positions):
+    """``model(...)`` on a left-padded batch, prefill then one cached step, with or without position ids:
+    the step's logits equal a full no-cache forward over the extended sequence (without ids both count
+    the pads, as transformers' cache positions do)."""
+    from transformers import DynamicCache
+
+    model = pipe.model
+    pipe.add_plugin("random_drop", budget=0.5, layer=2)
+    inputs = pipe.adapter.build_inputs(sample_images(), PROMPTS)
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    assert not mask.bool().all()
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        pipe.reset_state()
+        cache = DynamicCache()
+        first = model(input_ids=ids, attention_mask=mask, pixel_values=inputs["pixel_values"], cache=cache,
+                      **({"position_ids": pos} if with_positions else {}))
+        token = first.logits[:, -1].argmax(-1, keepdim=True)
+        longer = torch.cat([mask, torch.ones_like(token)], 1)
+        step = model(input_ids=token, attention_mask=longer, cache=cache,
+                     **({"position_ids": pos[:, -1:] + 1} if with_positions else {})).logits[:, -1]
+        pipe.reset_state()
+        full = model(input_ids=torch.cat([ids, token], 1), attention_mask=longer, pixel_values=inputs["pixel_values"],
+                     **({"position_ids": torch.cat([pos, pos[:, -1:] + 1], 1)} if with_positions else {}))
+    torch.testing.assert_close(step, full.logits[:, -1], atol=1e-5, rtol=0)
