@@ -5,16 +5,25 @@ from __future__ import annotations
 import re
 
 _EXISTENCE = re.compile(r"^\s*(is|are)\s+there\s+(.*?)[\s?.!]*$", re.IGNORECASE)
+#: questions answered by yes or no start with an auxiliary verb
+_YES_NO = re.compile(r"^\s*(is|are|was|were|do|does|did|can|could|has|have|had|will|would|should|shall|may|might)\b",
+                     re.IGNORECASE)
+_TAGGED = re.compile(r"(,\s*|\s)(right|correct|isn't it|aren't they|yes|no)\s*\?\s*$", re.IGNORECASE)
 
 
-def leading_form(prompt: str, tag: str = "right?") -> str:
-    """Turn a question into one that presupposes "yes": a statement plus a confirmation tag.
+def leading_form(prompt: str, tag: str = "right?") -> str | None:
+    """The leading form of a yes/no question, which presupposes "yes"; None for any other prompt.
 
     "Is there a red circle in the image?" -> "there is a red circle in the image , right?";
-    other questions keep their words and get the tag ("what color is the star, right?").
+    another yes/no question keeps its words and gets the tag ("is the star red , right?").
+    Open questions ("what color is the star?") have no leading form, and a prompt that already
+    ends in a confirmation tag (or ``tag``) is leading itself: both give None.
     """
-    match = _EXISTENCE.match(prompt)
+    text = prompt.strip()
+    if _TAGGED.search(text) or text.lower().endswith(tag.strip().lower()) or not _YES_NO.match(text):
+        return None
+    match = _EXISTENCE.match(text)
     if match:
         verb, rest = match.groups()
         return f"there {verb.lower()} {rest} , {tag}"
-    return f"{prompt.strip().rstrip(' ?.!')} , {tag}"
+    return f"{text.rstrip(' ?.!')} , {tag}"

@@ -1,6 +1,11 @@
 """LQCD (Zhao et al. 2024, leading-query contrastive decoding): the negative branch asks the
 leading form of the question ("there is a dog, right?"), so what the leading phrasing adds
-(sycophantic "yes") is subtracted from the neutral query's logits."""
+(sycophantic "yes") is subtracted from the neutral query's logits.
+
+Only yes/no questions have a leading form. A row whose prompt is open ("what color ...?") or
+already leading is passed through: its negative is the prompt itself, so it decodes as plain
+greedy (``last_stats["lqcd"]["passed_through"]`` lists those rows). Give ``leading=`` to pass the
+neutral/leading pairs yourself, as the paper evaluates them."""
 
 from __future__ import annotations
 
@@ -25,7 +30,9 @@ class LQCDPlugin(ContrastivePlugin):
     def leading_queries(self, prompts: list[str]) -> list[str]:
         given = self.config.leading
         if given is None:
-            return [leading_form(p, self.config.tag) for p in prompts]
+            derived = [leading_form(p, self.config.tag) for p in prompts]
+            self._extra = {"passed_through": [i for i, q in enumerate(derived) if q is None]}
+            return [p if q is None else q for p, q in zip(prompts, derived)]
         if isinstance(given, str):
             return [given] * len(prompts)
         if len(given) != len(prompts):

@@ -100,7 +100,30 @@ def test_icd_negative_prepends_the_disturbance_instruction(pipe):
 def test_lqcd_leading_forms():
     assert leading_form("Is there a red circle in the image?") == "there is a red circle in the image , right?"
     assert leading_form("are there two stars?") == "there are two stars , right?"
-    assert leading_form("what color is the star?", tag="yes?") == "what color is the star , yes?"
+    assert leading_form("is the star red?", tag="yes?") == "is the star red , yes?"
+    # open questions have no leading form; a leading question is not made more leading (issue 29)
+    assert leading_form("what color is the star?") is None
+    assert leading_form("What is there in the image?") is None
+    assert leading_form("there is a star , right?") is None
+    assert leading_form("Is there a star, right?") is None
+
+
+def test_lqcd_passes_open_questions_through_as_plain_decoding(pipe):
+    prompts = ["is there a red circle in the image?", "what color is the circle?"]
+    plugin = pipe.add_plugin("lqcd")
+    images = sample_images()
+    inputs = pipe.adapter.build_inputs(images, prompts)
+    neg = plugin.negative(pipe, inputs, images, prompts)
+    assert plugin._extra["passed_through"] == [1]
+    assert torch.equal(neg.input_ids[1][neg.attention_mask[1].bool()], inputs["input_ids"][1][
+        inputs["attention_mask"][1].bool()])
+    with pipe.plugins_disabled():
+        plain = pipe.generate(images, prompts, max_new_tokens=4, return_ids=True).new_tokens
+    pipe.remove_plugin("lqcd")
+    pipe.add_plugin("lqcd", alpha=5.0, beta=1e-3)
+    contrasted = pipe.generate(images, prompts, max_new_tokens=4, return_ids=True).new_tokens
+    assert torch.equal(contrasted[1], plain[1])  # the open question: negative = positive, no contrast
+    assert pipe.last_stats["lqcd"]["passed_through"] == [1]
 
 
 def test_lqcd_uses_the_given_leading_queries(pipe):
