@@ -86,6 +86,3 @@ def description_scores(desc_logits: torch.Tensor, reduce: str = "min", valid: to
     raise ValueError(f"reduce must be 'min', 'avg' or 'sum', got {reduce!r}")
 
 
-def outlier_tokens(cls_attention: torch.Tensor, k: int) -> torch.Tensor:
-    """DAMRO: the k patches the CLS token attends to most (B, k), in ascending patch order."""
-    return cls_attention.topk(k, dim=-1).indices.sort(-1).values

@@ -5,7 +5,8 @@ model would say from them alone is subtracted.
 The outliers come from single-head attention over the full width at the vision feature layer
 (the released code hooks that layer's q/k projections). The negative rows keep every image
 token but mask all except the k outliers, which is the same computation as a prompt holding
-only those k tokens (positions are counted over unmasked tokens).
+only those k tokens (positions are counted over unmasked tokens), in the release's order: by
+descending CLS attention (the kept slots carry the outliers' features in that order).
 
 Qwen2/2.5/3-VL's tower has no CLS token. There the outliers are the k merged tokens of each image
 whose patches *receive* the most attention in the tower's last block: the signal VisionZip's
@@ -18,9 +19,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from mmeff.contrastive.decode import Branch
-from mmeff.contrastive.ops import outlier_tokens
 from mmeff.contrastive.plugin_base import ContrastivePlugin
 from mmeff.errors import ConfigError, InputError
 from mmeff.plugin import PluginContext
@@ -59,15 +60,20 @@ class DAMROPlugin(ContrastivePlugin):
         ctx.adapter.feature_layer_index()  # raises for models without one feature layer
 
     @torch.no_grad()
-    def outliers(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """(N images, k) patch indices with the highest CLS attention at the feature layer."""
+    def outliers(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N images, k) patch indices by descending CLS attention at the feature layer, and the images'
+        projected features (N, patches, D), from one pass of the tower."""
         adapter = self.adapter
+        cfg = adapter.model.config
         idx = adapter.feature_layer_index()
-        hidden = adapter.vision_tower(pixel_values, output_hidden_states=True).hidden_states[idx]
+        encoded = adapter.model.model.get_image_features(
+            pixel_values=pixel_values, vision_feature_layer=cfg.vision_feature_layer,
+            vision_feature_select_strategy=cfg.vision_feature_select_strategy, output_hidden_states=True,
+        )
         layer = adapter.vision_layers[idx]
-        x = layer.layer_norm1(hidden)
+        x = layer.layer_norm1(encoded.hidden_states[idx])
         cls = cls_attention(x, layer.self_attn.q_proj, layer.self_attn.k_proj, num_heads=1)
-        return outlier_tokens(cls[:, 1:], self.config.k)
+        return cls[:, 1:].topk(self.config.k, dim=-1).indices, torch.stack(list(encoded.pooler_output))
 
     def negative(self, pipe: Any, inputs: dict[str, Any], images: list[Any], prompts: list[str]) -> Branch:
         pixels = inputs.get("pixel_values")
@@ -81,15 +87,22 @@ class DAMROPlugin(ContrastivePlugin):
         n = self.adapter.tokens_per_image
         if not bool((per_row == n).all()):
             raise InputError(f"damro expects one image ({n} image tokens) per prompt; got {per_row.tolist()}")
+        by_attention, features = self.outliers(pixels)
+        by_attention = by_attention.to(ids.device)
+        slots = by_attention.sort(-1).values
         keep = torch.zeros(image.shape[0], n, dtype=torch.bool, device=ids.device)
-        chosen = self.outliers(pixels).to(ids.device)
-        keep.scatter_(1, chosen, True)
+        keep.scatter_(1, slots, True)
+        # the release's order: the kept slots (in patch order) carry the outliers by descending attention
+        ordered = features.clone()
+        rows = torch.arange(features.shape[0], device=features.device)[:, None]
+        ordered[rows, slots.to(features.device)] = features[rows, by_attention.to(features.device)]
         mask = inputs["attention_mask"].clone() if inputs.get("attention_mask") is not None else torch.ones_like(ids)
         hidden = image.clone()
         hidden[image] = ~keep.flatten()
         mask[hidden] = 0
-        self._extra = {"outlier_tokens": chosen.tolist()}
-        return Branch(ids, mask.long(), {}, same_images=True)
+        self._extra = {"outlier_tokens": slots.tolist(), "outliers_by_attention": by_attention.tolist()}
+        vision = {"mm_encoder_outputs": {"image": BaseModelOutputWithPooling(pooler_output=list(ordered))}}
+        return Branch(ids, mask.long(), vision)
 
     def _negative_merged(self, inputs: dict[str, Any]) -> Branch:
         """Qwen-VL: per image, the k merged tokens whose patches receive the most attention."""

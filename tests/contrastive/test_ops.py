@@ -70,6 +70,3 @@ def test_description_scores_reduce_over_valid_steps_only():
         ops.description_scores(logits, "max")
 
 
-def test_outlier_tokens_are_the_top_k_in_patch_order():
-    attn = torch.tensor([[0.1, 0.5, 0.05, 0.3, 0.05]])
-    assert ops.outlier_tokens(attn, 2).tolist() == [[1, 3]]

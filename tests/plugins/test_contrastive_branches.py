@@ -63,24 +63,30 @@ def test_damro_negative_keeps_exactly_the_k_outliers(pipe):
     for row in range(2):
         kept = visible[row][image[row]].nonzero().flatten()
         assert set(kept.tolist()) == set(attn[row].topk(5).indices.tolist())
-    assert neg.same_images and not neg.vision
+    assert pipe.plugins["damro"]._extra["outliers_by_attention"] == attn.topk(5).indices.tolist()
+    assert not neg.same_images and "mm_encoder_outputs" in neg.vision  # the outliers' features, reordered
 
 
 def test_damro_negative_row_is_the_prompt_with_only_k_image_tokens(pipe):
-    """The masked row gives the logits of a genuinely shorter prompt (k image tokens, compact positions)."""
+    """The masked row gives the logits of a genuinely shorter prompt: the k outliers' features in the
+    release's order (descending CLS attention), compact positions."""
     model = pipe.model
     with torch.no_grad():
         inputs, neg = negative_of(pipe, "damro", k=3)
+        attn = _single_head_cls_attention(pipe, inputs["pixel_values"])
         pos = Branch.from_inputs(inputs)
         decoder = ContrastiveDecoder(model, lambda lp, ln, step: lp)
         decoder.run(pos, neg, max_new_tokens=1, eos_token_id=None, pad_token_id=0)
         features = model.get_image_features(pixel_values=inputs["pixel_values"], return_dict=True).pooler_output
         embeds = model.get_input_embeddings()(inputs["input_ids"])
-        image = inputs["input_ids"] == pipe.adapter.image_token_id
-        embeds[image] = torch.cat(list(features)).to(embeds.dtype)
+        text = inputs["input_ids"] != pipe.adapter.image_token_id
         for row in range(2):
+            order = attn[row].topk(3).indices  # descending attention: the release's input order
             keep = neg.attention_mask[row].bool()
-            solo = model(inputs_embeds=embeds[row : row + 1, keep]).logits[0, -1]
+            start = int((~text[row]).nonzero()[0])
+            before, after = embeds[row, :start][keep[:start]], embeds[row, start:][keep[start:] & text[row, start:]]
+            prompt = torch.cat([before, features[row][order].to(embeds.dtype), after])[None]
+            solo = model(inputs_embeds=prompt).logits[0, -1]
             torch.testing.assert_close(decoder.last_prefill[2 + row], solo.float(), atol=1e-4, rtol=1e-4)
 
 
