@@ -33,6 +33,8 @@ class MustDropConfig(PluginConfig):
     merge: bool = True
     merge_layer: int = 0
     merge_threshold: float = 0.8
+    proportional_attention: bool = field(default=False, metadata={
+        "help": "weight merged tokens by their size in later ViT layers (ToMe's log-size bias); the release does not"})
     key_fraction: float = 0.08
     filter: bool = True
     layers: tuple[int, ...] | None = None
@@ -42,7 +44,7 @@ class MustDropConfig(PluginConfig):
     cache_policy: bool = True
 
     def validate(self) -> None:
-        for name in ("merge", "filter", "cache_policy"):
+        for name in ("merge", "filter", "cache_policy", "proportional_attention"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"mustdrop {name} must be True or False, got {getattr(self, name)!r}")
         if self.cache_policy and not self.filter:

@@ -85,7 +85,8 @@ class MustDropPlugin(Plugin):
             steps.setdefault(feature_idx, []).append(self._key_set)
         transforms = {layer: _chain(fns) for layer, fns in steps.items()}
         if transforms:
-            self.reducer = VisionReducer(f"{self.name}:vision", transforms, reduces=cfg.merge)
+            self.reducer = VisionReducer(f"{self.name}:vision", transforms, reduces=cfg.merge,
+                                         proportional_attention=cfg.proportional_attention)
             self.reducer.attach(ctx)
         self.engine = DropEngine.shared(adapter)
         if cfg.filter:

@@ -149,3 +149,26 @@ def test_schedule_is_recomputed_at_every_prefill_of_direct_model_calls():
         model(**single)
         after_batch = pipe.plugins["mustdrop"].stats()["image_tokens_per_layer_by_row"]
     assert after_batch == alone
+
+
+def test_merged_windows_get_no_size_bias_by_default_as_released():
+    """Issue 29 (c): the release computes merged sizes but never uses them; ToMe's log-size bias is an option."""
+    model, processor = FACTORIES["llava-sdpa"]()
+    model.config.vision_feature_layer = -1  # so a ViT layer runs after the merge at layer 0
+    pipe = mmeff.wrap(model, processor)
+    inputs = pipe.adapter.build_inputs(sample_images()[:1], PROMPTS[:1])
+    features = {}
+    for proportional in (False, True):
+        plugin = pipe.add_plugin("mustdrop", merge_threshold=-1.0, filter=False, cache_policy=False,
+                                 proportional_attention=proportional)
+        assert plugin.reducer.proportional_attention is proportional
+        pipe.reset_state()
+        with torch.no_grad():
+            features[proportional] = model.get_image_features(
+                pixel_values=inputs["pixel_values"], vision_feature_layer=-1,
+                vision_feature_select_strategy="default").pooler_output[0]
+        pipe.remove_plugin("mustdrop")
+    assert MustDropConfig().proportional_attention is False
+    kept = (features[False] != 0).any(-1)
+    assert torch.equal(kept, (features[True] != 0).any(-1)) and int(kept.sum()) < kept.numel()
+    assert not torch.allclose(features[False][kept], features[True][kept])
