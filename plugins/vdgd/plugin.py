@@ -6,6 +6,7 @@ vocabulary-sized vector per image, computed once: no extra forward per answer to
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import torch
@@ -28,6 +29,7 @@ class VDGDPlugin(ContrastivePlugin):
     def __init__(self, config: VDGDConfig) -> None:
         super().__init__(config)
         self._scores: torch.Tensor | None = None
+        self._description_cost: dict[str, float] = {}
 
     @torch.no_grad()
     def describe(self, pipe: Any, images: list[Any]) -> tuple[list[str], torch.Tensor]:
@@ -35,8 +37,11 @@ class VDGDPlugin(ContrastivePlugin):
         c = self.config
         inputs = pipe.to_model(self.adapter.build_inputs(images, [c.describe_prompt] * len(images)))
         tok = pipe.processor.tokenizer
+        start = time.perf_counter()
         out = pipe.model.generate(**inputs, max_new_tokens=c.description_tokens, do_sample=False,
                                   pad_token_id=tok.pad_token_id, output_logits=True, return_dict_in_generate=True)
+        self._description_cost = {"description_forwards": len(out.logits),
+                                  "description_s": time.perf_counter() - start}
         new = out.sequences[:, inputs["input_ids"].shape[1]:]
         eos = (new == tok.eos_token_id).long()
         valid = (eos.cumsum(1) - eos) == 0  # steps up to and including a row's EOS
@@ -47,7 +52,7 @@ class VDGDPlugin(ContrastivePlugin):
     def positive(self, pipe: Any, inputs: dict[str, Any], images: list[Any], prompts: list[str]) -> dict[str, Any]:
         texts, self._scores = self.describe(pipe, images)
         pipe.reset_state()  # token-reduction state from the description call must not carry into the answer
-        self._extra = {"descriptions": texts}
+        self._extra = {"descriptions": texts, **self._description_cost}
         if not self.config.prefix:
             return inputs
         history = [[(self.config.describe_prompt, t)] for t in texts]
@@ -55,6 +60,14 @@ class VDGDPlugin(ContrastivePlugin):
 
     def negative(self, pipe: Any, inputs: dict[str, Any], images: list[Any], prompts: list[str]) -> Branch | None:
         return None
+
+    def stats(self) -> dict[str, Any]:
+        """The answer loop's stats, with ``forwards`` counting the description pass too (its own cost is
+        reported as ``description_forwards`` / ``description_s``)."""
+        out = super().stats()
+        if out and "description_forwards" in out:
+            out = {**out, "answer_forwards": out["forwards"], "forwards": out["forwards"] + out["description_forwards"]}
+        return out
 
     def combine(self, logits_pos: torch.Tensor, logits_neg: torch.Tensor | None, step: int) -> torch.Tensor:
         if self.config.alpha == 0:

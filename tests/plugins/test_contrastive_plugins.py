@@ -65,5 +65,8 @@ class TestVDGD(ContrastivePluginTesterMixin):
         plugin = pipe.plugins["vdgd"]
         assert len(pipe.last_stats["vdgd"]["descriptions"]) == tokens.shape[0]
         assert torch.equal(tokens[:, 0], plugin._scores.argmax(-1))
+        stats = pipe.last_stats["vdgd"]  # the description pass counts (issue 29)
+        assert 1 <= stats["description_forwards"] <= 6 and stats["description_s"] > 0
+        assert stats["forwards"] == stats["answer_forwards"] + stats["description_forwards"]
     bad_options = [*COMMON_BAD[:3], {"reduce": "max"}, {"describe_prompt": ""}, {"description_tokens": 0},
                    {"separate": True}]
