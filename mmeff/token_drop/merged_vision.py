@@ -48,7 +48,6 @@ class MergedVisionReducer:
         self.adapter: VLMAdapter | None = None
         self._grid: torch.Tensor | None = None
         self._last_block: tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor]] | None = None
-        self.kept: list[int] = []  # tokens kept per image/video in the last call
 
     def attach(self, ctx: PluginContext) -> None:
         adapter = ctx.adapter
@@ -91,13 +90,11 @@ class MergedVisionReducer:
         tower = self.adapter.vision_tower
         scores, keys = merged_token_signal(tower, *self._last_block, self._grid)
         out = torch.zeros_like(merged)
-        self.kept = []
         start = 0
         for n in merged_counts(tower, self._grid):
             item = MergedTokens(merged[start : start + n], scores[start : start + n], keys[start : start + n])
             features, where = self.select(item)
             out[start + where] = features.to(out.dtype)
-            self.kept.append(int(where.numel()))
             start += n
         return out
 
