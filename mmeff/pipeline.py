@@ -52,6 +52,8 @@ class MMPipeline:
         self.adapter = adapter or registry.find_adapter(obj)(obj, processor)
         self.obj = obj
         self._check_sole_owner()
+        for key in [k for k, refs in _PIPELINES.items() if all(r() is None for r in refs)]:
+            del _PIPELINES[key]  # models that are gone
         refs = [r for r in _PIPELINES.get(id(obj), []) if r() is not None and r().obj is obj]
         _PIPELINES[id(obj)] = [*refs, weakref.ref(self)]
         self.processor = processor
@@ -161,8 +163,17 @@ class MMPipeline:
             yield self
         finally:
             self._suspended = False
-            for plugin in list(self._plugins.values()):
-                plugin.attach(plugin.ctx)
+            failed: list[BaseException] = []
+            for name, plugin in list(self._plugins.items()):
+                try:
+                    plugin.attach(plugin.ctx)
+                except BaseException as error:  # noqa: BLE001 -- undo this one, keep the others, then report
+                    plugin.detach(plugin.ctx)
+                    plugin.ctx.remove_hooks()
+                    del self._plugins[name]
+                    failed.append(error)
+            if failed:
+                raise failed[0]
 
     def _resolve(self, plugin: str | PluginConfig, options: dict[str, Any]) -> tuple[type[Plugin], PluginConfig]:
         if isinstance(plugin, PluginConfig):

@@ -14,7 +14,7 @@ What differs from LLaVA, and where the engine meets it:
 - **Bidirectional attention among an image's tokens** in prefill, from the processor's
   ``token_type_ids``; the surviving tokens of an image keep attending to each other both ways.
 - **Attention scale** ``query_pre_attn_scalar ** -0.5`` and q/k norms: attention-ranked methods
-  recompute rows with both (and with ``attn_logit_softcapping`` where a config sets it).
+  recompute rows with both (Gemma 3's attention ignores ``attn_logit_softcapping``, and so do they).
 - **No CLS token, pooled 4x4 after the tower**: vision-side methods are not offered.
 """
 

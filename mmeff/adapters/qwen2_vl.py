@@ -37,9 +37,8 @@ class Qwen2VLAdapter(VLMAdapter):
     position_axes: ClassVar[int] = 3
     supports_video: ClassVar[bool] = True
     vision_side_refusal: ClassVar[str | None] = (
-        "the Qwen-VL vision tower has no CLS token, windowed attention (2.5) and a 2x2 patch merger that needs the "
-        "whole patch grid, so merging inside it (ToMe, MustDrop's local merge) has no released port to follow; "
-        "VisionZip is offered, ranked by the attention each patch receives, as its Qwen2.5-VL release does"
+        "the Qwen-VL vision tower has no CLS token, and its 2x2 patch merger needs the whole patch grid, so merging "
+        "inside the tower (ToMe, MustDrop's local merge) has no released port to follow"
     )
     vision_signal: ClassVar[str] = "received"
 

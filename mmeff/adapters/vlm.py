@@ -26,6 +26,9 @@ SUPPORTED_ATTENTION = ("sdpa", "eager")
 #: tests/core/test_attention_rows.py. Others are refused by attention-ranked methods.
 SCORED_ATTENTION = ("LlamaAttention", "MistralAttention", "Qwen2Attention", "Qwen2VLAttention",
                     "Qwen2_5_VLAttention", "Qwen3VLTextAttention", "Gemma3Attention")
+#: of those, the classes whose forward applies ``attn_logit_softcapping`` (Gemma 3's config has the field but
+#: its attention never passes it on); none yet, Gemma 2-style backbones would go here
+SOFTCAPPED_ATTENTION: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -132,7 +135,7 @@ class VLMAdapter(Adapter):
             scaling=getattr(attn, "scaling", None),
             q_norm=getattr(attn, "q_norm", None),
             k_norm=getattr(attn, "k_norm", None),
-            softcap=getattr(attn, "attn_logit_softcapping", None),
+            softcap=getattr(attn, "attn_logit_softcapping", None) if name in SOFTCAPPED_ATTENTION else None,
             window=self.attention_window(layer_idx),
         )
 

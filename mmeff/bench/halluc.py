@@ -70,7 +70,7 @@ def _mean_spread(values: list[float]) -> dict[str, float]:
 
 def _quality_once(pipe: MMPipeline, method: HallucMethod, n_pope: int, n_caption: int, seed: int,
                   batch_size: int) -> dict[str, float]:
-    gen = {"do_sample": True, "temperature": 1.0, "top_p": 1.0, "top_k": 0} if method.sample else {}
+    gen = {"do_sample": True, "temperature": 1.0, "top_p": 1.0, "top_k": 0} if method.sample else {"do_sample": False}
     if method.sample:
         torch.manual_seed(seed)
     if method.yes_bias is not None:

@@ -349,6 +349,10 @@ def contrastive_generate(
     if cd_negative is not None:
         neg = cd_negative if isinstance(cd_negative, Branch) else Branch.from_inputs(cd_negative)
         neg = neg.to(input_ids.device)
+    for option in ("num_beams", "num_return_sequences"):
+        if getattr(generation_config, option, 1) not in (None, 1):
+            raise ConfigError(f"contrastive decoding runs one greedy or sampled sequence per prompt; the generation "
+                              f"config asks for {option}={getattr(generation_config, option)}")
     max_new = generation_config.max_length - input_ids.shape[1]
     if generation_config.max_new_tokens is not None:
         max_new = generation_config.max_new_tokens

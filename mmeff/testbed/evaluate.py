@@ -56,7 +56,8 @@ def answer_questions(pipe: MMPipeline, questions: list[Question], batch_size: in
         batch = questions[start : start + batch_size]
         images = [render(q.scene) for q in batch]
         prompts = [prompt_template.format(question=q.text) for q in batch]
-        answers += pipe.generate(images, prompts, max_new_tokens=max_new_tokens, **(generate_kwargs or {}))
+        options = {"do_sample": False, **(generate_kwargs or {})}  # greedy unless asked: evals must repeat
+        answers += pipe.generate(images, prompts, max_new_tokens=max_new_tokens, **options)
         stats = pipe.last_stats
         totals["wall_time_s"] += stats["wall_time_s"]
         totals["generated_tokens"] += stats["new_tokens"] * len(batch)

@@ -352,7 +352,7 @@ class DropEngine:
             slots = slots_of(layout.idx, layout.valid, final.idx, final.valid, st.full_len)
             entry = cache.layers[layer_idx]
             if getattr(entry, "is_sliding", False):
-                continue  # a sliding-window layer keeps only its window; left as it is
+                continue  # safeguard: a sliding-window layer keeps only its window; left as it is
             if entry.keys.shape[-2] != layout.idx.shape[1]:
                 return  # the cache holds more than this prefill (continued prompt): leave it alone
             index = slots.to(entry.keys.device)[:, None, :, None]

@@ -6,9 +6,10 @@ import re
 
 _EXISTENCE = re.compile(r"^\s*(is|are)\s+there\s+(.*?)[\s?.!]*$", re.IGNORECASE)
 #: questions answered by yes or no start with an auxiliary verb
-_YES_NO = re.compile(r"^\s*(is|are|was|were|do|does|did|can|could|has|have|had|will|would|should|shall|may|might)\b",
-                     re.IGNORECASE)
-_TAGGED = re.compile(r"(,\s*|\s)(right|correct|isn't it|aren't they|yes|no)\s*\?\s*$", re.IGNORECASE)
+_YES_NO = re.compile(r"^\s*(is|are|was|were|do|does|did|can|could|has|have|had|will|would|should|shall|may|might)"
+                     r"(n't)?\b", re.IGNORECASE)
+#: a comma-led confirmation tag at the end ("..., right?") makes a question leading already
+_TAGGED = re.compile(r",\s*(right|correct|isn't it|aren't they|isn't there|aren't there)\s*\?\s*$", re.IGNORECASE)
 
 
 def leading_form(prompt: str, tag: str = "right?") -> str | None:
@@ -20,7 +21,8 @@ def leading_form(prompt: str, tag: str = "right?") -> str | None:
     ends in a confirmation tag (or ``tag``) is leading itself: both give None.
     """
     text = prompt.strip()
-    if _TAGGED.search(text) or text.lower().endswith(tag.strip().lower()) or not _YES_NO.match(text):
+    own_tag = re.search(r",\s*" + re.escape(tag.strip()) + r"\s*$", text, re.IGNORECASE)
+    if _TAGGED.search(text) or own_tag or not _YES_NO.match(text):
         return None
     match = _EXISTENCE.match(text)
     if match:

@@ -91,3 +91,14 @@ def test_the_models_own_generation_defaults_stand(pipe):
                                          return_ids=True).new_tokens, greedy)
     finally:
         pipe.model.generation_config.do_sample = False
+
+
+def test_beam_search_from_the_models_own_config_is_refused_under_a_contrastive_plugin(pipe):
+    pipe.add_plugin("vcd")
+    pipe.model.generation_config.num_beams = 2
+    try:
+        with pytest.raises(ConfigError, match="num_beams=2"):
+            pipe.generate(sample_images(), PROMPTS, max_new_tokens=2)
+    finally:
+        pipe.model.generation_config.num_beams = 1
+    assert len(pipe.generate(sample_images(), PROMPTS, max_new_tokens=2)) == 2
