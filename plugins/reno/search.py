@@ -8,6 +8,7 @@ reward, or a fresh Gaussian draw), which is what makes best-of-N the honest cont
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -123,8 +124,15 @@ def _row_seeds(req: T2IRequest) -> list[int]:
     candidates depend on its seed and not on its batch."""
     g = req.generator
     gens = g if isinstance(g, list) else [g] * req.batch_size
-    return [int(x.initial_seed()) * RANDOM_SEARCH_SEED + row * (not isinstance(g, list))
-            for row, x in enumerate(gens)]
+    return [_state_seed(x) * RANDOM_SEARCH_SEED + row * (not isinstance(g, list)) for row, x in enumerate(gens)]
+
+
+def _state_seed(generator: torch.Generator) -> int:
+    """A seed from the generator's *current* state, read without drawing from it: the same seed gives the
+    same candidates, and a generator reused over calls (its state moved on) gives new ones, where its
+    ``initial_seed()`` would repeat the same N - 1 candidates every call."""
+    digest = hashlib.sha256(generator.get_state().cpu().numpy().tobytes()).digest()
+    return int.from_bytes(digest[:7], "little")
 
 
 def _fresh_noise(like: torch.Tensor, seeds: list[int], iteration: int) -> torch.Tensor:

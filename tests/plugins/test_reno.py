@@ -239,6 +239,21 @@ def test_random_search_candidates_follow_each_images_seed_not_its_batch():
     assert not np.allclose(other_seed[1:, 1], both[1:, 1])
 
 
+def test_random_search_draws_new_candidates_when_a_generator_is_reused():
+    """Issue 29: a generator reused over calls gets new best-of-N candidates each call; a fresh one with
+    the same seed repeats them."""
+    pipe = mmeff.wrap(tiny_sd())
+    pipe.add_plugin("reno", **reno(iterations=4, search="random"))
+    options = dict(num_inference_steps=1, guidance_scale=1.0, output_type="np")
+    g = torch.Generator().manual_seed(3)
+    runs = []
+    for generator in (g, g, torch.Generator().manual_seed(3)):
+        pipe(PROMPTS, generator=generator, **options)
+        runs.append(np.array(pipe.last_stats["reno"]["reward_per_image"]))
+    assert not np.allclose(runs[0][1:], runs[1][1:])
+    assert np.allclose(runs[0], runs[2], atol=1e-6)
+
+
 def test_the_callers_generator_advances_as_in_the_plain_pipeline():
     """An ancestral scheduler draws from the generator at every step: reusing one generator over two
     calls must give the plain pipeline's two images."""
