@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
+import threading
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +47,22 @@ class GenerationOutput:
 _PIPELINES: dict[int, list[weakref.ref]] = {}
 
 
+def _one_call_at_a_time(method: Callable) -> Callable:
+    """Refuse a second call on a pipeline while one runs (from another thread): plugins keep per-call
+    state on the model, so interleaved calls would corrupt each other."""
+    @functools.wraps(method)
+    def guarded(self: MMPipeline, *args: Any, **kwargs: Any) -> Any:
+        if not self._busy.acquire(blocking=False):
+            raise ConfigError("this MMPipeline is already running a call (from another thread); plugins keep "
+                              "per-call state, so concurrent calls on one pipeline are refused: use one pipeline "
+                              "(and one model copy) per thread, or serialise the calls")
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self._busy.release()
+    return guarded
+
+
 class MMPipeline:
     """A model (or diffusers pipeline) with a stack of named, removable plugins."""
 
@@ -59,6 +77,7 @@ class MMPipeline:
         self.processor = processor
         self._plugins: OrderedDict[str, Plugin] = OrderedDict()
         self._suspended = False  # inside plugins_disabled(): call-time plugin steps are skipped too
+        self._busy = threading.Lock()  # plugins keep per-call state: one call at a time per pipeline
         self.last_stats: dict[str, Any] = {}
         self.last_codes: torch.Tensor | None = None  # image tokens of the last generate_images call
 
@@ -214,6 +233,7 @@ class MMPipeline:
         return stats
 
     # -- running -------------------------------------------------------------------------
+    @_one_call_at_a_time
     @torch.no_grad()
     def generate(
         self,
@@ -303,6 +323,7 @@ class MMPipeline:
             kwargs.setdefault("pad_token_id", pad_id)
         return kwargs
 
+    @_one_call_at_a_time
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Diffusers pipelines: run the wrapped pipeline with every plugin's call-time changes."""
         if self.adapter.family != "t2i":
@@ -325,6 +346,7 @@ class MMPipeline:
         return out
 
     @torch.no_grad()
+    @_one_call_at_a_time
     def generate_images(
         self,
         prompts: str | Sequence[str],

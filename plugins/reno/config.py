@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch.nn as nn
+
 from mmeff.errors import ConfigError
 from mmeff.plugin import PluginConfig
 
@@ -45,6 +47,16 @@ class RenoConfig(PluginConfig):
     progress: bool = False
 
     def validate(self) -> None:
+        for name, kind in (("rewards", "reward name -> weight, e.g. {'clip': 1.0, 'aesthetic': 0.5}"),
+                           ("reward_paths", "reward name -> checkpoint folder"),
+                           ("reward_models", "reward name -> mmeff.rewards.Reward module")):
+            value = getattr(self, name)
+            if not (value is None and name == "rewards") and not isinstance(value, dict):
+                raise ConfigError(f"{name} must be a dict of {kind}; got a {type(value).__name__}")
+        for name, model in self.reward_models.items():
+            if not isinstance(model, nn.Module):
+                raise ConfigError(f"reward_models[{name!r}] must be a torch module (an mmeff.rewards.Reward), "
+                                  f"got a {type(model).__name__}")
         weights = self.weights
         if not weights:
             raise ConfigError("rewards must name at least one reward, e.g. {'clip': 1.0}")

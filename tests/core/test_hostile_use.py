@@ -140,3 +140,40 @@ def test_direct_model_calls_decode_where_a_full_forward_would(pipe, with_positio
         full = model(input_ids=torch.cat([ids, token], 1), attention_mask=longer, pixel_values=inputs["pixel_values"],
                      **({"position_ids": torch.cat([pos, pos[:, -1:] + 1], 1)} if with_positions else {}))
     torch.testing.assert_close(step, full.logits[:, -1], atol=1e-5, rtol=0)
+
+
+def test_a_second_call_from_another_thread_is_refused_clearly(pipe):
+    """Plugins keep per-call state on the model: one call at a time per pipeline, the other thread told why."""
+    import threading
+
+    pipe.add_plugin("pyramid_drop")
+    started, release, errors = threading.Event(), threading.Event(), []
+
+    def slow_hook(module, args):
+        started.set()
+        release.wait(10)
+
+    handle = pipe.model.get_decoder().layers[0].register_forward_pre_hook(slow_hook)
+    worker = threading.Thread(target=lambda: pipe.generate(sample_images(), PROMPTS, max_new_tokens=2))
+    worker.start()
+    try:
+        assert started.wait(10)
+        try:
+            pipe.generate(sample_images(), PROMPTS, max_new_tokens=2)
+        except ConfigError as error:
+            errors.append(str(error))
+    finally:
+        release.set()
+        worker.join(20)
+        handle.remove()
+    assert errors and "already running a call" in errors[0]
+    assert len(_tokens(pipe)) == 2  # the pipeline works again afterwards
+
+
+def test_rewards_given_as_a_list_or_a_non_module_are_clear_errors():
+    from mmeff.plugins.reno import RenoConfig
+
+    with pytest.raises(ConfigError, match="rewards must be a dict"):
+        RenoConfig(rewards=["clip", "aesthetic"])
+    with pytest.raises(ConfigError, match="must be a torch module"):
+        RenoConfig(rewards={"clip": 1.0}, reward_models={"clip": "openai/clip"})
