@@ -20,10 +20,10 @@ class MustDropConfig(PluginConfig):
     (a) ``merge``: after vision layer ``merge_layer``, merge every 3×3 window of patches whose
         mean pairwise cosine is at least ``merge_threshold``; at the feature layer the top
         ``key_fraction`` of patches by CLS attention become the key set, never dropped.
-    (b) ``filter``: before each decoder layer in ``layers`` (default: 2, 6, 10, 14 of 32,
-        scaled to depth), drop image tokens whose summed attention from the text after the
-        image is below ``global_threshold`` of the total *and* whose maximum is below
-        ``individual_threshold``. With ``budget`` (a fraction or "192"/"128"/"64") the two
+    (b) ``filter``: after each decoder layer in ``layers`` (default: 2, 6, 10, 14 of 32, scaled
+        to depth; as released, those layers still run on the full set), drop image tokens whose
+        summed attention from the text after the image is below ``global_threshold`` of the total
+        *and* whose maximum is below ``individual_threshold``. With ``budget`` (a fraction or "192"/"128"/"64") the two
         thresholds are raised together until the image tokens *averaged over decoder layers*
         (MustDrop's convention) meet the budget exactly; ``budget=None`` uses the thresholds.
     (c) ``cache_policy``: after prefill, every dropping layer's KV cache keeps only the
@@ -72,4 +72,4 @@ class MustDropConfig(PluginConfig):
 def default_layers(num_layers: int) -> tuple[int, ...]:
     """The released (2, 6, 10, 14) of 32 layers, scaled: at 1/16, 3/16, 5/16 and 7/16 of depth."""
     candidates = (round(num_layers * k / 16) for k in (1, 3, 5, 7))
-    return tuple(sorted({b for b in candidates if 1 <= b < num_layers}))
+    return tuple(sorted({b for b in candidates if 1 <= b < num_layers - 1}))  # the drop follows the layer

@@ -70,7 +70,12 @@ class MustDropPlugin(Plugin):
             )
         if self.config.filter:
             layers = self.config.resolve_layers(adapter.num_layers)
-            DropEngine.check(adapter, layers, self.name)
+            last = adapter.num_layers - 2
+            bad = [b for b in layers if not 1 <= b <= last]
+            if bad:
+                raise ConfigError(f"mustdrop layers {bad} are out of range: its drop follows each listed decoder "
+                                  f"layer, so a {adapter.num_layers}-layer decoder allows 1..{last}")
+            DropEngine.check(adapter, tuple(b + 1 for b in layers), self.name)
             adapter.check_attention_scoring(layers)  # its filter ranks by the layer's own attention rows
 
     def attach(self, ctx: PluginContext) -> None:
@@ -90,7 +95,9 @@ class MustDropPlugin(Plugin):
             self.reducer.attach(ctx)
         self.engine = DropEngine.shared(adapter)
         if cfg.filter:
-            self.engine.add_stages(self.name, cfg.resolve_layers(adapter.num_layers), self._select)
+            # as released: layers 2, 6, 10, 14 run on the full set and the drop follows them (before 3, 7, ...)
+            boundaries = tuple(b + 1 for b in cfg.resolve_layers(adapter.num_layers))
+            self.engine.add_stages(self.name, boundaries, self._select)
         if cfg.cache_policy:
             self.engine.set_evict(self.name)
 
@@ -151,7 +158,8 @@ class MustDropPlugin(Plugin):
         image = layout.image & layout.valid
         queries, weight = _text_after_image(layout, inp.query_slot)
         self._queries = float(weight.sum(-1).float().mean())
-        attn = attention_at_layer(self.adapter, inp.layer_idx, inp.hidden, inp.cos_sin, queries, layout.key_valid,
+        hidden, cos_sin = inp.prev_input  # the attention of the layer the drop follows
+        attn = attention_at_layer(self.adapter, inp.layer_idx - 1, hidden, cos_sin, queries, layout.key_valid,
                                   layout.idx)
         share, peak = dual_attention(attn, weight, image)
         keys = self._key_slots(inp)
@@ -168,7 +176,7 @@ class MustDropPlugin(Plugin):
             before = self.engine.state.layouts[0].image_counts.tolist()
             entering = inp.original_image_counts.tolist()
             floors = keys.sum(-1).tolist()
-            boundaries = self.config.resolve_layers(self.adapter.num_layers)
+            boundaries = tuple(b + 1 for b in self.config.resolve_layers(self.adapter.num_layers))
             for b, (n0, n_in, floor) in enumerate(zip(before, entering, floors)):
                 self._schedule[b] = layer_average_schedule(
                     n0, n_in, boundaries, self.adapter.num_layers, self.config._budget * n0, floor
@@ -184,9 +192,10 @@ class MustDropPlugin(Plugin):
         mine = [s.boundary for s in self.engine.stages if s.owner == self.name]
         hidden = self.adapter.text_config.hidden_size
         queries = round(self._queries)
-        scoring = sum(query_scoring_flops(float(layouts[b].key_valid.sum(-1).float().mean()), hidden, queries=queries)
-                      for b in mine)
-        out = {"layers": mine, "stages": list(self.owned_stages()), **drop_stats(self.engine, scoring_flops=scoring)}
+        scoring = sum(query_scoring_flops(float(layouts[b - 1].key_valid.sum(-1).float().mean()), hidden,
+                                          queries=queries) for b in mine)
+        out = {"layers": [b - 1 for b in mine], "stages": list(self.owned_stages()),
+               **drop_stats(self.engine, scoring_flops=scoring)}
         out["key_set_tokens"] = self._keys.sum(-1).tolist() if self._keys is not None else []
         return out
 

@@ -32,11 +32,13 @@ class TestMustDrop(VLMPluginTesterMixin):
         lengths = cache_lengths(pipe, inputs)
         full = inputs["input_ids"].shape[1]
         stats = pipe.plugins["mustdrop"].stats()
-        # (a) the merge shrinks what layers 0-1 see; (b)+(c) layers 2.. all hold only the final survivors
-        assert lengths[0] == lengths[1] < full
-        assert len(set(lengths[2:])) == 1 and lengths[2] < lengths[0]
+        # (a) the merge shrinks what layers 0-2 see (layer 2 runs on the full set, as released);
+        # (b)+(c) the drops follow layers 2 and 4, and layers 3.. all hold only the final survivors
+        assert lengths[0] == lengths[1] == lengths[2] < full
+        assert len(set(lengths[3:])) == 1 and lengths[3] < lengths[0]
         per_layer = stats["image_tokens_per_layer"]
-        assert per_layer[0] > per_layer[2] > per_layer[4] == stats["final_image_tokens"]  # both filter stages drop
+        assert per_layer[0] == per_layer[2] > per_layer[3] > per_layer[5] == stats["final_image_tokens"]
+        assert stats["layers"] == [2, 4]
 
 
 def test_layer_average_budget_is_met():
@@ -72,23 +74,24 @@ def test_key_set_is_never_dropped():
 def test_cache_policy_evicts_shallower_layers():
     model, processor = FACTORIES["llava-sdpa"]()
     pipe = mmeff.wrap(model, processor)
-    pipe.add_plugin("mustdrop", merge=False, budget=0.5, layers=(2, 4))  # stages keep 8 then 4 of 16
+    pipe.add_plugin("mustdrop", merge=False, budget=0.5, layers=(2, 4))  # drops after layers 2 and 4
     inputs = pipe.adapter.build_inputs(sample_images(), PROMPTS)
     lengths = cache_lengths(pipe, inputs)
-    assert lengths[2] == lengths[4] < lengths[0]
+    assert lengths[3] == lengths[5] < lengths[2] == lengths[0]
     pipe.generate(sample_images(), PROMPTS, max_new_tokens=5)
     kv = pipe.last_stats["mustdrop"]["kv_cache_tokens_per_layer"]
-    assert kv[0] == kv[1] > kv[2] and kv[2:] == [kv[2]] * 6  # evicted down to the final survivors
+    assert kv[0] == kv[2] > kv[3] and kv[3:] == [kv[3]] * 5  # evicted down to the final survivors
     pipe.add_plugin("mustdrop", merge=False, budget=0.5, layers=(2, 4), cache_policy=False)
     pipe.generate(sample_images(), PROMPTS, max_new_tokens=5)
     kv_kept = pipe.last_stats["mustdrop"]["kv_cache_tokens_per_layer"]
-    assert kv_kept[2] > kv_kept[4] == kv[2]  # without the policy layers 2-3 keep what stage 1 kept
+    assert kv_kept[3] > kv_kept[5] == kv[3]  # without the policy layers 3-4 keep what stage 1 kept
 
 
 def test_default_layers_scale_with_depth():
     assert default_layers(32) == (2, 6, 10, 14)
     assert default_layers(8) == (2, 4)
     assert default_layers(6) == (1, 2, 3)
+    assert default_layers(4) == (1, 2)  # the drop follows the layer, so the last one cannot drop
     assert MustDropConfig().resolve_layers(16) == (1, 3, 5, 7)
 
 
