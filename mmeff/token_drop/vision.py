@@ -50,7 +50,8 @@ Transform = Callable[[VisionStep], TokenState]
 
 
 class VisionReducer:
-    """Owns the vision-side hooks of one plugin; ``transforms`` maps ViT layer index -> transform."""
+    """Owns the vision-side hooks of one plugin; ``transforms`` maps ViT layer index -> transform (one after
+    the feature layer may only observe: what it returns is ignored)."""
 
     def __init__(
         self, owner: str, transforms: dict[int, Transform], *, proportional_attention: bool = True,
@@ -116,7 +117,10 @@ class VisionReducer:
     def after_layer(self, layer: nn.Module, layer_idx: int, feature_idx: int, output):
         hidden = output[0] if isinstance(output, tuple) else output
         st = self.state
-        transform = self.transforms.get(layer_idx) if layer_idx <= feature_idx else None
+        transform = self.transforms.get(layer_idx)
+        if transform is not None and layer_idx > feature_idx:  # after the features: an observer only
+            transform(VisionStep(layer_idx, layer, self._layer_input, TokenState(hidden, st.sizes, st.sources)))
+            transform = None
         if transform is not None:
             new = transform(VisionStep(layer_idx, layer, self._layer_input, TokenState(hidden, st.sizes, st.sources)))
             if not bool((new.sizes > 0).all()):

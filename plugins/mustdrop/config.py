@@ -18,8 +18,8 @@ class MustDropConfig(PluginConfig):
     """MustDrop's three stages, each switchable.
 
     (a) ``merge``: after vision layer ``merge_layer``, merge every 3×3 window of patches whose
-        mean pairwise cosine is at least ``merge_threshold``; at the feature layer the top
-        ``key_fraction`` of patches by CLS attention become the key set, never dropped.
+        mean pairwise cosine is at least ``merge_threshold``; the top ``key_fraction`` of patches by
+        the last ViT layer's CLS attention (as released) become the key set, never dropped.
     (b) ``filter``: after each decoder layer in ``layers`` (default: 2, 6, 10, 14 of 32, scaled
         to depth; as released, those layers still run on the full set), drop image tokens whose
         summed attention from the text after the image is below ``global_threshold`` of the total

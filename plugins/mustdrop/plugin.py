@@ -82,12 +82,11 @@ class MustDropPlugin(Plugin):
         adapter = ctx.adapter
         self.adapter = adapter
         cfg = self.config
-        feature_idx = adapter.feature_layer_index()
         steps: dict[int, list] = {}
         if cfg.merge:
             steps.setdefault(cfg.merge_layer, []).append(self._merge)
-        if cfg.filter and cfg.key_fraction > 0:
-            steps.setdefault(feature_idx, []).append(self._key_set)
+        if cfg.filter and cfg.key_fraction > 0:  # as released: the last ViT layer's CLS attention
+            steps.setdefault(len(adapter.vision_layers) - 1, []).append(self._key_set)
         transforms = {layer: _chain(fns) for layer, fns in steps.items()}
         if transforms:
             self.reducer = VisionReducer(f"{self.name}:vision", transforms, reduces=cfg.merge,

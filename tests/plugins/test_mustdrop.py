@@ -175,3 +175,26 @@ def test_merged_windows_get_no_size_bias_by_default_as_released():
     kept = (features[False] != 0).any(-1)
     assert torch.equal(kept, (features[True] != 0).any(-1)) and int(kept.sum()) < kept.numel()
     assert not torch.allclose(features[False][kept], features[True][kept])
+
+
+def test_key_set_comes_from_the_last_vit_layers_cls_attention_as_released():
+    """Issue 29 (b): the key set is ranked by the last CLIP layer's CLS attention, not the feature layer's."""
+    from mmeff.token_drop.vision_ops import cls_attention
+
+    model, processor = FACTORIES["llava-sdpa"]()
+    pipe = mmeff.wrap(model, processor)
+    plugin = pipe.add_plugin("mustdrop", merge=False, budget=0.5, layers=(2,), key_fraction=0.25, cache_policy=False)
+    inputs = pipe.adapter.build_inputs(sample_images(), PROMPTS)
+    layers = pipe.adapter.vision_layers
+    assert len(layers) - 1 > pipe.adapter.feature_layer_index()  # the two layers differ on this tower
+    with torch.no_grad():
+        with pipe.plugins_disabled():
+            hidden = pipe.adapter.vision_tower(inputs["pixel_values"], output_hidden_states=True).hidden_states
+        pipe.reset_state()
+        model(**inputs)
+    last = layers[-1]
+    x = last.layer_norm1(hidden[len(layers) - 1])
+    want = cls_attention(x, last.self_attn.q_proj, last.self_attn.k_proj, last.self_attn.num_heads)[:, 1:]
+    top = want.topk(4, dim=-1).indices
+    for row in range(2):
+        assert set(plugin._keys[row].nonzero().squeeze(-1).tolist()) == set(top[row].tolist())
