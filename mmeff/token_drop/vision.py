@@ -119,7 +119,8 @@ class VisionReducer:
         st = self.state
         transform = self.transforms.get(layer_idx)
         if transform is not None and layer_idx > feature_idx:  # after the features: an observer only
-            transform(VisionStep(layer_idx, layer, self._layer_input, TokenState(hidden, st.sizes, st.sources)))
+            if hidden.shape[1] == st.sizes.shape[1]:  # not when another plugin has changed the tokens since
+                transform(VisionStep(layer_idx, layer, self._layer_input, TokenState(hidden, st.sizes, st.sources)))
             transform = None
         if transform is not None:
             new = transform(VisionStep(layer_idx, layer, self._layer_input, TokenState(hidden, st.sizes, st.sources)))
