@@ -20,6 +20,6 @@ def annealed_steps(s: int, total: int, upper: int, lower: int, schedule: str) ->
         return lower + math.floor((1 - frac) * (upper - lower) + 1e-9)
     if schedule == "cosine":
         return lower + math.floor((math.cos(math.pi * frac) + 1) / 2 * (upper - lower) + 1e-9)
-    if schedule == "two_stage":
-        return upper if s < total / 2 else lower
+    if schedule == "two_stage":  # as released (MAR_DiSA diffloss): upper while step < (T - 1) / 2
+        return upper if s < (total - 1) / 2 else lower
     return lower

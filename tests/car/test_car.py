@@ -45,6 +45,8 @@ def test_annealed_schedules_match_the_papers_formulas_in_the_middle():
 
 def test_two_stage_and_constant_schedules():
     assert [annealed_steps(s, 4, 9, 2, "two_stage") for s in range(4)] == [9, 9, 2, 2]
+    # the release's threshold is (T - 1) / 2: with 5 steps only steps 0 and 1 get the upper count
+    assert [annealed_steps(s, 5, 9, 2, "two_stage") for s in range(5)] == [9, 9, 2, 2, 2]
     assert {annealed_steps(s, 4, 9, 2, "constant") for s in range(4)} == {2}
     assert set(SCHEDULES) == {"linear", "cosine", "two_stage", "constant"}
     with pytest.raises(ValueError, match="schedule must be one of"):
