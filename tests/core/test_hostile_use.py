@@ -177,3 +177,30 @@ def test_rewards_given_as_a_list_or_a_non_module_are_clear_errors():
         RenoConfig(rewards=["clip", "aesthetic"])
     with pytest.raises(ConfigError, match="must be a torch module"):
         RenoConfig(rewards={"clip": 1.0}, reward_models={"clip": "openai/clip"})
+
+
+def test_caller_position_ids_are_used_without_an_attention_mask(pipe):
+    """Issue 29: ids given with ``attention_mask=None`` (one row, a gap of 3 in the middle: RoPE ignores a
+    uniform shift) reach the decoder in prefill and in the cached step, which equals a full forward over
+    the extended sequence."""
+    from transformers import DynamicCache
+
+    model = pipe.model
+    pipe.add_plugin("random_drop", budget=0.5, layer=2)
+    inputs = pipe.adapter.build_inputs(sample_images()[:1], PROMPTS[:1])
+    ids = inputs["input_ids"]
+    pos = torch.arange(ids.shape[1])[None]
+    pos[:, ids.shape[1] // 2 :] += 3
+    with torch.no_grad():
+        pipe.reset_state()
+        cache = DynamicCache()
+        first = model(input_ids=ids, pixel_values=inputs["pixel_values"], position_ids=pos, cache=cache)
+        token = first.logits[:, -1].argmax(-1, keepdim=True)
+        step = model(input_ids=token, position_ids=pos[:, -1:] + 1, cache=cache).logits[:, -1]
+        pipe.reset_state()
+        full = model(input_ids=torch.cat([ids, token], 1), pixel_values=inputs["pixel_values"],
+                     position_ids=torch.cat([pos, pos[:, -1:] + 1], 1)).logits[:, -1]
+        pipe.reset_state()
+        unshifted = model(input_ids=ids, pixel_values=inputs["pixel_values"]).logits[:, -1]
+    torch.testing.assert_close(step, full, atol=1e-5, rtol=0)
+    assert not torch.allclose(first.logits[:, -1], unshifted, atol=1e-4)  # the given ids were used
