@@ -22,7 +22,7 @@ from ..errors import InputError
 from ..hooks import ModelHook
 from ..plugin import PluginContext
 from .engine import DropEngine, SelectionInput
-from .vision_ops import compact_alive, scatter_to_grid, size_bias
+from .vision_ops import compact_alive, fill_first_free_slot, scatter_to_grid, size_bias
 
 
 @dataclass
@@ -55,10 +55,13 @@ class VisionReducer:
 
     def __init__(
         self, owner: str, transforms: dict[int, Transform], *, proportional_attention: bool = True,
-        reduces: bool = True,
+        reduces: bool = True, keep_cls: bool = False,
     ) -> None:
-        """``reduces=False``: transforms only observe (e.g. MustDrop's key set); nothing is dropped."""
+        """``reduces=False``: transforms only observe (e.g. MustDrop's key set); nothing is dropped.
+        ``keep_cls``: the feature layer's CLS token, projected, also reaches the LLM, in the first grid
+        slot the kept tokens leave free (VisionZip's release passes it on)."""
         self.owner = owner
+        self.keep_cls = keep_cls
         self.reduces = reduces
         self.transforms = transforms
         self.proportional_attention = proportional_attention
@@ -146,7 +149,12 @@ class VisionReducer:
                 f"{(st.x.shape[0], st.x.shape[1] - 1)}; vision-side reduction needs LLaVA's feature path"
             )
         n = self.adapter.patch_grid ** 2
-        return scatter_to_grid(features, st.sources[:, 1:], st.sizes[:, 1:] > 0, n)
+        grid = scatter_to_grid(features, st.sources[:, 1:], st.sizes[:, 1:] > 0, n)
+        if self.keep_cls:
+            projector = self.adapter.projector
+            cls = type(projector).forward(projector, st.x[:, :1])[:, 0]  # the class forward: not our hook again
+            grid = fill_first_free_slot(grid, cls)
+        return grid
 
 
 class _VisionLayerHook(ModelHook):

@@ -216,6 +216,18 @@ def received_attention(
     return out / heads
 
 
+def fill_first_free_slot(grid: torch.Tensor, token: torch.Tensor) -> torch.Tensor:
+    """Write ``token`` (B, D) into each row's first all-zero slot of ``grid`` (B, n, D), where a row has one:
+    VisionZip's CLS token reaches the LLM at the earliest slot the kept patches leave free."""
+    free = (grid == 0).all(-1)
+    has_free = free.any(-1)
+    slot = free.to(torch.int8).argmax(-1)
+    out = grid.clone()
+    rows = has_free.nonzero().flatten()
+    out[rows, slot[rows]] = token[rows].to(grid.dtype)
+    return out
+
+
 def scatter_to_grid(features: torch.Tensor, sources: torch.Tensor, alive: torch.Tensor, n: int) -> torch.Tensor:
     """Write reduced features (B, M, D) back to their grid slots in a (B, n, D) tensor of zeros.
 

@@ -26,8 +26,12 @@ class VisionZipConfig(PluginConfig):
     budget: float | str | None = field(default="192", metadata={"help": "fraction kept, or 192/128/64 of 576"})
     dominant: int | None = field(default=None, metadata={"help": "dominant tokens (with contextual: overrides budget)"})
     contextual: int | None = field(default=None, metadata={"help": "contextual tokens"})
+    cls_token: bool = field(default=True, metadata={
+        "help": "pass the CLS token to the LLM in one of the kept places, as released (LLaVA's CLIP towers)"})
 
     def validate(self) -> None:
+        if not isinstance(self.cls_token, bool):
+            raise ConfigError(f"visionzip cls_token must be True or False, got {self.cls_token!r}")
         if (self.dominant is None) != (self.contextual is None):
             raise ConfigError("visionzip: give both dominant and contextual, or neither (then budget decides)")
         if self.dominant is not None:

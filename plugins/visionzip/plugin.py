@@ -31,7 +31,8 @@ class VisionZipPlugin(VisionDropPlugin):
     def make_reducer(self, adapter: VLMAdapter) -> VisionReducer | MergedVisionReducer:
         if adapter.vision_signal == "received":
             return MergedVisionReducer(self.name, self._zip_merged)
-        return super().make_reducer(adapter)
+        return VisionReducer(self.name, self.transforms(adapter), proportional_attention=self.proportional_attention,
+                             keep_cls=self.config.cls_token)
 
     def _zip_merged(self, item: MergedTokens) -> tuple[torch.Tensor, torch.Tensor]:
         dominant, contextual = self.config.merged_counts(item.features.shape[0])
@@ -46,7 +47,10 @@ class VisionZipPlugin(VisionDropPlugin):
         x_norm = step.layer.layer_norm1(step.layer_input)
         cls = cls_attention(x_norm, attn.q_proj, attn.k_proj, attn.num_heads, step.state.sizes)
         keys = head_mean_keys(x_norm, attn.k_proj, attn.num_heads)
-        dominant, contextual = self.config.counts(step.state.x.shape[1] - 1)
+        n = step.state.x.shape[1] - 1
+        dominant, contextual = self.config.counts(n)
+        if self.config.cls_token and dominant + contextual < n:
+            dominant -= 1  # the CLS token takes one of the kept places, as released (CLS + 53 + 10 at "64")
         x, sources = visionzip_merge(step.state.x, cls, keys, step.state.sources, dominant, contextual)
         return TokenState(x, torch.ones(x.shape[:2], device=x.device), sources)
 

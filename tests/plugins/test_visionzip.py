@@ -50,10 +50,38 @@ def test_features_of_kept_tokens_are_untouched():
     with torch.no_grad():
         plain = model.get_image_features(pixel_values=inputs["pixel_values"], vision_feature_layer=-2,
                                          vision_feature_select_strategy="default").pooler_output[0]
-        pipe.add_plugin("visionzip", dominant=6, contextual=0, budget=None)
+        pipe.add_plugin("visionzip", dominant=6, contextual=0, budget=None, cls_token=False)
         pipe.reset_state()
         reduced = model.get_image_features(pixel_values=inputs["pixel_values"], vision_feature_layer=-2,
                                            vision_feature_select_strategy="default").pooler_output[0]
     kept = (reduced != 0).any(-1)
     assert int(kept.sum()) == 6
     torch.testing.assert_close(reduced[kept], plain[kept])
+
+
+def test_the_cls_token_reaches_the_llm_in_a_kept_place_as_released():
+    """Issue 29: the release passes CLS + (dominant - 1) patches + contextual tokens; mmeff writes the projected
+    CLS into the first grid slot the kept patches leave free, so the count is unchanged."""
+    import mmeff
+    from mmeff.testing.plugin_tests import FACTORIES, PROMPTS, sample_images
+
+    model, processor = FACTORIES["llava-sdpa"]()
+    pipe = mmeff.wrap(model, processor)
+    inputs = pipe.adapter.build_inputs(sample_images()[:1], PROMPTS[:1])
+    with torch.no_grad():
+        plain = model.get_image_features(pixel_values=inputs["pixel_values"], vision_feature_layer=-2,
+                                         vision_feature_select_strategy="default").pooler_output[0]
+        hidden = pipe.adapter.vision_tower(inputs["pixel_values"], output_hidden_states=True).hidden_states[-2]
+        cls = model.model.multi_modal_projector(hidden[:, :1])[0, 0]
+        pipe.add_plugin("visionzip", dominant=6, contextual=0, budget=None)
+        pipe.reset_state()
+        reduced = model.get_image_features(pixel_values=inputs["pixel_values"], vision_feature_layer=-2,
+                                           vision_feature_select_strategy="default").pooler_output[0]
+    kept = (reduced != 0).any(-1)
+    assert int(kept.sum()) == 6  # CLS + 5 patches
+    slots = kept.nonzero().flatten().tolist()
+    same = [s for s in slots if torch.allclose(reduced[s], plain[s], atol=1e-6)]
+    assert len(same) == 5
+    (cls_slot,) = set(slots) - set(same)
+    torch.testing.assert_close(reduced[cls_slot], cls, atol=1e-5, rtol=1e-5)
+    assert set(range(cls_slot)) <= set(same)  # every slot before the CLS one holds a kept patch: the first free slot
