@@ -22,7 +22,7 @@ from ..adapters.vlm import VLMAdapter
 from ..hooks import ModelHook
 from ..plugin import PluginContext
 from .engine import DropEngine
-from .vision import VisionReducer
+from .vision import ZeroRowStage
 from .vision_ops import received_attention
 
 
@@ -39,7 +39,7 @@ class MergedTokens:
 MergedSelect = Callable[[MergedTokens], tuple[torch.Tensor, torch.Tensor]]
 
 
-class MergedVisionReducer:
+class MergedVisionReducer(ZeroRowStage):
     """Owns the hooks of one vision-side plugin on a merged-token tower."""
 
     def __init__(self, owner: str, select: MergedSelect) -> None:
@@ -55,14 +55,7 @@ class MergedVisionReducer:
         tower = adapter.vision_tower
         ctx.add_hook(tower, "tower", _TowerHook(self))
         ctx.add_hook(tower.blocks[-1], "last_block", _LastBlockHook(self))
-        self.engine = DropEngine.shared(adapter)
-        self.engine.add_stages(self.owner, (0,), VisionReducer._keep_nonzero, priority=0)
-
-    def detach(self) -> None:
-        if self.engine is not None:
-            self.engine.remove_owner(self.owner)
-        self.engine = None
-        self.reset()
+        self.add_zero_row_stage(adapter)
 
     def reset(self) -> None:
         self._grid, self._last_block = None, None

@@ -49,7 +49,32 @@ class VisionStep:
 Transform = Callable[[VisionStep], TokenState]
 
 
-class VisionReducer:
+class ZeroRowStage:
+    """What every vision-side reducer shares: tokens it drops become zero rows of the features, which one
+    stage of the shared :class:`DropEngine` removes before decoder layer 0."""
+
+    owner: str
+    engine: DropEngine | None = None
+
+    def reset(self) -> None:
+        raise NotImplementedError
+
+    def add_zero_row_stage(self, adapter: VLMAdapter) -> None:
+        self.engine = DropEngine.shared(adapter)
+        self.engine.add_stages(self.owner, (0,), self._keep_nonzero, priority=0)
+
+    def detach(self) -> None:
+        if self.engine is not None:
+            self.engine.remove_owner(self.owner)
+        self.engine = None
+        self.reset()
+
+    @staticmethod
+    def _keep_nonzero(inp: SelectionInput) -> torch.Tensor:
+        return (inp.hidden != 0).any(-1).to(inp.layout.image.device)
+
+
+class VisionReducer(ZeroRowStage):
     """Owns the vision-side hooks of one plugin; ``transforms`` maps ViT layer index -> transform (one after
     the feature layer may only observe: what it returns is ignored)."""
 
@@ -81,23 +106,13 @@ class VisionReducer:
             ctx.add_hook(layer, f"vision{i}", _VisionLayerHook(self, i, feature_idx))
         if self.reduces:
             ctx.add_hook(adapter.projector, "scatter", _ScatterHook(self))
-            self.engine = DropEngine.shared(adapter)
-            self.engine.add_stages(self.owner, (0,), self._keep_nonzero, priority=0)
-
-    def detach(self) -> None:
-        if self.engine is not None:
-            self.engine.remove_owner(self.owner)
-        self.engine = None
-        self.reset()
+            self.add_zero_row_stage(adapter)
 
     def reset(self) -> None:
         self.state = None
         self.feature_state = None
         self._bias = None
 
-    @staticmethod
-    def _keep_nonzero(inp: SelectionInput) -> torch.Tensor:
-        return (inp.hidden != 0).any(-1).to(inp.layout.image.device)
 
     # -- hooks ---------------------------------------------------------------------------
     def before_layer(self, layer_idx: int, args: tuple, kwargs: dict) -> tuple[tuple, dict]:

@@ -54,6 +54,10 @@ class MustDropPlugin(Plugin):
         self._schedule: dict[int, list[int]] = {}
         self._queries = 1.0  # text tokens after the image that scored the last drop (for FLOPs)
 
+    def boundaries(self, num_layers: int) -> tuple[int, ...]:
+        """The engine's drop points: before the layer after each of ``layers`` (they run on the full set)."""
+        return tuple(b + 1 for b in self.config.resolve_layers(num_layers))
+
     def owned_stages(self) -> tuple[str, ...]:
         cfg = self.config
         return tuple(s for s, on in (("vision", cfg.merge), ("prefill", cfg.filter), ("decode", cfg.cache_policy))
@@ -75,7 +79,7 @@ class MustDropPlugin(Plugin):
             if bad:
                 raise ConfigError(f"mustdrop layers {bad} are out of range: its drop follows each listed decoder "
                                   f"layer, so a {adapter.num_layers}-layer decoder allows 1..{last}")
-            DropEngine.check(adapter, tuple(b + 1 for b in layers), self.name)
+            DropEngine.check(adapter, self.boundaries(adapter.num_layers), self.name)
             adapter.check_attention_scoring(layers)  # its filter ranks by the layer's own attention rows
 
     def attach(self, ctx: PluginContext) -> None:
@@ -95,7 +99,7 @@ class MustDropPlugin(Plugin):
         self.engine = DropEngine.shared(adapter)
         if cfg.filter:
             # as released: layers 2, 6, 10, 14 run on the full set and the drop follows them (before 3, 7, ...)
-            boundaries = tuple(b + 1 for b in cfg.resolve_layers(adapter.num_layers))
+            boundaries = self.boundaries(adapter.num_layers)
             self.engine.add_stages(self.name, boundaries, self._select)
         if cfg.cache_policy:
             self.engine.set_evict(self.name)
@@ -175,7 +179,7 @@ class MustDropPlugin(Plugin):
             before = self.engine.state.layouts[0].image_counts.tolist()
             entering = inp.original_image_counts.tolist()
             floors = keys.sum(-1).tolist()
-            boundaries = tuple(b + 1 for b in self.config.resolve_layers(self.adapter.num_layers))
+            boundaries = self.boundaries(self.adapter.num_layers)
             for b, (n0, n_in, floor) in enumerate(zip(before, entering, floors)):
                 self._schedule[b] = layer_average_schedule(
                     n0, n_in, boundaries, self.adapter.num_layers, self.config._budget * n0, floor

@@ -39,21 +39,30 @@ def test_presets_give_the_released_splits():
         VisionZipConfig(dominant=3)
 
 
-def test_features_of_kept_tokens_are_untouched():
-    """Dominant tokens pass through unchanged; only their neighbours go (checked on the projector output)."""
+def _llava_and_features():
+    """A LLaVA pipe, one image's inputs, and a function giving its projector features (the tower's feature path)."""
     import mmeff
     from mmeff.testing.plugin_tests import FACTORIES, PROMPTS, sample_images
 
     model, processor = FACTORIES["llava-sdpa"]()
     pipe = mmeff.wrap(model, processor)
     inputs = pipe.adapter.build_inputs(sample_images()[:1], PROMPTS[:1])
-    with torch.no_grad():
-        plain = model.get_image_features(pixel_values=inputs["pixel_values"], vision_feature_layer=-2,
-                                         vision_feature_select_strategy="default").pooler_output[0]
-        pipe.add_plugin("visionzip", dominant=6, contextual=0, budget=None, cls_token=False)
+
+    def features() -> torch.Tensor:
         pipe.reset_state()
-        reduced = model.get_image_features(pixel_values=inputs["pixel_values"], vision_feature_layer=-2,
-                                           vision_feature_select_strategy="default").pooler_output[0]
+        with torch.no_grad():
+            return model.get_image_features(pixel_values=inputs["pixel_values"], vision_feature_layer=-2,
+                                            vision_feature_select_strategy="default").pooler_output[0]
+
+    return pipe, inputs, features
+
+
+def test_features_of_kept_tokens_are_untouched():
+    """Dominant tokens pass through unchanged; only their neighbours go (checked on the projector output)."""
+    pipe, _, features = _llava_and_features()
+    plain = features()
+    pipe.add_plugin("visionzip", dominant=6, contextual=0, budget=None, cls_token=False)
+    reduced = features()
     kept = (reduced != 0).any(-1)
     assert int(kept.sum()) == 6
     torch.testing.assert_close(reduced[kept], plain[kept])
@@ -62,21 +71,13 @@ def test_features_of_kept_tokens_are_untouched():
 def test_the_cls_token_reaches_the_llm_in_a_kept_place_as_released():
     """Issue 29: the release passes CLS + (dominant - 1) patches + contextual tokens; mmeff writes the projected
     CLS into the first grid slot the kept patches leave free, so the count is unchanged."""
-    import mmeff
-    from mmeff.testing.plugin_tests import FACTORIES, PROMPTS, sample_images
-
-    model, processor = FACTORIES["llava-sdpa"]()
-    pipe = mmeff.wrap(model, processor)
-    inputs = pipe.adapter.build_inputs(sample_images()[:1], PROMPTS[:1])
+    pipe, inputs, features = _llava_and_features()
+    plain = features()
     with torch.no_grad():
-        plain = model.get_image_features(pixel_values=inputs["pixel_values"], vision_feature_layer=-2,
-                                         vision_feature_select_strategy="default").pooler_output[0]
         hidden = pipe.adapter.vision_tower(inputs["pixel_values"], output_hidden_states=True).hidden_states[-2]
-        cls = model.model.multi_modal_projector(hidden[:, :1])[0, 0]
-        pipe.add_plugin("visionzip", dominant=6, contextual=0, budget=None)
-        pipe.reset_state()
-        reduced = model.get_image_features(pixel_values=inputs["pixel_values"], vision_feature_layer=-2,
-                                           vision_feature_select_strategy="default").pooler_output[0]
+        cls = pipe.model.model.multi_modal_projector(hidden[:, :1])[0, 0]
+    pipe.add_plugin("visionzip", dominant=6, contextual=0, budget=None)
+    reduced = features()
     kept = (reduced != 0).any(-1)
     assert int(kept.sum()) == 6  # CLS + 5 patches
     slots = kept.nonzero().flatten().tolist()
