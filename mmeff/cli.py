@@ -18,7 +18,7 @@ def cmd_list(args: argparse.Namespace) -> None:
         return
     console = Console(width=160)
     plugins, adapters = registry.list_plugins(args.filter), registry.list_adapters()
-    table = Table(title="plugins × model families (✓ = supported, ✗ = refused, reasons below)")
+    table = Table(title="plugins × model families (✓ = supported, ✗ = refused; reasons and partial support below)")
     table.add_column("plugin")
     for a in adapters:
         table.add_column(a, justify="center")
@@ -31,6 +31,8 @@ def cmd_list(args: argparse.Namespace) -> None:
         for a in adapters:
             if registry.support_cell(p, a) == "✗":
                 console.print(f"✗ {p} on {a}: {registry.refusal(p, a)}")
+            elif a in (notes := registry.get_plugin(p).notes):
+                console.print(f"✓ {p} on {a}, partly: {notes[a]}")
     adapters_table = Table(title="adapters")
     adapters_table.add_column("adapter")
     adapters_table.add_column("models")

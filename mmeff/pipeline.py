@@ -117,6 +117,8 @@ class MMPipeline:
                 f"{registry.supported_adapters(cls.name) or list(cls.supports)}"
             )
         instance = cls(config)
+        ctx = self._context(cls.name)
+        instance.check(ctx)  # first: what a plugin takes over may depend on the model (MustDrop's merge)
         mine = set(instance.owned_stages())
         for other_name, other in self._plugins.items():
             shared = sorted(mine & set(other.owned_stages()))
@@ -129,8 +131,6 @@ class MMPipeline:
                     f"the token loop of autoregressive image generation; "
                     f"plugins on different stages compose)"
                 )
-        ctx = self._context(cls.name)
-        instance.check(ctx)
         previous = self._plugins.get(cls.name)
         if previous is not None:
             self.remove_plugin(cls.name)

@@ -86,6 +86,8 @@ class Plugin:
     description: ClassVar[str] = ""
     #: adapter key -> why this plugin is not offered there (shown by ``mmeff list`` and in add_plugin's error)
     refused: ClassVar[dict[str, str]] = {}
+    #: adapter key -> what runs differently there (a supported pair with stages off); shown by ``mmeff list``
+    notes: ClassVar[dict[str, str]] = {}
 
     def __init__(self, config: PluginConfig) -> None:
         if not isinstance(config, self.config_cls):

@@ -123,4 +123,6 @@ def support_matrix_markdown() -> str:
         lines.append(f"| {plugin} | " + " | ".join(support_cell(plugin, a) for a in adapters) + " |")
         refused = [a for a in adapters if support_cell(plugin, a) == "✗"]
         reasons += [f"- ✗ `{plugin}` on `{a}`: {refusal(plugin, a)}" for a in refused]
+        notes = get_plugin(plugin).notes
+        reasons += [f"- ✓ `{plugin}` on `{a}`, partly: {notes[a]}" for a in adapters if a in notes]
     return "\n".join(lines + ([""] + reasons if reasons else []))

@@ -37,13 +37,19 @@ class MergedTokens:
 
 #: ``select(item) -> (kept features (m, D), the index each one is written at (m,))``
 MergedSelect = Callable[[MergedTokens], tuple[torch.Tensor, torch.Tensor]]
+#: ``observe(items)``: every image or video of one tower call, in LLM order; the features stay as they are
+MergedObserve = Callable[[list[MergedTokens]], None]
 
 
 class MergedVisionReducer(ZeroRowStage):
-    """Owns the hooks of one vision-side plugin on a merged-token tower."""
+    """Owns the hooks of one vision-side plugin on a merged-token tower: it reduces with ``select``, or only
+    watches with ``observe`` (MustDrop's key set), never both."""
 
-    def __init__(self, owner: str, select: MergedSelect) -> None:
-        self.owner, self.select = owner, select
+    def __init__(self, owner: str, select: MergedSelect | None = None, *, observe: MergedObserve | None = None
+                 ) -> None:
+        if (select is None) == (observe is None):
+            raise ValueError("MergedVisionReducer takes exactly one of select and observe")
+        self.owner, self.select, self.observe = owner, select, observe
         self.engine: DropEngine | None = None
         self.adapter: VLMAdapter | None = None
         self._grid: torch.Tensor | None = None
@@ -55,7 +61,8 @@ class MergedVisionReducer(ZeroRowStage):
         tower = adapter.vision_tower
         ctx.add_hook(tower, "tower", _TowerHook(self))
         ctx.add_hook(tower.blocks[-1], "last_block", _LastBlockHook(self))
-        self.add_zero_row_stage(adapter)
+        if self.select is not None:
+            self.add_zero_row_stage(adapter)
 
     def reset(self) -> None:
         self._grid, self._last_block = None, None
@@ -72,24 +79,30 @@ class MergedVisionReducer(ZeroRowStage):
     def on_tower_output(self, output):
         if self._grid is None or self._last_block is None:
             return output
-        merged = output.pooler_output
-        reduced = self._reduce(merged)
+        items = self._items(output.pooler_output)
         self.reset()
-        output.pooler_output = reduced
+        if self.observe is not None:
+            self.observe(items)
+            return output
+        out = torch.zeros_like(output.pooler_output)
+        start = 0
+        for item in items:
+            features, where = self.select(item)
+            out[start + where] = features.to(out.dtype)
+            start += item.features.shape[0]
+        output.pooler_output = out
         return output
 
     # -- the selection ---------------------------------------------------------------------
-    def _reduce(self, merged: torch.Tensor) -> torch.Tensor:
+    def _items(self, merged: torch.Tensor) -> list[MergedTokens]:
+        """The tower call's images or videos, each with its signal, in the LLM's order."""
         tower = self.adapter.vision_tower
         scores, keys = merged_token_signal(tower, *self._last_block, self._grid)
-        out = torch.zeros_like(merged)
-        start = 0
+        items, start = [], 0
         for n in merged_counts(tower, self._grid):
-            item = MergedTokens(merged[start : start + n], scores[start : start + n], keys[start : start + n])
-            features, where = self.select(item)
-            out[start + where] = features.to(out.dtype)
+            items.append(MergedTokens(merged[start : start + n], scores[start : start + n], keys[start : start + n]))
             start += n
-        return out
+        return items
 
 
 def merged_counts(tower, grid: torch.Tensor) -> list[int]:

@@ -11,6 +11,8 @@ from mmeff.token_drop.budget import check_fraction, check_layers, parse_budget
 
 #: the released scripts' (global, individual) thresholds for LLaVA-1.5-7B at 192 / 128 / 64 tokens
 RELEASED_THRESHOLDS = {"192": (0.001, 0.001), "128": (0.0012, 0.001), "64": (0.011, 0.01)}
+#: the released share of patches kept as the key set
+RELEASED_KEY_FRACTION = 0.08
 
 
 @dataclass
@@ -20,6 +22,11 @@ class MustDropConfig(PluginConfig):
     (a) ``merge``: after vision layer ``merge_layer``, merge every 3×3 window of patches whose
         mean pairwise cosine is at least ``merge_threshold``; the top ``key_fraction`` of patches by
         the last ViT layer's CLS attention (as released) become the key set, never dropped.
+        ``merge=None`` (default) runs the merge where the tower allows it (LLaVA-1.5, LLaVA-NeXT) and
+        leaves it off elsewhere; ``key_fraction=None`` (default) is 0.08 where the adapter has a
+        key-set signal (LLaVA-1.5: CLS attention; Qwen2/2.5/3-VL: the attention each merged token's
+        patches receive in the tower's last block) and 0 elsewhere. ``last_stats`` names the stages
+        that ran; asking explicitly for a stage the model cannot run is refused with the reason.
     (b) ``filter``: after each decoder layer in ``layers`` (default: 2, 6, 10, 14 of 32, scaled
         to depth; as released, those layers still run on the full set), drop image tokens whose
         summed attention from the text after the image is below ``global_threshold`` of the total
@@ -30,12 +37,13 @@ class MustDropConfig(PluginConfig):
         tokens that survive the last drop (the released code's output-aware policy).
     """
 
-    merge: bool = True
+    merge: bool | None = field(default=None, metadata={"help": "None: on where the tower allows it"})
     merge_layer: int = 0
     merge_threshold: float = 0.8
     proportional_attention: bool = field(default=False, metadata={
         "help": "weight merged tokens by their size in later ViT layers (ToMe's log-size bias); the release does not"})
-    key_fraction: float = 0.08
+    key_fraction: float | None = field(default=None, metadata={
+        "help": "None: 0.08 (as released) where the adapter has a key-set signal, else 0"})
     filter: bool = True
     layers: tuple[int, ...] | None = None
     budget: float | str | None = field(default="192", metadata={"help": "layer-average fraction, or 192/128/64"})
@@ -44,19 +52,23 @@ class MustDropConfig(PluginConfig):
     cache_policy: bool = True
 
     def validate(self) -> None:
-        for name in ("merge", "filter", "cache_policy", "proportional_attention"):
+        if self.merge is not None and not isinstance(self.merge, bool):
+            raise ConfigError(f"mustdrop merge must be True, False or None (on where the tower allows it), "
+                              f"got {self.merge!r}")
+        for name in ("filter", "cache_policy", "proportional_attention"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"mustdrop {name} must be True or False, got {getattr(self, name)!r}")
         if self.cache_policy and not self.filter:
             raise ConfigError("mustdrop cache_policy needs filter=True (it evicts what the filter drops); "
                               "set cache_policy=False to use the merge alone")
-        if not (self.merge or self.filter):
+        if self.merge is False and not self.filter:
             raise ConfigError("mustdrop needs at least one stage on: merge and/or filter")
         if not isinstance(self.merge_layer, int) or isinstance(self.merge_layer, bool) or self.merge_layer < 0:
             raise ConfigError(f"mustdrop merge_layer must be a vision layer index >= 0, got {self.merge_layer!r}")
         if not isinstance(self.merge_threshold, (int, float)) or not -1 <= self.merge_threshold <= 1.0001:
             raise ConfigError(f"mustdrop merge_threshold is a cosine in [-1, 1], got {self.merge_threshold!r}")
-        check_fraction(self.key_fraction, "key_fraction", "mustdrop")
+        if self.key_fraction is not None:
+            check_fraction(self.key_fraction, "key_fraction", "mustdrop")
         check_fraction(self.global_threshold, "global_threshold", "mustdrop")
         check_fraction(self.individual_threshold, "individual_threshold", "mustdrop")
         self._budget = parse_budget(self.budget, "mustdrop")
@@ -66,7 +78,7 @@ class MustDropConfig(PluginConfig):
         return self.layers if self.layers is not None else default_layers(num_layers)
 
     def key_count(self, patches: int) -> int:
-        return math.ceil(self.key_fraction * patches)
+        return math.ceil((RELEASED_KEY_FRACTION if self.key_fraction is None else self.key_fraction) * patches)
 
 
 def default_layers(num_layers: int) -> tuple[int, ...]:

@@ -8,66 +8,129 @@ the stages compose with other methods on the stages MustDrop leaves free.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 
 from mmeff.adapters.vlm import VLMAdapter
-from mmeff.errors import ConfigError
+from mmeff.errors import ConfigError, UnsupportedModelError
 from mmeff.plugin import Plugin, PluginContext
 from mmeff.registry import register_plugin
 from mmeff.token_drop.budget import row_counts
 from mmeff.token_drop.engine import DropEngine, SelectionInput
+from mmeff.token_drop.merged_vision import MergedTokens, MergedVisionReducer
 from mmeff.token_drop.scoring import attention_at_layer, topk_mask
 from mmeff.token_drop.stats import drop_stats, query_scoring_flops
 from mmeff.token_drop.vision import TokenState, VisionReducer, VisionStep
 from mmeff.token_drop.vision_ops import cls_attention, local_window_merge
 
-from .config import MustDropConfig
+from .config import RELEASED_KEY_FRACTION, MustDropConfig
 from .ops import dual_attention, joint_score, layer_average_schedule, threshold_keep
+
+#: where the local merge (stage a) cannot run, and why; the decoder and cache stages run on every VLM adapter
+MERGE_REFUSED = {
+    "qwen2_vl": "the Qwen-VL vision tower has no CLS token, and its 2x2 patch merger needs the whole patch grid, so "
+                "merging inside the tower has no released port to follow",
+    "internvl": "the merge runs in InternViT, whose per-tile square patch grid the 2x2 pixel shuffle needs intact",
+    "llava_onevision": "LLaVA-OneVision's SigLIP tower has no CLS token and its video frames are pooled 2x2 after the "
+                       "projector, which would mix merged tokens' emptied grid slots",
+    "gemma3": "Gemma 3's SigLIP tower has no CLS token and its patches are average-pooled 4x4 into the soft tokens "
+              "after the tower",
+}
+#: where the key set (stage a's CLS-attention protection) has no signal or no patch-to-token map, and why
+KEY_SET_REFUSED = {
+    "llava_next": "LLaVA-NeXT's tiled image tokens have no patch-to-position map yet",
+    "internvl": "InternViT's CLS attention ranks ViT patches, and the map from patches to the tokens the pixel "
+                "shuffle makes of each tile and thumbnail is not built yet",
+    "llava_onevision": "LLaVA-OneVision's SigLIP tower has no CLS token to rank patches by",
+    "gemma3": "Gemma 3's SigLIP tower has no CLS token, and its patches are average-pooled 4x4 into the soft tokens",
+}
+
+#: what ``mmeff list`` says of the adapters where stage (a) runs in part or not at all
+NOTES = {
+    key: "; ".join(part for part in (
+        f"no local merge ({MERGE_REFUSED[key]})" if key in MERGE_REFUSED else "",
+        f"no key set ({KEY_SET_REFUSED[key]})" if key in KEY_SET_REFUSED else "",
+    ) if part)
+    for key in ("llava_next", "qwen2_vl", "internvl", "llava_onevision", "gemma3")
+}
+NOTES["qwen2_vl"] += "; key set ranked by the attention each merged token's patches receive in the last ViT block"
+NOTES["qwen3_vl"] = NOTES["qwen2_vl"]
 
 
 @register_plugin
 class MustDropPlugin(Plugin):
     name = "mustdrop"
     config_cls = MustDropConfig
-    supports = ("llava", "llava_next")
-    refused = {"qwen2_vl": "its local merge runs in the vision tower (no CLS token, 2x2 merger on Qwen2-VL) and "
-                           "its key set needs a patch-to-position map not built for Qwen2-VL yet",
-               "internvl": "its local merge runs in InternViT, whose per-tile square patch grid the 2x2 pixel "
-                           "shuffle needs intact, and its CLS-attention key set needs a map from ViT patches to the "
-                           "shuffled tokens of each tile and thumbnail; neither is built yet",
-               "llava_onevision": "its local merge and key set rank by the ViT's CLS attention, and "
-                                  "LLaVA-OneVision's SigLIP tower has no CLS token (video frames are also pooled "
-                                  "2x2 after the projector); not built yet"}
+    supports = ("llava", "llava_next", "qwen2_vl", "qwen3_vl", "internvl", "llava_onevision", "gemma3")
+    notes = NOTES
     owns = ("vision", "prefill", "decode")
-    description = "MustDrop: local merge in the vision tower, dual-attention filter in prefill, cache eviction"
+    description = ("MustDrop: local merge in the vision tower (LLaVA), dual-attention filter in prefill, "
+                   "cache eviction")
 
     config: MustDropConfig
 
     def __init__(self, config: MustDropConfig) -> None:
         super().__init__(config)
-        self.reducer: VisionReducer | None = None
+        self.reducer: VisionReducer | MergedVisionReducer | None = None
         self.engine: DropEngine | None = None
         self.adapter: VLMAdapter | None = None
-        self._keys: torch.Tensor | None = None  # (images, grid²) protected patches of the last call
+        self._keys: torch.Tensor | None = None  # (images, grid²) protected patches of the last call (LLaVA-1.5)
+        self._token_keys: list[torch.Tensor] = []  # per tower call, protected merged tokens in LLM order (Qwen)
+        self._slot_keys: torch.Tensor | None = None  # (B, L) key set over the prefill's original tokens
         self._schedule: dict[int, list[int]] = {}
         self._queries = 1.0  # text tokens after the image that scored the last drop (for FLOPs)
+        self._merge_on = bool(config.merge)
+        self._key_fraction = 0.0
 
     def boundaries(self, num_layers: int) -> tuple[int, ...]:
         """The engine's drop points: before the layer after each of ``layers`` (they run on the full set)."""
         return tuple(b + 1 for b in self.config.resolve_layers(num_layers))
 
     def owned_stages(self) -> tuple[str, ...]:
+        cfg = self.config  # the merge is resolved per model in check(), which runs first
+        return tuple(s for s, on in (("vision", self._merge_on), ("prefill", cfg.filter),
+                                     ("decode", cfg.cache_policy)) if on)
+
+    def ran_stages(self) -> list[str]:
+        """What runs on this model: ``merge``, ``key_set``, ``filter``, ``cache_policy``."""
         cfg = self.config
-        return tuple(s for s, on in (("vision", cfg.merge), ("prefill", cfg.filter), ("decode", cfg.cache_policy))
-                     if on)
+        on = (self._merge_on, self._key_fraction > 0, cfg.filter, cfg.cache_policy)
+        return [s for s, o in zip(("merge", "key_set", "filter", "cache_policy"), on) if o]
+
+    def _resolve_stages(self, adapter: VLMAdapter) -> None:
+        """Which of stage (a)'s parts this model can run: ``None`` options follow the model, explicit ones
+        it cannot honour are refused with the reason."""
+        cfg, key = self.config, adapter.key
+        merge_reason = None if key in ("llava", "llava_next") else (
+            MERGE_REFUSED.get(key) or adapter.vision_side_refusal or f"no local merge is built for {key} models")
+        if cfg.merge and merge_reason:
+            raise UnsupportedModelError(f"mustdrop merge=True on {key}: {merge_reason}; its decoder filter and cache "
+                                        f"policy run there (merge=None or False)")
+        self._merge_on = cfg.merge is not False and merge_reason is None
+        key_reason = KEY_SET_REFUSED.get(key) if self._key_signal(adapter) is None else None
+        if cfg.key_fraction and key_reason:
+            raise UnsupportedModelError(f"mustdrop key_fraction={cfg.key_fraction} on {key}: {key_reason}; "
+                                        f"use key_fraction=None or 0")
+        wanted = RELEASED_KEY_FRACTION if cfg.key_fraction is None else cfg.key_fraction
+        self._key_fraction = wanted if (cfg.filter and key_reason is None) else 0.0
+        if not (self._merge_on or cfg.filter):
+            raise ConfigError(f"mustdrop filter=False leaves no stage on {key}: {merge_reason}")
+
+    @staticmethod
+    def _key_signal(adapter: VLMAdapter) -> str | None:
+        """What ranks the key set: the ViT's CLS attention (LLaVA-1.5), or the attention each merged token's
+        patches receive (Qwen-VL towers, the signal VisionZip's Qwen release ranks by)."""
+        if adapter.key == "llava":
+            return "cls"
+        return "received" if adapter.vision_signal == "received" else None
 
     def check(self, ctx: PluginContext) -> None:
         adapter = ctx.adapter
         assert isinstance(adapter, VLMAdapter)
-        feature_idx = adapter.feature_layer_index()
-        if self.config.merge and self.config.merge_layer > feature_idx:
+        self._resolve_stages(adapter)
+        if self._merge_on and self.config.merge_layer > (feature_idx := adapter.feature_layer_index()):
             raise ConfigError(
                 f"mustdrop merge_layer must not come after the feature layer {feature_idx} of this vision tower; "
                 f"allowed: 0..{feature_idx}, got {self.config.merge_layer}"
@@ -86,16 +149,21 @@ class MustDropPlugin(Plugin):
         adapter = ctx.adapter
         self.adapter = adapter
         cfg = self.config
-        steps: dict[int, list] = {}
-        if cfg.merge:
-            steps.setdefault(cfg.merge_layer, []).append(self._merge)
-        if cfg.filter and cfg.key_fraction > 0:  # as released: the last ViT layer's CLS attention
-            steps.setdefault(len(adapter.vision_layers) - 1, []).append(self._key_set)
-        transforms = {layer: _chain(fns) for layer, fns in steps.items()}
-        if transforms:
-            self.reducer = VisionReducer(f"{self.name}:vision", transforms, reduces=cfg.merge,
-                                         proportional_attention=cfg.proportional_attention)
+        keyed = self._key_fraction > 0
+        if keyed and self._key_signal(adapter) == "received":
+            self.reducer = MergedVisionReducer(f"{self.name}:vision", observe=self._merged_key_set)
             self.reducer.attach(ctx)
+        else:
+            steps: dict[int, list] = {}
+            if self._merge_on:
+                steps.setdefault(cfg.merge_layer, []).append(self._merge)
+            if keyed:  # as released: the last ViT layer's CLS attention
+                steps.setdefault(len(adapter.vision_layers) - 1, []).append(self._key_set)
+            transforms = {layer: _chain(fns) for layer, fns in steps.items()}
+            if transforms:
+                self.reducer = VisionReducer(f"{self.name}:vision", transforms, reduces=self._merge_on,
+                                             proportional_attention=cfg.proportional_attention)
+                self.reducer.attach(ctx)
         self.engine = DropEngine.shared(adapter)
         if cfg.filter:
             # as released: layers 2, 6, 10, 14 run on the full set and the drop follows them (before 3, 7, ...)
@@ -113,7 +181,7 @@ class MustDropPlugin(Plugin):
         self.reducer = self.engine = None
 
     def reset(self) -> None:
-        self._keys = None
+        self._keys, self._token_keys, self._slot_keys = None, [], None
         self._schedule = {}
         if self.reducer is not None:
             self.reducer.reset()
@@ -132,7 +200,7 @@ class MustDropPlugin(Plugin):
         x_norm = step.layer.layer_norm1(step.layer_input)
         cls = cls_attention(x_norm, attn.q_proj, attn.k_proj, attn.num_heads, st.sizes)[:, 1:]
         alive = st.sizes[:, 1:] > 0
-        counts = row_counts(alive.sum(1), self.config.key_count)
+        counts = row_counts(alive.sum(1), self._key_count)
         chosen = topk_mask(cls, alive, counts)
         keys = torch.zeros(st.x.shape[0], self.adapter.patch_grid ** 2, dtype=torch.bool, device=cls.device)
         src = st.sources[:, 1:]
@@ -141,18 +209,52 @@ class MustDropPlugin(Plugin):
         self._keys = keys
         return st
 
-    def _key_slots(self, inp: SelectionInput) -> torch.Tensor:
-        """Key-set membership of each slot of the current layout (LLaVA-1.5: one grid run per row)."""
-        layout = inp.layout
-        none = torch.zeros_like(layout.image)
-        keys = self._keys
+    def _key_count(self, tokens: int) -> int:
+        return math.ceil(self._key_fraction * tokens)
+
+    def _merged_key_set(self, items: list[MergedTokens]) -> None:
+        """Qwen-VL towers: per image (or video) of one tower call, the top ``key_fraction`` of its merged tokens
+        by the attention their patches receive in the last block, in the LLM's order; nothing is dropped."""
+        call = []
+        for item in items:
+            keys = torch.zeros(item.scores.shape[0], dtype=torch.bool, device=item.scores.device)
+            keys[item.scores.topk(self._key_count(keys.shape[0])).indices] = True
+            call.append(keys)
+        self._token_keys.append(torch.cat(call))
+
+    def _original_key_slots(self) -> torch.Tensor | None:
+        """(B, L) key set over the prefill's original tokens, or None where no map exists."""
         original = self.engine.state.layouts[0]
-        n_grid = self.adapter.patch_grid ** 2
-        if keys is None or keys.shape[0] != layout.idx.shape[0] or bool((original.image_counts != n_grid).any()):
-            return none  # LLaVA-NeXT tiles: the grid runs are packed and unpadded, no one-to-one map
-        start = original.image.long().argmax(-1)
-        grid = (layout.idx - start[:, None]).clamp(0, n_grid - 1)
-        return keys.gather(1, grid) & layout.image & layout.valid
+        image = original.image & original.valid
+        if self._keys is not None:  # LLaVA-1.5: one grid run of ``patch_grid²`` tokens per image
+            flat = self._keys.flatten()
+            if int(image.sum()) != flat.numel():
+                return None
+            out = torch.zeros_like(image)
+            out[image] = flat.to(image.device)
+            return out
+        if not self._token_keys:
+            return None
+        # Qwen-VL: the model scatters image features, then video features, in row-major token order
+        ids = self.engine.state.prompt_ids
+        kinds = [(ids == t) for t in (self.adapter.image_token_id, self.adapter.video_token_id) if (ids == t).any()]
+        if len(kinds) != len(self._token_keys):
+            return None
+        out = torch.zeros_like(image)
+        for where, keys in zip(kinds, self._token_keys):
+            if int(where.sum()) != keys.numel():
+                return None
+            out[where] = keys.to(out.device)
+        return out
+
+    def _key_slots(self, inp: SelectionInput) -> torch.Tensor:
+        """Key-set membership of each slot of the current layout."""
+        layout = inp.layout
+        if inp.stage == 1:
+            self._slot_keys = self._original_key_slots()
+        if self._slot_keys is None or self._slot_keys.shape[0] != layout.idx.shape[0]:
+            return torch.zeros_like(layout.image)
+        return self._slot_keys.gather(1, layout.idx) & layout.image & layout.valid
 
     # -- stage (b): in the decoder -------------------------------------------------------
     def _select(self, inp: SelectionInput) -> torch.Tensor:
@@ -197,9 +299,10 @@ class MustDropPlugin(Plugin):
         queries = round(self._queries)
         scoring = sum(query_scoring_flops(float(layouts[b - 1].key_valid.sum(-1).float().mean()), hidden,
                                           queries=queries) for b in mine)
-        out = {"layers": [b - 1 for b in mine], "stages": list(self.owned_stages()),
+        out = {"layers": [b - 1 for b in mine], "stages": list(self.owned_stages()), "ran": self.ran_stages(),
                **drop_stats(self.engine, scoring_flops=scoring)}
-        out["key_set_tokens"] = self._keys.sum(-1).tolist() if self._keys is not None else []
+        keys = self._slot_keys
+        out["key_set_tokens"] = keys.sum(-1).tolist() if keys is not None else []
         return out
 
 

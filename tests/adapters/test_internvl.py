@@ -120,12 +120,18 @@ def test_adapter_facts_and_image_mask(pipe) -> None:
 
 def test_vision_side_methods_refused_with_reason(pipe) -> None:
     forwards = forward_modules(pipe.model)
-    for name, options in {"visionzip": {}, "tome": {}, "mustdrop": {}, "damro": {"k": 2}}.items():
+    for name, options in {"visionzip": {}, "tome": {}, "damro": {"k": 2}}.items():
         assert not registry.supported(name, "internvl")
         reason = registry.refusal(name, "internvl")
         assert reason and "pixel shuffle" in reason, name
         with pytest.raises(UnsupportedModelError, match="internvl|InternVL"):
             pipe.add_plugin(name, **options)
+        assert not pipe.plugins and forward_modules(pipe.model) == forwards
+    # MustDrop's decoder and cache stages run on InternVL; its vision-side parts, asked for, are refused
+    assert registry.supported("mustdrop", "internvl")
+    for options in ({"merge": True}, {"key_fraction": 0.1}):
+        with pytest.raises(UnsupportedModelError, match="pixel shuffle"):
+            pipe.add_plugin("mustdrop", **options)
         assert not pipe.plugins and forward_modules(pipe.model) == forwards
     with pytest.raises(UnsupportedModelError, match="pixel shuffle"):
         pipe.adapter.feature_layer_index()

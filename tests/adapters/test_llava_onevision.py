@@ -147,7 +147,8 @@ def test_registry_and_factory_tables() -> None:
     assert FACTORY_ADAPTERS["llava_onevision-sdpa"] == FACTORY_ADAPTERS["llava_onevision-eager"] == "llava_onevision"
     for plugin in ("pyramid_drop", "fastv", "random_drop", "vcd", "icd", "lqcd", "m3id", "vdgd"):
         assert {"llava_onevision-sdpa", "llava_onevision-eager"} <= set(supported_factories(plugin)), plugin
-    for plugin in ("visionzip", "tome", "mustdrop", "damro"):
+    assert mmeff.supported("mustdrop", "llava_onevision")  # its decoder and cache stages
+    for plugin in ("visionzip", "tome", "damro"):
         assert not mmeff.supported(plugin, "llava_onevision")
         assert "no CLS token" in mmeff.registry.refusal(plugin, "llava_onevision")
 
@@ -224,12 +225,15 @@ def test_recomputed_attention_rows_match_eager_output_attentions() -> None:
 
 
 # -- refusals and bad input -----------------------------------------------------------------
-@pytest.mark.parametrize("plugin", ["visionzip", "tome", "mustdrop", "damro"])
+@pytest.mark.parametrize("plugin", ["visionzip", "tome", "damro", "mustdrop:merge", "mustdrop:key_fraction"])
 def test_vision_side_plugins_are_refused_with_the_reason(plugin: str) -> None:
+    """MustDrop's decoder and cache stages run here; its vision-side parts, asked for explicitly, are refused."""
+    plugin, _, stage = plugin.partition(":")
+    options = {"merge": {"merge": True}, "key_fraction": {"key_fraction": 0.1}}.get(stage, {})
     pipe = fresh_pipe()
     forwards = forward_modules(pipe.model)
     with pytest.raises(UnsupportedModelError, match="no CLS token"):
-        pipe.add_plugin(plugin)
+        pipe.add_plugin(plugin, **options)
     assert forward_modules(pipe.model) == forwards and not pipe.plugins
 
 
