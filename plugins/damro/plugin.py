@@ -8,6 +8,11 @@ token but mask all except the k outliers, which is the same computation as a pro
 only those k tokens (positions are counted over unmasked tokens), in the release's order: by
 descending CLS attention (the kept slots carry the outliers' features in that order).
 
+LLaVA-NeXT, as its release does (``pack_image_features_damro``): the outliers are the base crop's k
+patches (the overview image, whose grid² features open each image's packed run), and the negative
+image is those k features followed by one ``image_newline``; the tiles are left out. Here that is
+the base slots of the outliers plus the run's last slot (a newline) left visible.
+
 Qwen2/2.5/3-VL's tower has no CLS token. There the outliers are the k merged tokens of each image
 whose patches *receive* the most attention in the tower's last block: the signal VisionZip's
 Qwen2.5-VL release ranks by in place of CLS attention (DAMRO has no release for these towers, so
@@ -20,6 +25,7 @@ from typing import Any
 
 import torch
 from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
 
 from mmeff.contrastive.decode import Branch
 from mmeff.contrastive.plugin_base import ContrastivePlugin
@@ -36,10 +42,8 @@ from .config import DAMROConfig
 class DAMROPlugin(ContrastivePlugin):
     name = "damro"
     config_cls = DAMROConfig
-    supports = ("llava", "qwen2_vl", "qwen3_vl")
+    supports = ("llava", "llava_next", "qwen2_vl", "qwen3_vl")
     refused = {
-        "llava_next": "its outliers are ViT patches ranked by CLS attention; LLaVA-NeXT's tiled image tokens have "
-                      "no patch-to-position map yet",
         "internvl": "InternViT has a CLS token, but its outliers are ViT patches and each InternVL image token is "
                     "a 2x2 block of them merged by the pixel shuffle, over several tiles plus a thumbnail; the "
                     "patch-to-token map is not built yet",
@@ -54,26 +58,33 @@ class DAMROPlugin(ContrastivePlugin):
     def check(self, ctx: PluginContext) -> None:
         if ctx.adapter.vision_signal == "received":
             return  # images differ in token count: k is checked against each image at generate
-        n = ctx.adapter.tokens_per_image
+        n = ctx.adapter.patch_grid**2  # LLaVA-NeXT: the base crop's patches
         if self.config.k > n:
             raise ConfigError(f"damro: k={self.config.k} is more than the {n} image tokens per image; use 1..{n}")
         ctx.adapter.feature_layer_index()  # raises for models without one feature layer
 
     @torch.no_grad()
-    def outliers(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(N images, k) patch indices by descending CLS attention at the feature layer, and the images'
-        projected features (N, patches, D), from one pass of the tower."""
+    def _encode(self, inputs: dict[str, Any]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Per crop, the CLS row of single-head attention over the full width at the feature layer
+        (crops, patches); and the images' projected (LLaVA-NeXT: packed) features, from one tower pass."""
         adapter = self.adapter
         cfg = adapter.model.config
         idx = adapter.feature_layer_index()
+        sizes = {"image_sizes": inputs["image_sizes"]} if adapter.key == "llava_next" else {}
         encoded = adapter.model.model.get_image_features(
-            pixel_values=pixel_values, vision_feature_layer=cfg.vision_feature_layer,
-            vision_feature_select_strategy=cfg.vision_feature_select_strategy, output_hidden_states=True,
+            pixel_values=inputs["pixel_values"], vision_feature_layer=cfg.vision_feature_layer,
+            vision_feature_select_strategy=cfg.vision_feature_select_strategy, output_hidden_states=True, **sizes,
         )
         layer = adapter.vision_layers[idx]
         x = layer.layer_norm1(encoded.hidden_states[idx])
         cls = cls_attention(x, layer.self_attn.q_proj, layer.self_attn.k_proj, num_heads=1)
-        return cls[:, 1:].topk(self.config.k, dim=-1).indices, torch.stack(list(encoded.pooler_output))
+        return cls[:, 1:], list(encoded.pooler_output)
+
+    def outliers(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N images, k) patch indices by descending CLS attention at the feature layer, and the images'
+        projected features (N, patches, D), from one pass of the tower (LLaVA-1.5)."""
+        cls, features = self._encode({"pixel_values": pixel_values})
+        return cls.topk(self.config.k, dim=-1).indices, torch.stack(features)
 
     def negative(self, pipe: Any, inputs: dict[str, Any], images: list[Any], prompts: list[str]) -> Branch:
         pixels = inputs.get("pixel_values")
@@ -81,6 +92,8 @@ class DAMROPlugin(ContrastivePlugin):
             raise InputError("damro needs pixel_values: its negative branch keeps the image's outlier tokens")
         if self.adapter.vision_signal == "received":
             return self._negative_merged(inputs)
+        if self.adapter.key == "llava_next":
+            return self._negative_tiled(inputs)
         ids = inputs["input_ids"]
         image = self.adapter.image_token_mask(ids)
         per_row = image.sum(-1)
@@ -102,6 +115,39 @@ class DAMROPlugin(ContrastivePlugin):
         mask[hidden] = 0
         self._extra = {"outlier_tokens": slots.tolist(), "outliers_by_attention": by_attention.tolist()}
         vision = {"mm_encoder_outputs": {"image": BaseModelOutputWithPooling(pooler_output=list(ordered))}}
+        return Branch(ids, mask.long(), vision)
+
+    def _negative_tiled(self, inputs: dict[str, Any]) -> Branch:
+        """LLaVA-NeXT, as released: per image, the base crop's k outliers (features in descending CLS
+        order, in the slots of their patches) and the packed run's closing ``image_newline``."""
+        ids = inputs["input_ids"]
+        cls, packed = self._encode(inputs)
+        cfg = self.adapter.model.config
+        crops = [image_size_to_num_patches(image_size=size, grid_pinpoints=cfg.image_grid_pinpoints,
+                                           patch_size=cfg.vision_config.image_size) for size in inputs["image_sizes"]]
+        base = torch.tensor([0, *crops[:-1]]).cumsum(0).to(cls.device)  # each image's first crop
+        by_attention = cls[base].topk(self.config.k, dim=-1).indices
+        slots = by_attention.sort(-1).values
+        features, keep = [], []
+        for feats, order, where in zip(packed, by_attention, slots):
+            feats = feats.clone()
+            feats[where] = feats[order]
+            visible = torch.zeros(feats.shape[0], dtype=torch.bool, device=ids.device)
+            visible[where.to(ids.device)] = True
+            visible[-1] = True  # the image_newline that closes the run (the release appends one)
+            features.append(feats)
+            keep.append(visible)
+        image = self.adapter.image_token_mask(ids)
+        flat = torch.cat(keep)
+        if int(image.sum()) != flat.numel():
+            raise InputError(f"damro: the prompts hold {int(image.sum())} image tokens but the images give "
+                             f"{flat.numel()}")
+        mask = inputs["attention_mask"].clone() if inputs.get("attention_mask") is not None else torch.ones_like(ids)
+        hidden = image.clone()
+        hidden[image] = ~flat
+        mask[hidden] = 0
+        self._extra = {"outlier_tokens": slots.tolist(), "outliers_by_attention": by_attention.tolist()}
+        vision = {"mm_encoder_outputs": {"image": BaseModelOutputWithPooling(pooler_output=features)}}
         return Branch(ids, mask.long(), vision)
 
     def _negative_merged(self, inputs: dict[str, Any]) -> Branch:
