@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
 
 from ..errors import InputError
 from ..registry import register_adapter
@@ -35,3 +36,23 @@ class LlavaNextAdapter(VLMAdapter):
             raise InputError(
                 f"{pixel_values.shape[0]} image(s) given but the prompts hold {n_runs} image placeholder(s)"
             )
+
+    def crops_per_image(self, image_sizes: torch.Tensor) -> list[int]:
+        """Crops the tower sees per image: the base (overview) crop, then the anyres tiles."""
+        cfg = self.model.config
+        return [image_size_to_num_patches(image_size=size, grid_pinpoints=cfg.image_grid_pinpoints,
+                                          patch_size=cfg.vision_config.image_size) for size in image_sizes]
+
+    @torch.no_grad()
+    def patch_positions(self, image_sizes: torch.Tensor) -> list[torch.Tensor]:
+        """The patch-to-position map: per image, for each of its packed image tokens (in prompt order), the
+        ViT patch it carries as an index into (all crops of the batch, crop-major) x grid², or -1 for an
+        ``image_newline``. Built by running the model's own ``pack_image_features`` (reshape, unpad,
+        newlines) on patch indices, so it follows whatever packing the installed transformers does."""
+        crops = self.crops_per_image(image_sizes)
+        n = self.patch_grid**2
+        ids = torch.arange(sum(crops) * n, dtype=torch.float64).view(sum(crops), n, 1)
+        marker = torch.tensor([-1.0], dtype=torch.float64)
+        packed, _ = self.model.model.pack_image_features(
+            list(torch.split(ids, crops)), image_sizes, vision_feature_select_strategy="default", image_newline=marker)
+        return [p[:, 0].long() for p in packed]

@@ -15,6 +15,7 @@ import torch
 
 from mmeff.adapters.vlm import VLMAdapter
 from mmeff.errors import ConfigError, UnsupportedModelError
+from mmeff.hooks import ModelHook
 from mmeff.plugin import Plugin, PluginContext
 from mmeff.registry import register_plugin
 from mmeff.token_drop.budget import row_counts
@@ -40,7 +41,6 @@ MERGE_REFUSED = {
 }
 #: where the key set (stage a's CLS-attention protection) has no signal or no patch-to-token map, and why
 KEY_SET_REFUSED = {
-    "llava_next": "LLaVA-NeXT's tiled image tokens have no patch-to-position map yet",
     "internvl": "InternViT's CLS attention ranks ViT patches, and the map from patches to the tokens the pixel "
                 "shuffle makes of each tile and thumbnail is not built yet",
     "llava_onevision": "LLaVA-OneVision's SigLIP tower has no CLS token to rank patches by",
@@ -53,7 +53,7 @@ NOTES = {
         f"no local merge ({MERGE_REFUSED[key]})" if key in MERGE_REFUSED else "",
         f"no key set ({KEY_SET_REFUSED[key]})" if key in KEY_SET_REFUSED else "",
     ) if part)
-    for key in ("llava_next", "qwen2_vl", "internvl", "llava_onevision", "gemma3")
+    for key in ("qwen2_vl", "internvl", "llava_onevision", "gemma3")
 }
 NOTES["qwen2_vl"] += "; key set ranked by the attention each merged token's patches receive in the last ViT block"
 NOTES["qwen3_vl"] = NOTES["qwen2_vl"]
@@ -82,6 +82,7 @@ class MustDropPlugin(Plugin):
         self._schedule: dict[int, list[int]] = {}
         self._queries = 1.0  # text tokens after the image that scored the last drop (for FLOPs)
         self._merge_on = bool(config.merge)
+        self._image_sizes: torch.Tensor | None = None  # LLaVA-NeXT: the last call's, to map the key set
         self._key_fraction = 0.0
 
     def boundaries(self, num_layers: int) -> tuple[int, ...]:
@@ -122,7 +123,7 @@ class MustDropPlugin(Plugin):
     def _key_signal(adapter: VLMAdapter) -> str | None:
         """What ranks the key set: the ViT's CLS attention (LLaVA-1.5), or the attention each merged token's
         patches receive (Qwen-VL towers, the signal VisionZip's Qwen release ranks by)."""
-        if adapter.key == "llava":
+        if adapter.key in ("llava", "llava_next"):
             return "cls"
         return "received" if adapter.vision_signal == "received" else None
 
@@ -160,6 +161,8 @@ class MustDropPlugin(Plugin):
             if keyed:  # as released: the last ViT layer's CLS attention
                 steps.setdefault(len(adapter.vision_layers) - 1, []).append(self._key_set)
             transforms = {layer: _chain(fns) for layer, fns in steps.items()}
+            if keyed and adapter.key == "llava_next":
+                ctx.add_hook(adapter.model.model, "image_sizes", _ImageSizesHook(self))
             if transforms:
                 self.reducer = VisionReducer(f"{self.name}:vision", transforms, reduces=self._merge_on,
                                              proportional_attention=cfg.proportional_attention)
@@ -181,7 +184,7 @@ class MustDropPlugin(Plugin):
         self.reducer = self.engine = None
 
     def reset(self) -> None:
-        self._keys, self._token_keys, self._slot_keys = None, [], None
+        self._keys, self._token_keys, self._slot_keys, self._image_sizes = None, [], None, None
         self._schedule = {}
         if self.reducer is not None:
             self.reducer.reset()
@@ -226,8 +229,13 @@ class MustDropPlugin(Plugin):
         """(B, L) key set over the prefill's original tokens, or None where no map exists."""
         original = self.engine.state.layouts[0]
         image = original.image & original.valid
-        if self._keys is not None:  # LLaVA-1.5: one grid run of ``patch_grid²`` tokens per image
+        if self._keys is not None:  # (crops, grid²) from the CLS attention of each crop the tower saw
             flat = self._keys.flatten()
+            if self.adapter.key == "llava_next":  # base crop + unpadded tiles + newlines, per image
+                if self._image_sizes is None:
+                    return None
+                where = torch.cat(self.adapter.patch_positions(self._image_sizes)).to(flat.device)
+                flat = flat[where.clamp(min=0)] & (where >= 0)
             if int(image.sum()) != flat.numel():
                 return None
             out = torch.zeros_like(image)
@@ -328,3 +336,15 @@ def _text_after_image(layout, query_slot: torch.Tensor) -> tuple[torch.Tensor, t
     weight = torch.gather(text, 1, order)
     queries = torch.where(weight, order, query_slot[:, None].expand_as(order))
     return queries, weight
+
+
+class _ImageSizesHook(ModelHook):
+    """LLaVA-NeXT: keeps the call's ``image_sizes``, which say how its crops are packed into tokens."""
+
+    def __init__(self, plugin: MustDropPlugin) -> None:
+        self.plugin = plugin
+
+    def pre_forward(self, module, args, kwargs):
+        if kwargs.get("pixel_values") is not None:
+            self.plugin._image_sizes = kwargs.get("image_sizes")
+        return args, kwargs

@@ -36,7 +36,7 @@ class TestMustDrop(VLMPluginTesterMixin):
         # tower allows it (LLaVA); elsewhere layers 0-2 hold every token;
         # (b)+(c) the drops follow layers 2 and 4, and layers 3.. all hold only the final survivors
         merged = pipe.adapter.key in ("llava", "llava_next")
-        keyed = pipe.adapter.key in ("llava", "qwen2_vl", "qwen3_vl")  # a key-set signal and a token map
+        keyed = pipe.adapter.key in ("llava", "llava_next", "qwen2_vl", "qwen3_vl")  # a key signal and a token map
         assert stats["ran"] == ["merge"] * merged + ["key_set"] * keyed + ["filter", "cache_policy"]
         assert all(n > 0 for n in stats["key_set_tokens"]) if keyed else not stats["key_set_tokens"]
         # a sliding-window layer's cache holds at most its window, whatever was dropped (Gemma 3)
@@ -208,3 +208,55 @@ def test_key_set_comes_from_the_last_vit_layers_cls_attention_as_released():
     top = want.topk(4, dim=-1).indices
     for row in range(2):
         assert set(plugin._keys[row].nonzero().squeeze(-1).tolist()) == set(top[row].tolist())
+
+
+def _llava_next_crops(pipe, inputs) -> torch.Tensor:
+    crops = pipe.adapter.crops_per_image(inputs["image_sizes"])
+    return torch.cat([p[:n] for p, n in zip(inputs["pixel_values"], crops)])
+
+
+def test_llava_next_patch_positions_follow_the_models_own_packing():
+    """The patch-to-position map gives, for every packed image token, the projected patch it carries."""
+    model, processor = FACTORIES["llava_next-sdpa"]()
+    pipe = mmeff.wrap(model, processor)
+    inputs = pipe.adapter.build_inputs(sample_images(), PROMPTS)
+    cfg = model.config
+    with torch.no_grad():
+        packed = model.model.get_image_features(pixel_values=inputs["pixel_values"], image_sizes=inputs["image_sizes"],
+                                                return_dict=True).pooler_output
+        hidden = pipe.adapter.vision_tower(_llava_next_crops(pipe, inputs), output_hidden_states=True).hidden_states
+        patches = model.model.multi_modal_projector(hidden[cfg.vision_feature_layer][:, 1:]).flatten(0, 1)
+    where = pipe.adapter.patch_positions(inputs["image_sizes"])
+    assert [w.numel() for w in where] == [p.shape[0] for p in packed]
+    assert all(int((w >= 0).sum()) < w.numel() for w in where)  # newlines, and unpadding removed some patches
+    for w, p in zip(where, packed):
+        torch.testing.assert_close(p[w >= 0], patches[w[w >= 0]])
+        assert torch.equal(p[w < 0], model.model.image_newline.expand(int((w < 0).sum()), -1))
+
+
+def test_llava_next_key_set_is_each_crops_cls_top_mapped_through_the_packing():
+    model, processor = FACTORIES["llava_next-sdpa"]()
+    pipe = mmeff.wrap(model, processor)
+    plugin = pipe.add_plugin("mustdrop", merge=False, budget=0.2, layers=(2,), key_fraction=0.25, cache_policy=False)
+    inputs = pipe.adapter.build_inputs(sample_images(), PROMPTS)
+    with torch.no_grad():
+        with pipe.plugins_disabled():
+            hidden = pipe.adapter.vision_tower(_llava_next_crops(pipe, inputs), output_hidden_states=True).hidden_states
+        pipe.reset_state()
+        model(**inputs)
+    from mmeff.token_drop.vision_ops import cls_attention
+
+    last = pipe.adapter.vision_layers[-1]
+    cls = cls_attention(last.layer_norm1(hidden[-2]), last.self_attn.q_proj, last.self_attn.k_proj,
+                        last.self_attn.num_heads)[:, 1:]
+    crop_keys = torch.zeros_like(cls, dtype=torch.bool)
+    crop_keys.scatter_(1, cls.topk(4, dim=-1).indices, True)  # 25% of a 4x4 crop
+    where = torch.cat(pipe.adapter.patch_positions(inputs["image_sizes"]))
+    image = inputs["input_ids"] == pipe.adapter.image_token_id
+    want = torch.zeros_like(image)
+    want[image] = crop_keys.flatten()[where.clamp(min=0)] & (where >= 0)
+    assert torch.equal(plugin._slot_keys, want) and want.any(-1).all()
+    layout = plugin.engine.state.layouts[-1]
+    for row in range(2):
+        kept = set(layout.idx[row][layout.image[row] & layout.valid[row]].tolist())
+        assert set(want[row].nonzero().squeeze(-1).tolist()) <= kept < set(image[row].nonzero().squeeze(-1).tolist())
