@@ -78,7 +78,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
             preset = LAYOUTS[args.layout]
             layout = replace(preset, layers=args.layers or preset.layers, hidden=args.hidden or preset.hidden)
             speed = run_speed(out / "speed", layout=layout, runs=args.runs, decode_tokens=args.decode_tokens,
-                              attn_implementation=args.attn)
+                              attn_implementation=args.attn, ideal=not args.no_ideal)
         quality, speed = _earlier_tokens_results(out, quality, speed)
         write_combined(out, quality, speed, meta)
         Console().print(f"wrote {out}/report.md (+ quality/ and speed/ with JSON and plots)")
@@ -336,6 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                        "--seeds seeds (other first seeds draw other images, to pool)")
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--decode-tokens", type=int, default=16, help="tokens decoded per timed run")
+    p.add_argument("--no-ideal", action="store_true", help="tokens --speed: skip timing the unmodified decoder at "
+                   "the kept lengths (the 'ideal' columns)")
     p.add_argument("--layout", default="llava-1.5-7b", choices=["llava-1.5-7b", "qwen2.5-vl-7b"],
                    help="tokens --speed: whose token layout the random model has")
     p.add_argument("--layers", type=int, default=None, help="tokens --speed: decoder layers (default: the layout's)")

@@ -18,6 +18,7 @@ from .layouts import SpeedLayout, build_speed_model
 from .methods import Method, all_methods
 from .report import markdown_table, print_table, write_json
 from .timing import time_prefill_and_decode
+from .tokens_ideal import ideal_lengths, ideal_row, measure_lengths
 
 DEFAULT_METHODS = (Method("pyramid_drop (default)", "pyramid_drop"), *all_methods())
 
@@ -31,8 +32,10 @@ def run_speed(
     decode_tokens: int = 16,
     attn_implementation: str = "sdpa",
     warmup: int = 1,
+    ideal: bool = True,
 ) -> dict[str, Any]:
-    """Interleave baseline and methods run by run, so drift hits all of them alike."""
+    """Interleave baseline and methods run by run, so drift hits all of them alike; then time the unmodified
+    decoder at the lengths the methods keep (``ideal``, see :mod:`mmeff.bench.tokens_ideal`)."""
     layout = layout or SpeedLayout()
     out_dir.mkdir(parents=True, exist_ok=True)
     model, inputs = build_speed_model(layout, attn_implementation)
@@ -63,6 +66,11 @@ def run_speed(
                 bar.update()
 
     n_text = inputs["input_ids"].shape[1]
+    per_method = {m.label: _token_counts(stats.get(m.label, {}), n_text, layout) for m in everything}
+    lengths = {n_text} | {n for layer_tokens, kv in per_method.values() for n in ideal_lengths(layer_tokens, kv)
+                          if n is not None}
+    measured = measure_lengths(model, inputs, layout.image_token_id, lengths, runs=runs, decode_tokens=decode_tokens,
+                               positions=decode_positions) if ideal else {}
     base_prefill = statistics.median(t[0] for t in times["baseline"])
     base_decode = statistics.median(t[1] for t in times["baseline"])
     reference = layout.reference_text
@@ -74,8 +82,9 @@ def run_speed(
         prefill = statistics.median(t[0] for t in times[method.label])
         decode = statistics.median(t[1] for t in times[method.label])
         st = stats.get(method.label, {})
-        tokens = st.get("kv_cache_tokens_per_layer", [n_text] * layout.layers)
-        layer_tokens = [n_text - layout.image_tokens + t for t in st.get("image_tokens_per_layer", [])] or tokens
+        layer_tokens, tokens = per_method[method.label]
+        ideal_cols = ideal_row(layer_tokens, tokens, n_text, pipe.adapter.text_config, base_prefill, measured,
+                               layout.layers, prefill, decode) if ideal else {}
         rows.append({
             "method": method.label,
             "plugin": method.plugin,
@@ -90,6 +99,7 @@ def run_speed(
             "flops_ratio_reference": decoder_prefill_flops(layer_tokens, reference) / base_flops_7b,
             "kv_cache_mb_bench_model": kv_bytes(tokens, kv_width, 4) / 2**20,
             "kv_cache_mb_reference_fp16": kv_bytes(tokens, ref_kv_width, 2) / 2**20,
+            **ideal_cols,
             "image_tokens_per_layer": st.get("image_tokens_per_layer", [float(layout.image_tokens)] * layout.layers),
             "prefill_runs_ms": [t[0] * 1e3 for t in times[method.label]],
             "decode_runs_ms": [t[1] * 1e3 for t in times[method.label]],
@@ -110,6 +120,13 @@ def run_speed(
     return result
 
 
+def _token_counts(st: dict[str, Any], n_text: int, layout: SpeedLayout) -> tuple[list[float], list[float]]:
+    """Sequence length per decoder layer in prefill, and KV-cache length per layer after it."""
+    kv = st.get("kv_cache_tokens_per_layer", [float(n_text)] * layout.layers)
+    layer_tokens = [n_text - layout.image_tokens + t for t in st.get("image_tokens_per_layer", [])] or kv
+    return layer_tokens, kv
+
+
 def kv_bytes(tokens_per_layer: list[float], kv_width: int, bytes_per_value: int) -> float:
     """Keys and values of every layer; ``kv_width`` = key-value heads x head size (the hidden size without GQA)."""
     return sum(tokens_per_layer) * 2 * kv_width * bytes_per_value
@@ -119,9 +136,19 @@ def _table(result: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
     headers = ["method", "prefill ms", "prefill speedup", "decode ms/token", "decode speedup",
                "mean img tokens", "final img tokens", "KV cache MB (7B fp16)", "FLOPs ratio (bench model)",
                "FLOPs ratio (7B dims)"]
-    rows = [[r["method"], r["prefill_ms"], r["prefill_speedup"], r["decode_ms_per_token"], r["decode_speedup"],
-             r["mean_image_tokens"], r["final_image_tokens"], r["kv_cache_mb_reference_fp16"],
-             r["flops_ratio_bench_model"], r["flops_ratio_reference"]] for r in result["results"]]
+    ideal = "ideal_prefill_speedup" in result["results"][0]
+    if ideal:
+        headers[5:5] = ["ideal prefill speedup", "of ideal", "decode overhead µs/layer"]
+    rows = []
+    for r in result["results"]:
+        row = [r["method"], r["prefill_ms"], r["prefill_speedup"], r["decode_ms_per_token"], r["decode_speedup"],
+               r["mean_image_tokens"], r["final_image_tokens"], r["kv_cache_mb_reference_fp16"],
+               r["flops_ratio_bench_model"], r["flops_ratio_reference"]]
+        if ideal:
+            mark = "" if r["ideal_kind"] == "measured" else " (FLOPs)"
+            row[5:5] = [f"{r['ideal_prefill_speedup']:.2f}x{mark}", r["prefill_efficiency"],
+                        r["decode_overhead_us_per_layer"]]
+        rows.append(row)
     return headers, rows
 
 
@@ -147,6 +174,12 @@ def _write(out_dir: Path, result: dict[str, Any]) -> None:
         f"{result['attn_implementation']} attention, {result['torch_threads']} threads, torch {result['torch']}.",
         "",
         markdown_table(headers, rows),
+        "",
+        "Ideal: the unmodified model on the tokens the method keeps: the baseline's non-decoder time (vision "
+        "tower, embedding) plus the decoder's time at the kept length, measured on a text-only prompt where every "
+        "layer holds the same count, else (marked FLOPs) the baseline decoder time scaled by the per-layer FLOPs; "
+        "'of ideal' = ideal prefill time / measured prefill time (1.0 = the hooks cost nothing). Decode overhead "
+        "= (decode step - the unmodified step on a cache of the method's mean length) / layers.",
         "",
         "FLOPs ratios are analytic decoder prefill FLOPs (projections, n² attention, gated MLP): with the bench "
         f"model's dimensions including the plugin's ranking overhead, and with {lay['reference']}'s dimensions "

@@ -25,6 +25,16 @@ def test_methods_hit_their_budgets_on_the_speed_model(tmp_path):
     assert json.loads((tmp_path / "speed" / "tokens_speed.json").read_text())["results"]
     write_combined(tmp_path, None, result, {"command": "test"})
     assert "Speed" in (tmp_path / "report.md").read_text()
+    # the ideal: the baseline is its own ideal; a vision-side drop is measured at its kept length, a
+    # decoder-side one (FastV keeps everything before layer K) is FLOPs-scaled
+    assert rows["baseline"]["prefill_efficiency"] == pytest.approx(1.0) and rows["baseline"]["ideal_kind"] == "measured"
+    assert rows["visionzip @1/9"]["ideal_kind"] == "measured" and rows["fastv @1/9"]["ideal_kind"] == "flops"
+    for method in methods:  # timings of a tiny model are noise: check the arithmetic, not the values
+        r = rows[method.label]
+        assert r["ideal_prefill_speedup"] == pytest.approx(rows["baseline"]["prefill_ms"] / r["ideal_prefill_ms"])
+        assert r["prefill_efficiency"] == pytest.approx(r["ideal_prefill_ms"] / r["prefill_ms"])
+        assert "decode_overhead_us_per_layer" in r
+    assert "of ideal" in (tmp_path / "speed" / "report.md").read_text()
 
 
 def test_method_options_follow_the_budget():
@@ -71,3 +81,25 @@ def test_qwen_layout_runs_its_methods_and_reports_the_refused(tmp_path):
     assert rows["fastv @1/9"]["kv_cache_mb_reference_fp16"] < rows["baseline"]["kv_cache_mb_reference_fp16"]
     assert "tome @1/9" not in rows and "patch merger" in result["refused"]["tome"]
     assert "refused on this model" in (tmp_path / "speed" / "report.md").read_text()
+
+
+def test_ideal_row_arithmetic():
+    """Non-decoder time is the baseline's; the decoder part is measured at a constant kept length or
+    FLOPs-scaled when the counts vary by layer; decode overhead is per layer against the mean cache length."""
+    from transformers import LlamaConfig
+
+    from mmeff.bench.tokens_ideal import ideal_row
+    from mmeff.flops import decoder_prefill_flops
+
+    cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=4)
+    measured = {100: (0.5, 0.010), 40: (0.2, 0.006), 70: (0.35, 0.008)}
+    row = ideal_row([40.0] * 4, [40.0] * 4, 100, cfg, 0.8, measured, 4, prefill=0.6, decode=0.007)
+    assert row["ideal_kind"] == "measured" and row["ideal_prefill_ms"] == pytest.approx(500.0)  # 0.3 + 0.2 s
+    assert row["ideal_prefill_speedup"] == pytest.approx(1.6) and row["prefill_efficiency"] == pytest.approx(0.5 / 0.6)
+    assert row["decode_overhead_us_per_layer"] == pytest.approx(250.0)  # (7 - 6 ms) / 4 layers
+    varying = ideal_row([100.0, 100.0, 40.0, 40.0], [100.0, 100.0, 40.0, 40.0], 100, cfg, 0.8, measured, 4,
+                        prefill=0.7, decode=0.009)
+    ratio = decoder_prefill_flops([100, 100, 40, 40], cfg) / decoder_prefill_flops([100] * 4, cfg)
+    assert varying["ideal_kind"] == "flops"
+    assert varying["ideal_prefill_ms"] == pytest.approx((0.3 + 0.5 * ratio) * 1e3)
+    assert varying["ideal_decode_ms_per_token"] == pytest.approx(8.0)  # mean cache length 70

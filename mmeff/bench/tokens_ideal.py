@@ -1,0 +1,82 @@
+"""The *ideal* a token-reduction method could reach: the unmodified decoder on the tokens it keeps.
+
+A method's speed-up is judged against the limit its own token counts set, so the report shows how
+much the hooks, the ranking and the re-layout cost on top. The ideal prefill is the baseline's
+non-decoder time (vision tower, embedding, feature merge) plus the decoder's time on the kept
+tokens: *measured* as the unmodified model on a text-only sequence of that length when every
+layer holds the same count (vision-side methods, drops before layer 0), else the baseline decoder
+time scaled by the analytic FLOPs of the per-layer counts. The ideal decode step is measured on a
+KV cache as long as the method's mean cache length, so the gap per layer is the hook overhead.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from ..flops import decoder_prefill_flops
+from .timing import time_prefill_and_decode
+
+
+def text_only_inputs(inputs: dict[str, Any], image_token_id: int, length: int) -> dict[str, torch.Tensor]:
+    """A batch-1 prompt of ``length`` text tokens (the prompt's own text ids, cycled): decoder cost only."""
+    ids = inputs["input_ids"][0]
+    text = ids[ids != image_token_id]
+    seq = text.repeat(length // text.numel() + 1)[:length][None]
+    out = {"input_ids": seq, "attention_mask": torch.ones_like(seq)}
+    if "mm_token_type_ids" in inputs:
+        out["mm_token_type_ids"] = torch.zeros_like(seq, dtype=inputs["mm_token_type_ids"].dtype)
+    return out
+
+
+def measure_lengths(model, inputs: dict[str, Any], image_token_id: int, lengths: set[int], *, runs: int,
+                    decode_tokens: int, positions: Callable[[torch.Tensor], torch.Tensor]
+                    ) -> dict[int, tuple[float, float]]:
+    """Median (prefill s, decode s/token) of the unmodified model at each length, interleaved run by run."""
+    order = sorted(lengths)
+    times: dict[int, list[tuple[float, float]]] = {n: [] for n in order}
+    with tqdm(total=runs * len(order), desc="bench tokens --speed: ideal", unit="run") as bar:
+        for _ in range(runs):
+            for n in order:
+                batch = text_only_inputs(inputs, image_token_id, n)
+                times[n].append(time_prefill_and_decode(model, batch, decode_tokens=decode_tokens,
+                                                        positions=positions))
+                bar.update()
+    return {n: (statistics.median(t[0] for t in ts), statistics.median(t[1] for t in ts)) for n, ts in times.items()}
+
+
+def ideal_lengths(layer_tokens: list[float], kv_tokens: list[float]) -> tuple[int | None, int]:
+    """The text-only length to measure the prefill at (None: counts vary by layer, use FLOPs) and the
+    decode cache length (the mean over layers)."""
+    constant = max(layer_tokens) - min(layer_tokens) < 0.5
+    return (round(layer_tokens[0]) if constant else None), round(sum(kv_tokens) / len(kv_tokens))
+
+
+def ideal_row(layer_tokens: list[float], kv_tokens: list[float], full_length: int, text_config: Any,
+              base_prefill: float, measured: dict[int, tuple[float, float]], layers: int,
+              prefill: float, decode: float) -> dict[str, Any]:
+    """The ideal columns of one method: ideal times and speed-up, efficiency (measured / ideal speed-up),
+    and the decode-step overhead per layer in microseconds."""
+    base_decoder = measured[full_length][0]
+    other = max(base_prefill - base_decoder, 0.0)
+    at, kv = ideal_lengths(layer_tokens, kv_tokens)
+    if at is not None:
+        decoder, kind = measured[at][0], "measured"
+    else:
+        ratio = decoder_prefill_flops(layer_tokens, text_config) / decoder_prefill_flops([full_length] * layers,
+                                                                                         text_config)
+        decoder, kind = base_decoder * ratio, "flops"
+    ideal_prefill = other + decoder
+    ideal_decode = measured[kv][1]
+    return {
+        "ideal_prefill_ms": ideal_prefill * 1e3,
+        "ideal_prefill_speedup": base_prefill / ideal_prefill,
+        "ideal_kind": kind,
+        "prefill_efficiency": ideal_prefill / prefill,
+        "ideal_decode_ms_per_token": ideal_decode * 1e3,
+        "decode_overhead_us_per_layer": (decode - ideal_decode) / layers * 1e6,
+    }
