@@ -60,7 +60,9 @@ def default_methods() -> list[HallucMethod]:
         HallucMethod("icd", "icd", {"alpha": 1.0, "beta": 0.1, "instruction": SHAPES_DISTURBANCE}),
         HallucMethod("lqcd", "lqcd", {"alpha": 1.0, "beta": 0.1}),
         HallucMethod("m3id", "m3id", {"alpha": 1.0, "beta": 0.1}),
-        HallucMethod("vdgd", "vdgd", {"describe_prompt": SHAPES_DESCRIBE, "description_tokens": 24}),
+        # the testbed's vocabulary has no words for the release's long prompts; deterministic for POPE
+        HallucMethod("vdgd", "vdgd", {"describe_prompt": SHAPES_DESCRIBE, "description_tokens": 24, "prefix": "turn",
+                                      "choice": "greedy"}),
     ]
 
 

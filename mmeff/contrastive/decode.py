@@ -198,12 +198,12 @@ class _Stream:
 class ContrastiveDecoder:
     """Greedy or sampled decoding of ``combine(l_pos, l_neg, step)`` under the plausibility mask."""
 
-    def __init__(self, model: torch.nn.Module, combine: Combiner, beta: float = 0.1, separate: bool = False,
+    def __init__(self, model: torch.nn.Module, combine: Combiner, beta: float | None = 0.1, separate: bool = False,
                  positions: Any = None) -> None:
         """``positions``: the model's adapter (its ``branch_positions`` / ``step_positions`` rule);
         looked up in the adapter registry when not given."""
-        if not 0 < beta <= 1:
-            raise ConfigError(f"beta must be in (0, 1], got {beta}")
+        if beta is not None and not 0 < beta <= 1:
+            raise ConfigError(f"beta must be in (0, 1] (or None: no plausibility cut), got {beta}")
         self.model, self.combine, self.beta, self.separate = model, combine, beta, separate
         if positions is None:
             from ..registry import find_adapter
@@ -317,7 +317,7 @@ def contrastive_generate(
     cd_negative: dict[str, Any] | Branch | None = None,
     cd_combine: Combiner | None = None,
     cd_alpha: float = 1.0,
-    cd_beta: float = 0.1,
+    cd_beta: float | None = 0.1,
     cd_separate: bool = False,
     cd_result: list | None = None,
     cd_streamer: Any = None,

@@ -22,8 +22,21 @@ def contrast(logits_pos: torch.Tensor, logits_neg: torch.Tensor, alpha: float | 
     return (1 + alpha) * logits_pos - alpha * logits_neg
 
 
-def mask_implausible(scores: torch.Tensor, logits_pos: torch.Tensor, beta: float) -> torch.Tensor:
+def mask_implausible(scores: torch.Tensor, logits_pos: torch.Tensor, beta: float | None) -> torch.Tensor:
+    """``beta=None``: no cut (a method that picks its own candidates, e.g. VDGD's nucleus)."""
+    if beta is None:
+        return scores
     return scores.masked_fill(~plausible(logits_pos, beta), float("-inf"))
+
+
+def nucleus(logits: torch.Tensor, top_p: float, temperature: float) -> torch.Tensor:
+    """(B, V) bool: the smallest set of most likely tokens of ``softmax(logits / temperature)`` whose mass
+    exceeds ``top_p`` (at least the top token), as transformers' top-p warper and VDGD's release keep."""
+    scaled = logits.float() / temperature
+    sorted_logits, order = scaled.sort(-1)  # ascending
+    drop = sorted_logits.softmax(-1).cumsum(-1) <= 1 - top_p
+    drop[..., -1] = False
+    return ~drop.scatter(-1, order, drop)
 
 
 def m3id_weight(step: int | torch.Tensor, lam: float) -> torch.Tensor:

@@ -74,6 +74,10 @@ class ContrastivePlugin(Plugin):
     def combine(self, logits_pos: torch.Tensor, logits_neg: torch.Tensor | None, step: int) -> torch.Tensor:
         return contrast(logits_pos, logits_neg, self.config.alpha)
 
+    def plausibility_beta(self) -> float | None:
+        """The plausibility cut the decode loop applies (None: the method picks its own candidates)."""
+        return self.config.beta
+
     def positive(self, pipe: Any, inputs: dict[str, Any], images: list[Any], prompts: list[str]) -> dict[str, Any]:
         """The positive branch's inputs (VDGD rewrites them); the call's inputs by default."""
         return inputs
@@ -118,7 +122,7 @@ class ContrastivePlugin(Plugin):
             "custom_generate": contrastive_generate,
             "cd_negative": negative,
             "cd_combine": self.combine,
-            "cd_beta": self.config.beta,
+            "cd_beta": self.plausibility_beta(),
             "cd_separate": self.config.separate,
             "cd_result": self._results,
             "cd_adapter": self.adapter,

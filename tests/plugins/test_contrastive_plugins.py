@@ -55,7 +55,10 @@ class TestVDGD(ContrastivePluginTesterMixin):
     vision_passes = 2  # the description call and the answer call
     positive_is_plain = False
     neutral_options = {"alpha": 0.0, "describe_prompt": "describe the image", "description_tokens": 6}
-    active_options = {"describe_prompt": "describe the image", "description_tokens": 6}
+    # the deterministic variant: the shared tests compare runs token for token (the release samples; see
+    # tests/plugins/test_vdgd_release.py)
+    active_options = {"describe_prompt": "describe the image", "description_tokens": 6, "choice": "greedy",
+                      "prefix": "turn"}
     strong_options = {"beta": 1e-6}
 
     def assert_effect(self, pipe, inputs) -> None:
@@ -70,4 +73,4 @@ class TestVDGD(ContrastivePluginTesterMixin):
         assert 1 <= stats["description_forwards"] <= 6 and stats["description_s"] > 0
         assert stats["forwards"] == stats["answer_forwards"] + stats["description_forwards"]
     bad_options = [*COMMON_BAD[:3], {"reduce": "max"}, {"describe_prompt": ""}, {"description_tokens": 0},
-                   {"separate": True}]
+                   {"separate": True}, {"choice": "beam"}, {"prefix": True}, {"top_p": 0}, {"temperature": -1}]
