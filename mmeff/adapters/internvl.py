@@ -17,8 +17,10 @@ What differs from LLaVA, and where the engine meets it:
 - **1-D RoPE.** The decoder is a plain Qwen2 or Llama, so positions are LLaVA's (``position_axes = 1``)
   and the engine's ``compact`` convention applies unchanged.
 - **Vision tower.** InternViT has a CLS token, but the image features are its patch tokens after a 2x2
-  pixel shuffle (four patches concatenated into one token) and an MLP; vision-side methods rank and
-  merge ViT patches, and the map from a merged token back to its four patches is not built yet.
+  pixel shuffle (four patches concatenated into one token) and an MLP. ``tile_token_patches`` maps a
+  token back to its four patches (DAMRO ranks tokens by their patches' CLS attention through it);
+  VisionZip, ToMe and MustDrop's merge would have to select or merge whole 2x2 blocks per tile, which
+  is not built yet.
 """
 
 from __future__ import annotations
@@ -109,6 +111,44 @@ class InternVLAdapter(VLMAdapter):
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "image_tokens_per_tile": self.tokens_per_tile,
                 "downsample_ratio": self.model.config.downsample_ratio}
+
+
+    @property
+    def internvit_layers(self):
+        """InternViT's encoder layers (``layernorm_before``, ``attention.{q,k}_proj`` and ``q/k_norm``)."""
+        return self.vision_tower.encoder.layer
+
+    @torch.no_grad()
+    def tile_token_patches(self) -> torch.Tensor:
+        """The patch-to-token map of one tile: (tokens per tile, patches per token) indices into the tile's
+        patch grid (CLS excluded), read off the model's own ``pixel_shuffle`` run on patch indices, so it
+        follows the installed transformers' layout."""
+        cfg = self.model.config
+        side = int(round((self.tokens_per_tile / cfg.downsample_ratio**2) ** 0.5))
+        ids = torch.arange(side * side, dtype=torch.float64).view(1, side, side, 1)
+        shuffled = self.model.model.pixel_shuffle(ids, scale_factor=cfg.downsample_ratio)
+        return shuffled.reshape(-1, shuffled.shape[-1]).long()
+
+    @torch.no_grad()
+    def cls_token_scores(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per tile, each image token's share of the CLS token's attention at the feature layer (DAMRO's
+        rule: one head over the full width, the layer's own q/k norms), averaged over the token's patches:
+        (tiles, tokens per tile); and the projected features (tiles, tokens per tile, D), one tower pass."""
+        cfg = self.model.config
+        if cfg.vision_feature_layer != -1 or cfg.vision_feature_select_strategy != "default":
+            raise UnsupportedModelError(
+                "InternVL CLS scores need the last ViT layer's patches as features (vision_feature_layer=-1, "
+                f"strategy 'default'); this model has {cfg.vision_feature_layer!r}, "
+                f"{cfg.vision_feature_select_strategy!r}")
+        encoded = self.model.model.get_image_features(pixel_values=pixel_values, vision_feature_layer=-1,
+                                                      vision_feature_select_strategy="default",
+                                                      output_hidden_states=True, return_dict=True)
+        layer = self.internvit_layers[-1]
+        x = layer.layernorm_before(encoded.hidden_states[-2])
+        q = layer.attention.q_norm(layer.attention.q_proj(x[:, :1]))
+        k = layer.attention.k_norm(layer.attention.k_proj(x))
+        cls = ((q.float() @ k.float().transpose(1, 2)) * k.shape[-1] ** -0.5).softmax(-1)[:, 0, 1:]
+        return cls[:, self.tile_token_patches().to(cls.device)].mean(-1), encoded.pooler_output
 
 
 def _pair(value: Any) -> tuple[int, int]:

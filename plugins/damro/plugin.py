@@ -13,6 +13,10 @@ patches (the overview image, whose grid² features open each image's packed run)
 image is those k features followed by one ``image_newline``; the tiles are left out. Here that is
 the base slots of the outliers plus the run's last slot (a newline) left visible.
 
+InternVL (no release; mmeff's choice): each image token concatenates four InternViT patches (the
+2x2 pixel shuffle), so a token's score is the mean CLS attention of its patches at the feature
+layer, and an image's k outliers are taken over all its tiles.
+
 Qwen2/2.5/3-VL's tower has no CLS token. There the outliers are the k merged tokens of each image
 whose patches *receive* the most attention in the tower's last block: the signal VisionZip's
 Qwen2.5-VL release ranks by in place of CLS attention (DAMRO has no release for these towers, so
@@ -42,11 +46,8 @@ from .config import DAMROConfig
 class DAMROPlugin(ContrastivePlugin):
     name = "damro"
     config_cls = DAMROConfig
-    supports = ("llava", "llava_next", "qwen2_vl", "qwen3_vl")
+    supports = ("llava", "llava_next", "qwen2_vl", "qwen3_vl", "internvl")
     refused = {
-        "internvl": "InternViT has a CLS token, but its outliers are ViT patches and each InternVL image token is "
-                    "a 2x2 block of them merged by the pixel shuffle, over several tiles plus a thumbnail; the "
-                    "patch-to-token map is not built yet",
         "llava_onevision": "its outliers are ranked by CLS attention, and LLaVA-OneVision's SigLIP tower has no "
                            "CLS token",
         "gemma3": "its outliers are ranked by CLS attention, and Gemma 3's SigLIP tower has no CLS token (its "
@@ -56,7 +57,7 @@ class DAMROPlugin(ContrastivePlugin):
     config: DAMROConfig
 
     def check(self, ctx: PluginContext) -> None:
-        if ctx.adapter.vision_signal == "received":
+        if ctx.adapter.vision_signal == "received" or ctx.adapter.key == "internvl":
             return  # images differ in token count: k is checked against each image at generate
         n = ctx.adapter.patch_grid**2  # LLaVA-NeXT: the base crop's patches
         if self.config.k > n:
@@ -94,6 +95,8 @@ class DAMROPlugin(ContrastivePlugin):
             return self._negative_merged(inputs)
         if self.adapter.key == "llava_next":
             return self._negative_tiled(inputs)
+        if self.adapter.key == "internvl":
+            return self._negative_shuffled(inputs)
         ids = inputs["input_ids"]
         image = self.adapter.image_token_mask(ids)
         per_row = image.sum(-1)
@@ -150,6 +153,36 @@ class DAMROPlugin(ContrastivePlugin):
         vision = {"mm_encoder_outputs": {"image": BaseModelOutputWithPooling(pooler_output=features)}}
         return Branch(ids, mask.long(), vision)
 
+    def _negative_shuffled(self, inputs: dict[str, Any]) -> Branch:
+        """InternVL (no release; mmeff's choice): per image, over all its tiles, the k tokens whose four
+        pixel-shuffled patches hold the most CLS attention, in descending order, in their own slots."""
+        ids = inputs["input_ids"]
+        scores, features = self.adapter.cls_token_scores(inputs["pixel_values"])
+        per_tile = scores.shape[1]
+        flat_scores, flat = scores.flatten().to(ids.device), features.flatten(0, 1).clone()
+        image = self.adapter.image_token_mask(ids)
+        runs = _run_lengths(image)
+        if sum(runs) != flat_scores.numel() or any(n % per_tile for n in runs):
+            raise InputError(f"damro: image runs of {runs} tokens do not match {scores.shape[0]} tiles of {per_tile}")
+        if min(runs) < self.config.k:
+            raise InputError(f"damro: k={self.config.k} is more than the {min(runs)} tokens of the smallest image")
+        keep = torch.zeros_like(flat_scores, dtype=torch.bool)
+        chosen, start = [], 0
+        for n in runs:
+            order = flat_scores[start : start + n].topk(self.config.k).indices  # descending
+            slots = order.sort().values
+            flat[start + slots.to(flat.device)] = flat[start + order.to(flat.device)]
+            keep[start + slots] = True
+            chosen.append(slots.tolist())
+            start += n
+        mask = inputs["attention_mask"].clone() if inputs.get("attention_mask") is not None else torch.ones_like(ids)
+        hidden = image.clone()
+        hidden[image] = ~keep
+        mask[hidden] = 0
+        self._extra = {"outlier_tokens": chosen}
+        vision = {"mm_encoder_outputs": {"image": BaseModelOutputWithPooling(pooler_output=flat.view_as(features))}}
+        return Branch(ids, mask.long(), vision)
+
     def _negative_merged(self, inputs: dict[str, Any]) -> Branch:
         """Qwen-VL: per image, the k merged tokens whose patches receive the most attention."""
         ids, grid = inputs["input_ids"], inputs["image_grid_thw"]
@@ -174,3 +207,18 @@ class DAMROPlugin(ContrastivePlugin):
         mask[hidden] = 0
         self._extra = {"outlier_tokens": chosen}
         return Branch(ids, mask, {}, same_images=True, position_mask=padding)
+
+
+def _run_lengths(mask: torch.Tensor) -> list[int]:
+    """Lengths of the runs of True in ``mask`` (B, L), row by row: one per image, in the order the model
+    scatters image features."""
+    out = []
+    for row in mask.tolist():
+        n = 0
+        for on in [*row, False]:
+            if on:
+                n += 1
+            elif n:
+                out.append(n)
+                n = 0
+    return out

@@ -120,7 +120,7 @@ def test_adapter_facts_and_image_mask(pipe) -> None:
 
 def test_vision_side_methods_refused_with_reason(pipe) -> None:
     forwards = forward_modules(pipe.model)
-    for name, options in {"visionzip": {}, "tome": {}, "damro": {"k": 2}}.items():
+    for name, options in {"visionzip": {}, "tome": {}}.items():
         assert not registry.supported(name, "internvl")
         reason = registry.refusal(name, "internvl")
         assert reason and "pixel shuffle" in reason, name
@@ -306,3 +306,50 @@ def test_image_tokens_outside_markers_raise_input_error(pipe) -> None:
     with pytest.raises(InputError, match="prompt 0: 4 image tokens outside <img>...</img>"):
         adapter.check_token_counts(ids, two_tiles)
 
+
+
+# -- DAMRO: the patch-to-token map of the pixel shuffle ---------------------------------------
+def test_tile_token_patches_is_the_models_pixel_shuffle(pipe) -> None:
+    """Each image token concatenates the ViT patches the map names, in that order (before the projector)."""
+    model = pipe.model
+    where = pipe.adapter.tile_token_patches()
+    assert where.shape == (TOKENS_PER_TILE, 4) and sorted(where.flatten().tolist()) == list(range(4 * TOKENS_PER_TILE))
+    side = int((4 * TOKENS_PER_TILE) ** 0.5)
+    patches = torch.randn(2, side * side, 5)
+    shuffled = model.model.pixel_shuffle(patches.view(2, side, side, 5), scale_factor=0.5).reshape(2, -1, 20)
+    for t in range(TOKENS_PER_TILE):
+        want = torch.cat([patches[:, int(i)] for i in where[t]], -1)
+        assert torch.equal(shuffled[:, t], want)
+
+
+def test_damro_negative_keeps_each_images_top_cls_tokens_in_descending_order(pipe) -> None:
+    from mmeff.contrastive.decode import Branch, ContrastiveDecoder
+
+    model = pipe.model
+    plugin = pipe.add_plugin("damro", k=2)
+    try:
+        images, prompts = [image(24, 24), image(16, 16, seed=1)], [QUESTION, "how many?"]
+        inputs = pipe.adapter.build_inputs(images, prompts)
+        with torch.no_grad():
+            neg = plugin.negative(pipe, inputs, images, prompts)
+            scores, features = pipe.adapter.cls_token_scores(inputs["pixel_values"])
+            decoder = ContrastiveDecoder(model, lambda lp, ln, step: lp)
+            decoder.run(Branch.from_inputs(inputs), neg, max_new_tokens=1, eos_token_id=None, pad_token_id=0)
+            embeds = model.get_input_embeddings()(inputs["input_ids"])
+            is_image = inputs["input_ids"] == model.config.image_token_id
+            flat_scores, flat = scores.flatten(), features.flatten(0, 1)
+            start = 0
+            for row in range(2):
+                n = int(is_image[row].sum())
+                order = flat_scores[start : start + n].topk(2).indices  # descending CLS share
+                assert plugin._extra["outlier_tokens"][row] == order.sort().values.tolist()
+                first = int(is_image[row].nonzero()[0])
+                valid = inputs["attention_mask"][row].bool()
+                before = embeds[row, :first][valid[:first]]
+                after = embeds[row, first + n:]
+                prompt = torch.cat([before, flat[start + order].to(embeds.dtype), after])[None]
+                want = model(inputs_embeds=prompt).logits[0, -1].float()
+                torch.testing.assert_close(decoder.last_prefill[2 + row], want, atol=1e-4, rtol=1e-4)
+                start += n
+    finally:
+        pipe.remove_plugin("damro")

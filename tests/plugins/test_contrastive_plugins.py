@@ -44,7 +44,7 @@ class TestDAMRO(ContrastivePluginTesterMixin):
     plugin_name = "damro"
     vision_passes = 2  # one extra pass reads the CLS (Qwen: received) attention
     factories = ("llava-sdpa", "llava-eager", "llava_next-sdpa", "qwen2_vl-sdpa", "qwen2_vl-eager", "qwen2_5_vl-sdpa",
-                 "qwen3_vl-sdpa")
+                 "qwen3_vl-sdpa", "internvl-sdpa", "internvl-eager")
     neutral_options = {"alpha": 0.0, "k": 4}
     active_options = {"alpha": 2.0, "k": 4}
     bad_options = [*COMMON_BAD, {"k": 0}, {"k": 17}, {"k": 2.5}]
