@@ -25,11 +25,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .ops import accept_probability, relaxed_probability, residual
+from .ops import accept_probability, lantern_release_residual, relaxed_probability, residual
 from .sampling import SamplingConfig
 from .session import DecodeSession
 
 INITS = ("random", "repeat_left", "repeat_above")
+REJECTIONS = ("release", "borrowed")  # LANTERN after a rejection: released code / only the lenders' mass out
 
 
 @dataclass
@@ -49,10 +50,33 @@ class JacobiStats:
 
 @dataclass
 class Relaxation:
-    """LANTERN: accept against ``p~`` (mass of the ``k`` nearest codes up to ``delta``) instead of ``p``."""
+    """LANTERN: accept against ``p~`` (mass of the ``k`` nearest codes up to ``delta``) instead of ``p``.
 
-    neighbours: torch.Tensor  # (K, k) codes by latent distance, self excluded
+    ``rejection`` picks what a rejected draft x is resampled from: ``"release"`` zeroes ``p`` at x's
+    ``k + 1`` nearest codes before the residual (so build ``neighbours`` with ``k + 1`` columns);
+    ``"borrowed"`` zeroes only the codes whose mass x borrowed and renormalises.
+    """
+
+    neighbours: torch.Tensor  # (K, >= k) codes by latent distance, self excluded
     delta: float
+    k: int | None = None  # columns lent from; None: all of them
+    rejection: str = "release"
+
+    @property
+    def lenders(self) -> torch.Tensor:
+        """The (K, k) codes whose mass a draft may borrow."""
+        return self.neighbours if self.k is None else self.neighbours[:, : self.k]
+
+    @property
+    def active(self) -> bool:
+        return self.delta > 0 and self.lenders.shape[-1] > 0
+
+    def rejected_distribution(self, p: torch.Tensor, q: torch.Tensor, draft: torch.Tensor) -> torch.Tensor:
+        """(B, K) resampling distribution at a rejected draft (B,) under ``p`` and its draft distribution ``q``."""
+        if self.rejection == "borrowed":
+            return residual(_without_borrowed(p, draft, self), q)
+        nearest = self.neighbours[:, : self.lenders.shape[-1] + 1].to(draft.device)[draft]
+        return lantern_release_residual(p, q, nearest, self.delta)
 
 
 def neighbour_table(code_vectors: torch.Tensor, k: int) -> torch.Tensor:
@@ -151,7 +175,7 @@ class JacobiDecoder:
     def _target_probability(self, p: torch.Tensor, d_tok: torch.Tensor) -> torch.Tensor:
         if self.relaxation is None:
             return p.gather(-1, d_tok[..., None]).squeeze(-1)
-        return relaxed_probability(p, d_tok, self.relaxation.neighbours.to(d_tok.device), self.relaxation.delta)
+        return relaxed_probability(p, d_tok, self.relaxation.lenders.to(d_tok.device), self.relaxation.delta)
 
     def _final_distribution(self, p: torch.Tensor, d_tok: torch.Tensor, d_q: torch.Tensor, accepted: torch.Tensor
                             ) -> torch.Tensor:
@@ -164,9 +188,10 @@ class JacobiDecoder:
         at = accepted.clamp(max=drafts - 1)
         q_at, d_at = d_q[rows, at], d_tok[rows, at]
         relax = self.relaxation
-        if relax is not None and relax.delta > 0 and relax.neighbours.shape[-1] > 0:
-            p_at = _without_borrowed(p_at, d_at, relax)  # LANTERN: the neighbours the draft borrowed from are out
-        rejected = residual(p_at, q_at)
+        if relax is not None and relax.active:  # LANTERN: the rejected draft's neighbourhood is out too
+            rejected = relax.rejected_distribution(p_at, q_at, d_at)
+        else:
+            rejected = residual(p_at, q_at)
         return torch.where((accepted < drafts)[:, None], rejected, p[rows, accepted])
 
     def _refill(self, p: torch.Tensor, row_tokens: torch.Tensor, per_row: torch.Tensor, c: int,
@@ -188,7 +213,7 @@ class JacobiDecoder:
 
 def _without_borrowed(p: torch.Tensor, draft: torch.Tensor, relax: Relaxation) -> torch.Tensor:
     """Zero the neighbours whose mass LANTERN lent the rejected draft, renormalised (the residual removes the draft)."""
-    near = relax.neighbours.to(draft.device)[draft]  # (B, k)
+    near = relax.lenders.to(draft.device)[draft]  # (B, k)
     mass = p.gather(-1, near)
     used = mass.cumsum(-1) <= relax.delta
     out = p.scatter(-1, near, torch.where(used, torch.zeros_like(mass), mass))

@@ -67,3 +67,21 @@ def relaxed_probability(p: torch.Tensor, draft: torch.Tensor, neighbours: torch.
     mass = p.gather(-1, near)
     kept = mass.cumsum(-1) <= delta
     return own + (mass * kept).sum(-1)
+
+
+def lantern_release_residual(p: torch.Tensor, q: torch.Tensor, nearest: torch.Tensor, delta: float) -> torch.Tensor:
+    """Released LANTERN's resampling distribution after rejecting a draft x: ``norm(max(0, p' - q))``.
+
+    ``p'`` is ``p`` zeroed at *all* of ``nearest`` (x's ``k + 1`` nearest codes, x itself excluded)
+    whenever x could borrow at all, i.e. its nearest code fits the budget (``p(n_1) <= delta``); the
+    release removes the whole neighbourhood, not only the codes that lent mass. ``p``, ``q``: (..., V);
+    ``nearest``: (..., k+1). With ``q`` one-hot at x this zeroes x too, as the release's ``q = 1`` path.
+    If nothing is left the plain residual is used (the release falls back to a uniform distribution).
+    """
+    if nearest.shape[-1] == 0:
+        return residual(p, q)
+    lent = p.gather(-1, nearest[..., :1]) <= delta
+    cut = torch.where(lent, p.scatter(-1, nearest, 0.0), p)
+    r = (cut - q).clamp_min(0)
+    total = r.sum(-1, keepdim=True)
+    return torch.where(total > 1e-12, r / total.clamp_min(1e-20), residual(p, q))
