@@ -9,8 +9,8 @@ record, so slot order never has to match raster order (ZipAR writes rows out of 
 
 Visibility rule: a query at raster position ``i`` sees every prompt token of its row and
 every real image token at a position ``<= i`` already in the cache (itself included).
-A *proxy* slot (ZipAR's stand-in for a row's last token, fed only to open the next row) is
-seen by nothing but itself.
+A slot fed as *hidden* (ZipAR's stand-in for a row's last token once the real one replaces it, or
+from the start in its earlier variant) is seen by nothing but itself (``hide_slot``).
 """
 
 from __future__ import annotations
@@ -98,6 +98,10 @@ class DecodeSession:
         self.forwards += 1
         self.tokens_fed += len(positions)
         return self._read(hidden)
+
+    def hide_slot(self, slot: int) -> None:
+        """From the next forward on, cache slot ``slot`` is seen by no query but its own (a replaced proxy)."""
+        self.slot_proxy[slot] = True
 
     def rollback(self, n: int) -> None:
         """Forget the last ``n`` cache slots (rejected drafts), in both CFG halves at once."""

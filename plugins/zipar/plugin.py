@@ -13,7 +13,7 @@ import torch
 from mmeff.ar.plugin_base import DecodeLoopPlugin
 from mmeff.ar.sampling import SamplingConfig
 from mmeff.ar.session import DecodeSession
-from mmeff.ar.zipar import ZipARDecoder
+from mmeff.ar.zipar import PROXIES, ZipARDecoder
 from mmeff.errors import ConfigError
 from mmeff.plugin import PluginConfig
 from mmeff.registry import register_plugin
@@ -22,13 +22,38 @@ from mmeff.registry import register_plugin
 @dataclass
 class ZipARConfig(PluginConfig):
     """``window``: tokens of the row above that must exist before a row starts (8 in the released
-    LlamaGen code; ``window >= columns`` is plain raster decoding)."""
+    LlamaGen code; ``window >= columns`` is plain raster decoding).
+
+    The defaults follow the released LlamaGen code (``generate_zipar.py``). ``full_first_row``:
+    row 0 is decoded alone and its real last token opens row 1 (``False``: row 1 opens once row 0
+    holds ``window`` tokens, like every other row: ``columns - window`` fewer forwards, one proxy
+    more). Row ``r + 1`` (``r >= 1``) opens through a proxy fed at the position of ``(r, W - 1)``,
+    which is not generated yet; ``proxy`` picks the token: ``"row_above"`` is the release's, the
+    latest token of row ``r - 1`` (``(r - 1, W - 1)`` once that row is complete); ``"own_row"`` is
+    row ``r``'s latest token. ``proxy_visible``: the rows below see the proxy until row ``r``'s real
+    last token replaces it, as in the release's static cache (``False``: only the proxy's own query
+    sees it). ``full_first_row=False, proxy="own_row", proxy_visible=False`` is mmeff's earlier
+    variant.
+
+    Known differences from the release: cache slots of tokens not generated yet are masked (the
+    release's position mask lets queries read them as zero-filled static-cache entries);
+    ``window >= columns`` decodes in raster order (the release keeps the proxy as a code there) and
+    ``window = 1`` works (the release's bookkeeping needs ``window >= 2``); grids need not be square.
+    """
 
     window: int = 8
+    full_first_row: bool = True
+    proxy: str = "row_above"
+    proxy_visible: bool = True
 
     def validate(self) -> None:
         if isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < 1:
             raise ConfigError(f"window must be an integer >= 1, got {self.window!r}")
+        for name in ("full_first_row", "proxy_visible"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if self.proxy not in PROXIES:
+            raise ConfigError(f"proxy must be one of {list(PROXIES)}, got {self.proxy!r}")
 
 
 @register_plugin
@@ -40,7 +65,8 @@ class ZipARPlugin(DecodeLoopPlugin):
 
     def decode(self, session: DecodeSession, sampling: SamplingConfig, generator: torch.Generator | None
                ) -> torch.Tensor:
-        decoder = ZipARDecoder(self.config.window)
+        cfg = self.config
+        decoder = ZipARDecoder(cfg.window, cfg.full_first_row, cfg.proxy, cfg.proxy_visible)
         codes = decoder.decode(session, sampling, generator)
-        self._stats = {"window": self.config.window, **decoder.stats.as_dict()}
+        self._stats = {"window": cfg.window, **decoder.stats.as_dict()}
         return codes
