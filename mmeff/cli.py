@@ -240,16 +240,17 @@ def cmd_testbed(args: argparse.Namespace) -> None:
 
     if args.model == "vlm" and args.device != "cpu":
         raise SystemExit("--device applies to `train sd`, `train clip`, `train ar` and `train mar`")
-    if args.arch != "llava" and args.model != "vlm":
-        raise SystemExit("--arch applies to `train vlm` only")
+    if (args.arch != "llava" or args.spec) and args.model != "vlm":
+        raise SystemExit("--arch and --spec apply to `train vlm` only")
     name = "qwen2vl" if args.arch == "qwen2_vl" else TESTBED_MODELS[args.model]
     out = Path(args.out or f"assets/models/shapes-{name}")
     run_dir = Path(args.run_dir or f"runs/shapes-{name}")
     if args.model == "vlm":
-        from .testbed.train import recipe_class, train_vlm
+        from .testbed.train import recipe_class, spec_class, train_vlm
 
-        recipe_cls = recipe_class(args.arch)
-        train_vlm(out, run_dir, recipe_cls(**parse_overrides(recipe_cls, args.recipe)), arch=args.arch)
+        recipe_cls, spec_cls = recipe_class(args.arch), spec_class(args.arch)
+        train_vlm(out, run_dir, recipe_cls(**parse_overrides(recipe_cls, args.recipe)),
+                  spec=spec_cls(**parse_overrides(spec_cls, args.spec, "--spec")), arch=args.arch)
     elif args.model == "sd":
         from .testbed.train_sd import SDRecipe, train_sd
 
@@ -314,6 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", help="checkpoints (resume from here) and logs (default runs/shapes-<model>)")
     p.add_argument("--device", default="cpu",
                    help="train sd|clip|ar|mar: torch device (cuda trains the same recipe faster)")
+    p.add_argument("--spec", action="append", default=[], metavar="NAME=VALUE",
+                   help="train vlm: override a field of the model's shape, e.g. vision_hidden=128 (resume with the "
+                        "same overrides)")
     p.add_argument("--recipe", action="append", default=[], metavar="NAME=VALUE",
                    help="train vlm|sd|clip|ar|mar: override a field of the recipe, e.g. unet_steps=12000 "
                         "(repeatable; mar: vae=DIR trains on another AutoencoderKL)")

@@ -60,7 +60,7 @@ class Recipe:
     checkpoint_every: int = 250
 
 
-def parse_overrides(recipe_cls: type, pairs: list[str]) -> dict[str, Any]:
+def parse_overrides(recipe_cls: type, pairs: list[str], option: str = "--recipe") -> dict[str, Any]:
     """``["unet_steps=12000", "lr=1e-3"]`` -> typed fields of the recipe dataclass; unknown names raise."""
     def flag(value: str) -> bool:
         if value.lower() not in ("true", "false", "1", "0"):
@@ -73,7 +73,7 @@ def parse_overrides(recipe_cls: type, pairs: list[str]) -> dict[str, Any]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or key not in types:
-            raise ValueError(f"--recipe takes name=value with a name among {sorted(types)}; got {pair!r}")
+            raise ValueError(f"{option} takes name=value with a name among {sorted(types)}; got {pair!r}")
         out[key] = types[key](value)
     return out
 
@@ -294,6 +294,15 @@ def recipe_class(arch: str = "llava") -> type[Recipe]:
     if arch != "llava":
         raise ValueError(f"unknown VLM architecture {arch!r}; choose from {VLM_ARCHS}")
     return Recipe
+
+
+def spec_class(arch: str = "llava") -> type:
+    """The model-shape dataclass of ``arch`` (``--spec`` overrides parse against it)."""
+    if arch == "qwen2_vl":
+        from .qwen_model import ShapesQwen2VLSpec
+
+        return ShapesQwen2VLSpec
+    return ShapesLlavaSpec
 
 
 def train_vlm(out_dir: Path, run_dir: Path, recipe: Recipe | None = None, spec: Any = None,
