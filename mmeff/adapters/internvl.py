@@ -143,12 +143,18 @@ class InternVLAdapter(VLMAdapter):
         encoded = self.model.model.get_image_features(pixel_values=pixel_values, vision_feature_layer=-1,
                                                       vision_feature_select_strategy="default",
                                                       output_hidden_states=True, return_dict=True)
+        return self.token_cls_share(encoded.hidden_states[-2]), encoded.pooler_output
+
+    @torch.no_grad()
+    def token_cls_share(self, last_layer_input: torch.Tensor) -> torch.Tensor:
+        """(tiles, tokens per tile) from the last InternViT layer's input: the CLS row of one head over
+        the full width with the layer's own q/k norms, averaged over each token's four patches."""
         layer = self.internvit_layers[-1]
-        x = layer.layernorm_before(encoded.hidden_states[-2])
+        x = layer.layernorm_before(last_layer_input)
         q = layer.attention.q_norm(layer.attention.q_proj(x[:, :1]))
         k = layer.attention.k_norm(layer.attention.k_proj(x))
         cls = ((q.float() @ k.float().transpose(1, 2)) * k.shape[-1] ** -0.5).softmax(-1)[:, 0, 1:]
-        return cls[:, self.tile_token_patches().to(cls.device)].mean(-1), encoded.pooler_output
+        return cls[:, self.tile_token_patches().to(cls.device)].mean(-1)
 
 
 def _pair(value: Any) -> tuple[int, int]:

@@ -24,7 +24,8 @@ class MustDropConfig(PluginConfig):
         the last ViT layer's CLS attention (as released) become the key set, never dropped.
         ``merge=None`` (default) runs the merge where the tower allows it (LLaVA-1.5, LLaVA-NeXT) and
         leaves it off elsewhere; ``key_fraction=None`` (default) is 0.08 where the adapter has a
-        key-set signal (LLaVA-1.5/NeXT: CLS attention; Qwen2/2.5/3-VL: the attention each merged token's
+        key-set signal (LLaVA-1.5/NeXT: CLS attention; InternVL: CLS attention of each token's four
+        pixel-shuffled patches, per tile; Qwen2/2.5/3-VL: the attention each merged token's
         patches receive in the tower's last block) and 0 elsewhere. ``last_stats`` names the stages
         that ran; asking explicitly for a stage the model cannot run is refused with the reason.
     (b) ``filter``: after each decoder layer in ``layers`` (default: 2, 6, 10, 14 of 32, scaled

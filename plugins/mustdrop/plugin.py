@@ -41,8 +41,6 @@ MERGE_REFUSED = {
 }
 #: where the key set (stage a's CLS-attention protection) has no signal or no patch-to-token map, and why
 KEY_SET_REFUSED = {
-    "internvl": "InternViT's CLS attention ranks ViT patches, and the map from patches to the tokens the pixel "
-                "shuffle makes of each tile and thumbnail is not built yet",
     "llava_onevision": "LLaVA-OneVision's SigLIP tower has no CLS token to rank patches by",
     "gemma3": "Gemma 3's SigLIP tower has no CLS token, and its patches are average-pooled 4x4 into the soft tokens",
 }
@@ -57,6 +55,7 @@ NOTES = {
 }
 NOTES["qwen2_vl"] += "; key set ranked by the attention each merged token's patches receive in the last ViT block"
 NOTES["qwen3_vl"] = NOTES["qwen2_vl"]
+NOTES["internvl"] += "; key set per tile, tokens ranked by their four pixel-shuffled patches' CLS attention"
 
 
 @register_plugin
@@ -125,6 +124,8 @@ class MustDropPlugin(Plugin):
         patches receive (Qwen-VL towers, the signal VisionZip's Qwen release ranks by)."""
         if adapter.key in ("llava", "llava_next"):
             return "cls"
+        if adapter.key == "internvl":
+            return "cls_tokens"  # each token's four pixel-shuffled patches, per tile
         return "received" if adapter.vision_signal == "received" else None
 
     def check(self, ctx: PluginContext) -> None:
@@ -154,6 +155,8 @@ class MustDropPlugin(Plugin):
         if keyed and self._key_signal(adapter) == "received":
             self.reducer = MergedVisionReducer(f"{self.name}:vision", observe=self._merged_key_set)
             self.reducer.attach(ctx)
+        elif keyed and self._key_signal(adapter) == "cls_tokens":
+            ctx.add_hook(adapter.internvit_layers[-1], "key_set", _TileKeysHook(self))
         else:
             steps: dict[int, list] = {}
             if self._merge_on:
@@ -243,6 +246,13 @@ class MustDropPlugin(Plugin):
             return out
         if not self._token_keys:
             return None
+        if self.adapter.key == "internvl":  # one key tensor per tower call, tiles in scatter order
+            flat = torch.cat(self._token_keys).to(image.device)
+            if int(image.sum()) != flat.numel():
+                return None
+            out = torch.zeros_like(image)
+            out[image] = flat
+            return out
         # Qwen-VL: the model scatters image features, then video features, in row-major token order
         ids = self.engine.state.prompt_ids
         kinds = [(ids == t) for t in (self.adapter.image_token_id, self.adapter.video_token_id) if (ids == t).any()]
@@ -347,4 +357,21 @@ class _ImageSizesHook(ModelHook):
     def pre_forward(self, module, args, kwargs):
         if kwargs.get("pixel_values") is not None:
             self.plugin._image_sizes = kwargs.get("image_sizes")
+        return args, kwargs
+
+
+class _TileKeysHook(ModelHook):
+    """InternVL: at the last InternViT layer's input, each tile's top ``key_fraction`` of image tokens by
+    their four patches' CLS attention (the pixel shuffle's map), in the order the model scatters them."""
+
+    def __init__(self, plugin: MustDropPlugin) -> None:
+        self.plugin = plugin
+
+    def pre_forward(self, module, args, kwargs):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        plugin = self.plugin
+        share = plugin.adapter.token_cls_share(hidden)  # (tiles, tokens per tile)
+        keys = torch.zeros_like(share, dtype=torch.bool)
+        keys.scatter_(1, share.topk(plugin._key_count(share.shape[1]), dim=-1).indices, True)
+        plugin._token_keys.append(keys.flatten())
         return args, kwargs

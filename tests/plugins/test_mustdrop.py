@@ -36,7 +36,7 @@ class TestMustDrop(VLMPluginTesterMixin):
         # tower allows it (LLaVA); elsewhere layers 0-2 hold every token;
         # (b)+(c) the drops follow layers 2 and 4, and layers 3.. all hold only the final survivors
         merged = pipe.adapter.key in ("llava", "llava_next")
-        keyed = pipe.adapter.key in ("llava", "llava_next", "qwen2_vl", "qwen3_vl")  # a key signal and a token map
+        keyed = pipe.adapter.key in ("llava", "llava_next", "qwen2_vl", "qwen3_vl", "internvl")  # signal + token map
         assert stats["ran"] == ["merge"] * merged + ["key_set"] * keyed + ["filter", "cache_policy"]
         assert all(n > 0 for n in stats["key_set_tokens"]) if keyed else not stats["key_set_tokens"]
         # a sliding-window layer's cache holds at most its window, whatever was dropped (Gemma 3)
@@ -256,6 +256,28 @@ def test_llava_next_key_set_is_each_crops_cls_top_mapped_through_the_packing():
     want = torch.zeros_like(image)
     want[image] = crop_keys.flatten()[where.clamp(min=0)] & (where >= 0)
     assert torch.equal(plugin._slot_keys, want) and want.any(-1).all()
+    layout = plugin.engine.state.layouts[-1]
+    for row in range(2):
+        kept = set(layout.idx[row][layout.image[row] & layout.valid[row]].tolist())
+        assert set(want[row].nonzero().squeeze(-1).tolist()) <= kept < set(image[row].nonzero().squeeze(-1).tolist())
+
+
+def test_internvl_key_set_is_each_tiles_top_tokens_by_their_patches_cls_attention():
+    model, processor = FACTORIES["internvl-sdpa"]()
+    pipe = mmeff.wrap(model, processor)
+    plugin = pipe.add_plugin("mustdrop", budget=0.2, layers=(2,), key_fraction=0.25, cache_policy=False)
+    inputs = pipe.adapter.build_inputs(sample_images(), PROMPTS)
+    with torch.no_grad():
+        with pipe.plugins_disabled():
+            share, _ = pipe.adapter.cls_token_scores(inputs["pixel_values"])  # tested in test_internvl.py
+        pipe.reset_state()
+        model(**inputs)
+    tile_keys = torch.zeros_like(share, dtype=torch.bool)
+    tile_keys.scatter_(1, share.topk(1, dim=-1).indices, True)  # 25% of 4 tokens per tile
+    image = inputs["input_ids"] == pipe.adapter.image_token_id
+    want = torch.zeros_like(image)
+    want[image] = tile_keys.flatten()
+    assert torch.equal(plugin._slot_keys, want)
     layout = plugin.engine.state.layouts[-1]
     for row in range(2):
         kept = set(layout.idx[row][layout.image[row] & layout.valid[row]].tolist())
