@@ -41,7 +41,7 @@ class ContinuousStats:
     drafted: int = 0
     accepted: int = 0
     resampled: int = 0  # rejected tokens resampled from the residual
-    resample_proposals: int = 0  # target samples drawn as proposals for them (a target and a draft head run each)
+    resample_proposals: int = 0  # proposals drawn for them (last_step: Gaussian draws; head: two head runs each)
     resample_failures: int = 0
 
     def as_dict(self, tokens: int) -> dict[str, float | int]:

@@ -3,22 +3,30 @@
 Each round the draft proposes ``draft_len`` tokens (its own backbone forward and head sampling
 per token); one target forward then gives the target's hidden state at every drafted position,
 and the target head is run along the *same* trajectory (same starting and per-step noise).
-A draft token ``x`` is accepted with probability ``min(1, r)``,
+A draft token ``x`` (its head's last-step mean: no noise enters the clean token) is accepted
+with probability ``min(1, r)``, the released ``spec_decode_runner`` ratio
+(``DistributionProcessor.judge_accept``):
 
-    r = N(x; mu_t, (tau sigma_t)^2) / N(x; mu_d, (tau sigma_d)^2)       (last step, std inflated by tau)
-        * prod over earlier steps of sigma_t / sigma_d  *  sigma_d,last / sigma_t,last
+    r = N(x; mu_t, (tau sigma_t)^2) / N(x; mu_d, (tau sigma_d)^2)      (last step, std inflated by tau)
+        * prod over earlier steps and the c dimensions of sigma_t / sigma_d
 
-(the released ``spec_decode_runner``'s ratio; ``tau`` = ``inner_temperature``, 42 as released).
-The first rejected token is resampled from ``max(0, p - q)`` by acceptance-rejection with target
-samples as proposals, at most ``max_tries`` times; unlike the released code, the drafts after
-a rejection are discarded (they were conditioned on the rejected token) and a failed
-resampling falls back to a target sample instead of a zero vector. The first
-``prefill_ratio`` of the tokens come from the target alone (token pre-filling).
+with normalised c-dimensional densities, so the last step's std ratio enters as (sigma_d / sigma_t)^c
+and each earlier step's as (sigma_t / sigma_d)^c (``tau`` = ``inner_temperature``, 42 as released).
+The first rejected token is resampled from ``max(0, p - q / fixed)`` by acceptance-rejection, at most
+``max_tries`` times. By default (``resample="last_step"``, as released) ``p`` and ``q`` are the target's
+and the draft's last-step Gaussians at that position, with their own (not inflated) stds, ``fixed``
+the earlier steps' product above, and proposals are drawn from ``p``: no head runs. ``resample="head"``
+(mmeff's earlier rule) proposes target-head samples from fresh noise and keeps one with probability
+``max(0, 1 - 1/r)``, ``r`` evaluated with the draft head run along the proposal's trajectory.
+Unlike the released code, the drafts after a rejection are discarded (they were conditioned on the
+rejected token) and a failed resampling falls back to its last proposal (a sample of ``p``) instead
+of a zero vector. The first ``prefill_ratio`` of the tokens come from the target alone (token
+pre-filling).
 
 Random streams: head noise (draft, and target proposals when resampling) comes from the call's
 generator in the same order as plain decoding; acceptance uniforms from a second generator
-seeded from its state at the call's start. So a draft identical to the target accepts
-everything and reproduces plain decoding up to float error (about 6e-5 on the testbed).
+seeded from its state at the call's start. So a draft identical to the target accepts everything and
+reproduces plain decoding up to float error (about 6e-5 on the testbed).
 """
 
 from __future__ import annotations
@@ -29,20 +37,32 @@ import math
 import torch
 
 from .loop import ContinuousSession, ContinuousStats, HeadSettings, head_sample
-from .ops import residual_by_rejection
+from .ops import acceptance_log_ratio, last_step_residual, log_std_product_ratio, residual_by_rejection
 from .sampler import HeadTrajectory, draw_noise, sample_head
+
+RESAMPLE_MODES = ("last_step", "head")
 
 
 def log_ratio(x: torch.Tensor, target: HeadTrajectory, draft: HeadTrajectory, tau: float) -> torch.Tensor:
     """log r per row for tokens ``x`` (B, c) drawn along the draft's trajectory (see the module docstring)."""
-    mu_t, mu_d = target.means[-1], draft.means[-1]
-    s_t, s_d = target.stds[-1] * tau, draft.stds[-1] * tau  # (B, 1)
-    c = x.shape[-1]
-    log_t = -0.5 * (((x - mu_t) / s_t) ** 2).sum(-1) - c * s_t.squeeze(-1).log()
-    log_d = -0.5 * (((x - mu_d) / s_d) ** 2).sum(-1) - c * s_d.squeeze(-1).log()
-    earlier = sum((t.log() - d.log()).squeeze(-1) for t, d in zip(target.stds[:-1], draft.stds[:-1]))
-    last = (draft.stds[-1].log() - target.stds[-1].log()).squeeze(-1)
-    return log_t - log_d + earlier + last
+    log_fixed = log_std_product_ratio(target.stds[:-1], draft.stds[:-1], x)
+    return acceptance_log_ratio(x, target.means[-1], target.stds[-1], draft.means[-1], draft.stds[-1], log_fixed,
+                                tau)
+
+
+def resample_from_last_step(target: HeadTrajectory, draft: HeadTrajectory, max_tries: int,
+                            generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """The released resampling of rejected tokens: ``norm(max(0, p - q / fixed))`` with ``p``, ``q`` the
+    target's and the draft's last-step Gaussians (stds not inflated), proposals from ``p``. Returns the
+    tokens, which rows succeeded, and the proposals drawn per row."""
+    log_fixed = log_std_product_ratio(target.stds[:-1], draft.stds[:-1], target.means[-1])
+    return last_step_residual(target.means[-1], target.stds[-1], draft.means[-1], draft.stds[-1], log_fixed,
+                              max_tries, generator)
+
+
+def select_rows(traj: HeadTrajectory, rows: torch.Tensor) -> HeadTrajectory:
+    """The trajectory of some rows only (a batched head run split back into its parts)."""
+    return HeadTrajectory(traj.sample[rows], [m[rows] for m in traj.means], [sd[rows] for sd in traj.stds])
 
 
 def guidance_halves(z: torch.Tensor, batch: int, settings: HeadSettings) -> tuple[torch.Tensor, ...]:
@@ -63,9 +83,11 @@ def acceptance_generator(generator: torch.Generator | None, device: torch.device
 
 class SpeculativeDecoder:
     def __init__(self, draft_adapter, draft_len: int = 8, prefill_ratio: float = 0.15, tau: float = 42.0,
-                 max_tries: int = 100) -> None:
+                 max_tries: int = 100, resample: str = "last_step") -> None:
+        if resample not in RESAMPLE_MODES:
+            raise ValueError(f"resample must be one of {list(RESAMPLE_MODES)}, got {resample!r}")
         self.draft_adapter, self.draft_len, self.prefill_ratio = draft_adapter, draft_len, prefill_ratio
-        self.tau, self.max_tries = tau, max_tries
+        self.tau, self.max_tries, self.resample = tau, max_tries, resample
 
     def decode(self, session: ContinuousSession, settings: HeadSettings, generator: torch.Generator | None,
                stats: ContinuousStats) -> torch.Tensor:
@@ -142,6 +164,7 @@ class SpeculativeDecoder:
         accepted = ok.long().cumprod(-1).sum(-1)
         stats.accepted += int(accepted.sum())
         c_round = int(torch.where(accepted < k, accepted + 1, accepted).min())
+        self._trajs = (trajs, draft_trajs)  # per position: the target's and the draft's along the draft's noise
         self._resampled = self._resample(target, z_t, accepted, c_round, settings, i, generator, stats)
         return accepted, c_round
 
@@ -165,21 +188,33 @@ class SpeculativeDecoder:
                                settings.temperature)
             for n, j in enumerate(js):
                 rows = slice(n * b, (n + 1) * b)
-                out[j] = HeadTrajectory(traj.sample[rows], [m[rows] for m in traj.means],
-                                        [sd[rows] for sd in traj.stds])
+                out[j] = select_rows(traj, rows)
         return out
 
     def _resample(self, target, z_t, accepted, c_round, settings, i, generator, stats) -> torch.Tensor:
-        """A token from ``max(0, p - q)`` at each row's first rejected position, by acceptance-rejection:
-        propose ``x ~ p`` (target head, fresh noise), keep it with probability ``max(0, 1 - q(x)/p(x))``,
-        where ``q`` is the draft head run along the proposal's trajectory. The batch commits ``c_round``
-        tokens (its rows' minimum), so rows rejecting at or after that position are not resampled."""
+        """A token from the residual at each row's first rejected position, by acceptance-rejection (the
+        module docstring's two rules: ``last_step`` or ``head``). The batch commits ``c_round`` tokens (its
+        rows' minimum), so rows rejecting at or after that position are not resampled."""
         b = accepted.shape[0]
         out = torch.zeros(b, target.token_dim, device=z_t.device)
         for pos in sorted({int(a) for a in accepted if int(a) < c_round}):
             rows = (accepted == pos).nonzero().flatten()
-            out[rows] = self._resample_rows(target, z_t[:, pos], self._draft_hidden[:, pos], rows, b,
-                                            settings.steps_at(i + pos), settings, generator, stats)
+            if self.resample == "last_step":
+                out[rows] = self._resample_last_step(pos, rows, generator, stats)
+            else:
+                out[rows] = self._resample_rows(target, z_t[:, pos], self._draft_hidden[:, pos], rows, b,
+                                                settings.steps_at(i + pos), settings, generator, stats)
+        return out
+
+    def _resample_last_step(self, pos: int, rows: torch.Tensor, generator: torch.Generator | None,
+                            stats: ContinuousStats) -> torch.Tensor:
+        """The released rule at position ``pos``, from the Gaussians verification already computed."""
+        trajs, draft_trajs = self._trajs
+        out, done, tries = resample_from_last_step(select_rows(trajs[pos], rows), select_rows(draft_trajs[pos], rows),
+                                                   self.max_tries, generator)
+        stats.resampled += len(rows)
+        stats.resample_proposals += tries * len(rows)
+        stats.resample_failures += int((~done).sum())
         return out
 
     #: acceptance-rejection proposals drawn per head run, run after run (the last size repeats). A proposal

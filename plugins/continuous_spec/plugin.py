@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from mmeff.car.loop import ContinuousSession, ContinuousStats, HeadSettings
-from mmeff.car.speculative import SpeculativeDecoder
+from mmeff.car.speculative import RESAMPLE_MODES, SpeculativeDecoder
 from mmeff.errors import ConfigError
 from mmeff.plugin import Plugin, PluginConfig, PluginContext
 from mmeff.registry import register_plugin
@@ -22,14 +22,40 @@ from mmeff.registry import register_plugin
 class ContinuousSpecConfig(PluginConfig):
     """``draft``: a folder (or a loaded ``ContinuousARModel``) of the draft; ``draft_len``: tokens per
     verification (8 as released); ``prefill_ratio``: share of tokens the target draws alone first
-    (0.15); ``inner_temperature``: std inflation of the last-step densities (42 as released);
-    ``max_tries``: acceptance-rejection tries when resampling a rejected token (100)."""
+    (0.15); ``inner_temperature``: std inflation of the last-step densities in the acceptance ratio (42 as
+    released); ``max_tries``: acceptance-rejection tries when resampling a rejected token (100);
+    ``resample``: how a rejected token is resampled, ``"last_step"`` (as released) or ``"head"``.
+
+    As released (``spec_decode/spec_decode_runner.py`` of MarkXCloud/CSpD): the acceptance ratio is the
+    target's over the draft's normalised last-step Gaussian density at the draft token (both stds times
+    ``inner_temperature``) times the product, over the earlier head steps and the token's c dimensions, of
+    sigma_target / sigma_draft; a rejected token is resampled from ``max(0, p - q / that product)`` with
+    ``p``, ``q`` the two heads' last-step Gaussians at their own stds, proposals drawn from ``p``; the head
+    adds no noise at its last step and does not clip its x0 prediction (MAR's ``clip_denoised=False``).
+
+    Known differences from the released code:
+
+    - ``resample="head"`` (mmeff's earlier rule, kept as an option): proposals are target-head samples
+      from fresh noise and one is kept with probability ``max(0, 1 - 1/r)``, ``r`` the acceptance ratio
+      with the draft head run along the proposal's trajectory: a sample of the residual of the two heads'
+      token distributions rather than of their last-step Gaussians, at two head runs per proposal.
+    - The drafts after a rejected one are discarded (they were conditioned on it); the release resamples
+      every rejected token of a round and keeps the accepted ones after it.
+    - A resampling that gives up after ``max_tries`` keeps its last proposal (a sample of ``p``); the
+      release leaves a zero vector.
+    - The head's variance is "fixed small" and the same in every dimension (MAR learns it per
+      dimension), so the products over the c dimensions are c-th powers of one std ratio.
+    - The scheduler's ``clip_sample`` is ignored by default, as the release never clips;
+      ``mmeff.car.sampler.sample_head(..., honour_clip_sample=True)`` applies it as
+      ``DDPMScheduler.step`` does.
+    """
 
     draft: Any = None
     draft_len: int = 8
     prefill_ratio: float = 0.15
     inner_temperature: float = 42.0
     max_tries: int = 100
+    resample: str = "last_step"
 
     def validate(self) -> None:
         if self.draft is None:
@@ -42,6 +68,8 @@ class ContinuousSpecConfig(PluginConfig):
             raise ConfigError(f"inner_temperature must be > 0, got {self.inner_temperature!r}")
         if isinstance(self.max_tries, bool) or not isinstance(self.max_tries, int) or self.max_tries < 1:
             raise ConfigError(f"max_tries must be an integer >= 1, got {self.max_tries!r}")
+        if self.resample not in RESAMPLE_MODES:
+            raise ConfigError(f"resample must be one of {list(RESAMPLE_MODES)}, got {self.resample!r}")
 
 
 def same_noise_schedule(a: Any, b: Any) -> bool:
@@ -93,8 +121,10 @@ class ContinuousSpecPlugin(Plugin):
     def decode(self, session: ContinuousSession, settings: HeadSettings, generator: torch.Generator | None,
                stats: ContinuousStats) -> torch.Tensor:
         c = self.config
-        decoder = SpeculativeDecoder(self._draft, c.draft_len, c.prefill_ratio, c.inner_temperature, c.max_tries)
+        decoder = SpeculativeDecoder(self._draft, c.draft_len, c.prefill_ratio, c.inner_temperature, c.max_tries,
+                                     c.resample)
         return decoder.decode(session, settings, generator, stats)
 
     def stats(self) -> dict[str, Any]:
-        return {"draft_len": self.config.draft_len, "prefill_ratio": self.config.prefill_ratio}
+        return {"draft_len": self.config.draft_len, "prefill_ratio": self.config.prefill_ratio,
+                "resample": self.config.resample}

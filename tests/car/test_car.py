@@ -124,17 +124,21 @@ def test_speculative_with_the_target_as_draft_accepts_everything_and_is_plain_de
     assert stats["target_forwards"] < plain_stats["target_forwards"]
 
 
-def test_speculative_with_a_real_draft_runs_and_composes_with_disa(pair):
+@pytest.mark.parametrize("resample", ["last_step", "head"])
+def test_speculative_with_a_real_draft_runs_and_composes_with_disa(pair, resample):
     target, draft = pair
     pipe = mmeff.load(target)
-    pipe.add_plugin("continuous_spec", draft=str(draft), draft_len=4)
+    pipe.add_plugin("continuous_spec", draft=str(draft), draft_len=4, resample=resample)
     pipe.generate_images(PROMPTS, seed=0, output_type="pt", diffusion_steps=8)
     unannealed = dict(pipe.last_stats)
-    # every rejected token is resampled from the residual; proposals come in growing runs (2, then 16), and
-    # where drafts are mostly rejected (a random draft) the first short run usually suffices
-    first, later = SpeculativeDecoder.RUN_SIZES
     resampled, proposals = unannealed["resampled"], unannealed["resample_proposals"]
-    assert resampled > 0 and first * resampled <= proposals < later * resampled
+    if resample == "head":
+        # every rejected token is resampled from the residual; proposals come in growing runs (2, then 16), and
+        # where drafts are mostly rejected (a random draft) the first short run usually suffices
+        first, later = SpeculativeDecoder.RUN_SIZES
+        assert resampled > 0 and first * resampled <= proposals < later * resampled
+    else:  # as released: one proposal per try from the last-step Gaussian, at most max_tries
+        assert resampled > 0 and resampled <= proposals <= 100 * resampled
     pipe.add_plugin("disa", upper=8, lower=2)
     images = pipe.generate_images(PROMPTS, seed=0, output_type="pt")
     stats = pipe.last_stats
@@ -176,7 +180,8 @@ def test_acceptance_ratio_matches_its_closed_form_on_gaussians():
     normal = torch.distributions.Normal
     lt = normal(t.means[-1], 0.02 * tau).log_prob(x).sum(-1)
     ld = normal(d.means[-1], 0.03 * tau).log_prob(x).sum(-1)
-    expected = lt - ld + math.log(0.5 / 0.4) + math.log(0.3 / 0.2) + math.log(0.03 / 0.02)
+    # as released: normalised last-step densities, and each earlier step's std ratio to the power c = 4
+    expected = lt - ld + 4 * (math.log(0.5 / 0.4) + math.log(0.3 / 0.2))
     assert torch.allclose(log_ratio(x, t, d, tau), expected, atol=1e-5)
 
 
@@ -246,7 +251,7 @@ def test_only_rows_whose_resampled_token_is_committed_are_resampled():
     rejected at 3 is cut before its resampled token and must not spend head runs on it."""
     target = mmeff.wrap(tiny_continuous_ar(0)).adapter
     draft = mmeff.wrap(tiny_continuous_ar(1, hidden=16, layers=1, head_width=16)).adapter
-    decoder = SpeculativeDecoder(draft)
+    decoder = SpeculativeDecoder(draft, resample="head")  # the released default: test_continuous_spec_release.py
     decoder._draft_hidden = torch.randn(2, 4, 16)
     z_t = torch.randn(2, 4, 32)
     stats = ContinuousStats()
