@@ -18,7 +18,7 @@ from .layouts import SpeedLayout, build_speed_model
 from .methods import Method, all_methods
 from .report import markdown_table, print_table, write_json
 from .timing import time_prefill_and_decode
-from .tokens_ideal import ideal_lengths, ideal_row, measure_lengths
+from .tokens_ideal import ideal_lengths, ideal_row, time_length
 
 DEFAULT_METHODS = (Method("pyramid_drop (default)", "pyramid_drop"), *all_methods())
 
@@ -50,8 +50,9 @@ def run_speed(
 
     times: dict[str, list[tuple[float, float]]] = {m.label: [] for m in everything}
     stats: dict[str, dict[str, Any]] = {}
-    total = (runs + warmup) * len(everything)
-    with tqdm(total=total, desc="bench tokens --speed", unit="run") as bar:
+    n_text = inputs["input_ids"].shape[1]
+    ideal_times: dict[int, list[tuple[float, float]]] = {}
+    with tqdm(total=(runs + warmup) * len(everything), desc="bench tokens --speed", unit="run") as bar:
         for run in range(runs + warmup):
             for method in everything:
                 if method.plugin:
@@ -64,13 +65,21 @@ def run_speed(
                 if run >= warmup:
                     times[method.label].append(result)
                 bar.update()
+            if not ideal:
+                continue
+            if not ideal_times:  # the kept lengths are known once every method has run once
+                ideal_times = {n: [] for n in _ideal_lengths(stats, everything, n_text, layout)}
+                bar.total += (runs + warmup - run) * len(ideal_times)
+            for n, collected in ideal_times.items():  # in the same run, so drift hits them alike
+                result = time_length(model, inputs, layout.image_token_id, n, decode_tokens=decode_tokens,
+                                     positions=decode_positions)
+                if run >= warmup:
+                    collected.append(result)
+                bar.update()
 
-    n_text = inputs["input_ids"].shape[1]
     per_method = {m.label: _token_counts(stats.get(m.label, {}), n_text, layout) for m in everything}
-    lengths = {n_text} | {n for layer_tokens, kv in per_method.values() for n in ideal_lengths(layer_tokens, kv)
-                          if n is not None}
-    measured = measure_lengths(model, inputs, layout.image_token_id, lengths, runs=runs, decode_tokens=decode_tokens,
-                               positions=decode_positions) if ideal else {}
+    measured = {n: (statistics.median(t[0] for t in ts), statistics.median(t[1] for t in ts))
+                for n, ts in ideal_times.items()}
     base_prefill = statistics.median(t[0] for t in times["baseline"])
     base_decode = statistics.median(t[1] for t in times["baseline"])
     reference = layout.reference_text
@@ -115,9 +124,20 @@ def run_speed(
         "machine": platform.processor() or platform.machine(),
         "torch": torch.__version__,
         "results": rows,
+        "ideal_decoder_ms": {str(n): [t[0] * 1e3, t[1] * 1e3] for n, t in measured.items()},
     }
     _write(out_dir, result)
     return result
+
+
+def _ideal_lengths(stats: dict[str, dict[str, Any]], methods: tuple[Method, ...], n_text: int,
+                   layout: SpeedLayout) -> list[int]:
+    """The text-only lengths the ideal columns need: the full prompt, each constant kept length, each
+    mean KV-cache length."""
+    lengths = {n_text}
+    for m in methods:
+        lengths |= {n for n in ideal_lengths(*_token_counts(stats.get(m.label, {}), n_text, layout)) if n is not None}
+    return sorted(lengths)
 
 
 def _token_counts(st: dict[str, Any], n_text: int, layout: SpeedLayout) -> tuple[list[float], list[float]]:

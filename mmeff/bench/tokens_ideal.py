@@ -11,12 +11,10 @@ KV cache as long as the method's mean cache length, so the gap per layer is the 
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Callable
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from ..flops import decoder_prefill_flops
 from .timing import time_prefill_and_decode
@@ -33,20 +31,11 @@ def text_only_inputs(inputs: dict[str, Any], image_token_id: int, length: int) -
     return out
 
 
-def measure_lengths(model, inputs: dict[str, Any], image_token_id: int, lengths: set[int], *, runs: int,
-                    decode_tokens: int, positions: Callable[[torch.Tensor], torch.Tensor]
-                    ) -> dict[int, tuple[float, float]]:
-    """Median (prefill s, decode s/token) of the unmodified model at each length, interleaved run by run."""
-    order = sorted(lengths)
-    times: dict[int, list[tuple[float, float]]] = {n: [] for n in order}
-    with tqdm(total=runs * len(order), desc="bench tokens --speed: ideal", unit="run") as bar:
-        for _ in range(runs):
-            for n in order:
-                batch = text_only_inputs(inputs, image_token_id, n)
-                times[n].append(time_prefill_and_decode(model, batch, decode_tokens=decode_tokens,
-                                                        positions=positions))
-                bar.update()
-    return {n: (statistics.median(t[0] for t in ts), statistics.median(t[1] for t in ts)) for n, ts in times.items()}
+def time_length(model, inputs: dict[str, Any], image_token_id: int, length: int, *, decode_tokens: int,
+                positions: Callable[[torch.Tensor], torch.Tensor]) -> tuple[float, float]:
+    """One run of the unmodified model on ``length`` text tokens: (prefill s, decode s/token)."""
+    batch = text_only_inputs(inputs, image_token_id, length)
+    return time_prefill_and_decode(model, batch, decode_tokens=decode_tokens, positions=positions)
 
 
 def ideal_lengths(layer_tokens: list[float], kv_tokens: list[float]) -> tuple[int | None, int]:
