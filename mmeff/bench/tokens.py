@@ -92,8 +92,7 @@ def run_speed(
         decode = statistics.median(t[1] for t in times[method.label])
         st = stats.get(method.label, {})
         layer_tokens, tokens = per_method[method.label]
-        ideal_cols = ideal_row(layer_tokens, tokens, n_text, pipe.adapter.text_config, base_prefill, measured,
-                               layout.layers, prefill, decode) if ideal else {}
+        ideal_cols = ideal_row(layer_tokens, tokens, n_text, base_prefill, measured, prefill, decode) if ideal else {}
         rows.append({
             "method": method.label,
             "plugin": method.plugin,
@@ -132,11 +131,12 @@ def run_speed(
 
 def _ideal_lengths(stats: dict[str, dict[str, Any]], methods: tuple[Method, ...], n_text: int,
                    layout: SpeedLayout) -> list[int]:
-    """The text-only lengths the ideal columns need: the full prompt, each constant kept length, each
-    mean KV-cache length."""
+    """The text-only lengths the ideal columns need: the full prompt, every per-layer length, each mean
+    KV-cache length."""
     lengths = {n_text}
     for m in methods:
-        lengths |= {n for n in ideal_lengths(*_token_counts(stats.get(m.label, {}), n_text, layout)) if n is not None}
+        prefill_lengths, kv = ideal_lengths(*_token_counts(stats.get(m.label, {}), n_text, layout))
+        lengths |= {*prefill_lengths, kv}
     return sorted(lengths)
 
 
@@ -165,7 +165,7 @@ def _table(result: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
                r["mean_image_tokens"], r["final_image_tokens"], r["kv_cache_mb_reference_fp16"],
                r["flops_ratio_bench_model"], r["flops_ratio_reference"]]
         if ideal:
-            mark = "" if r["ideal_kind"] == "measured" else " (FLOPs)"
+            mark = "" if r["ideal_kind"] == "measured" else " (per layer)"
             row[5:5] = [f"{r['ideal_prefill_speedup']:.2f}x{mark}", r["prefill_efficiency"],
                         r["decode_overhead_us_per_layer"]]
         rows.append(row)
@@ -196,10 +196,10 @@ def _write(out_dir: Path, result: dict[str, Any]) -> None:
         markdown_table(headers, rows),
         "",
         "Ideal: the unmodified model on the tokens the method keeps: the baseline's non-decoder time (vision "
-        "tower, embedding) plus the decoder's time at the kept length, measured on a text-only prompt where every "
-        "layer holds the same count, else (marked FLOPs) the baseline decoder time scaled by the per-layer FLOPs; "
-        "'of ideal' = ideal prefill time / measured prefill time (1.0 = the hooks cost nothing). Decode overhead "
-        "= (decode step - the unmodified step on a cache of the method's mean length) / layers.",
+        "tower, embedding) plus the decoder's time at the kept lengths, measured on text-only prompts (where "
+        "counts vary by layer, marked per layer, each layer costs 1/layers of the unmodified decoder at its "
+        "length); 'of ideal' = ideal prefill time / measured prefill time (1.0 = the hooks cost nothing). "
+        "Decode overhead = (decode step - the unmodified step on a cache of the method's mean length) / layers.",
         "",
         "FLOPs ratios are analytic decoder prefill FLOPs (projections, n² attention, gated MLP): with the bench "
         f"model's dimensions including the plugin's ranking overhead, and with {lay['reference']}'s dimensions "

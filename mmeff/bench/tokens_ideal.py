@@ -3,10 +3,10 @@
 A method's speed-up is judged against the limit its own token counts set, so the report shows how
 much the hooks, the ranking and the re-layout cost on top. The ideal prefill is the baseline's
 non-decoder time (vision tower, embedding, feature merge) plus the decoder's time on the kept
-tokens: *measured* as the unmodified model on a text-only sequence of that length when every
-layer holds the same count (vision-side methods, drops before layer 0), else the baseline decoder
-time scaled by the analytic FLOPs of the per-layer counts. The ideal decode step is measured on a
-KV cache as long as the method's mean cache length, so the gap per layer is the hook overhead.
+tokens, *measured*: the unmodified model on a text-only sequence of each length a layer holds, one
+layer's share being ``1 / layers`` of that run (decoder layers are alike), summed over the layers.
+The ideal decode step is measured on a KV cache as long as the method's mean cache length, so the
+gap per layer is the hook overhead.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from typing import Any
 
 import torch
 
-from ..flops import decoder_prefill_flops
 from .timing import time_prefill_and_decode
 
 
@@ -38,33 +37,25 @@ def time_length(model, inputs: dict[str, Any], image_token_id: int, length: int,
     return time_prefill_and_decode(model, batch, decode_tokens=decode_tokens, positions=positions)
 
 
-def ideal_lengths(layer_tokens: list[float], kv_tokens: list[float]) -> tuple[int | None, int]:
-    """The text-only length to measure the prefill at (None: counts vary by layer, use FLOPs) and the
+def ideal_lengths(layer_tokens: list[float], kv_tokens: list[float]) -> tuple[list[int], int]:
+    """The text-only lengths to measure the prefill at (each distinct per-layer sequence length) and the
     decode cache length (the mean over layers)."""
-    constant = max(layer_tokens) - min(layer_tokens) < 0.5
-    return (round(layer_tokens[0]) if constant else None), round(sum(kv_tokens) / len(kv_tokens))
+    return sorted({round(n) for n in layer_tokens}), round(sum(kv_tokens) / len(kv_tokens))
 
 
-def ideal_row(layer_tokens: list[float], kv_tokens: list[float], full_length: int, text_config: Any,
-              base_prefill: float, measured: dict[int, tuple[float, float]], layers: int,
-              prefill: float, decode: float) -> dict[str, Any]:
-    """The ideal columns of one method: ideal times and speed-up, efficiency (measured / ideal speed-up),
-    and the decode-step overhead per layer in microseconds."""
-    base_decoder = measured[full_length][0]
-    other = max(base_prefill - base_decoder, 0.0)
-    at, kv = ideal_lengths(layer_tokens, kv_tokens)
-    if at is not None:
-        decoder, kind = measured[at][0], "measured"
-    else:
-        ratio = decoder_prefill_flops(layer_tokens, text_config) / decoder_prefill_flops([full_length] * layers,
-                                                                                         text_config)
-        decoder, kind = base_decoder * ratio, "flops"
+def ideal_row(layer_tokens: list[float], kv_tokens: list[float], full_length: int, base_prefill: float,
+              measured: dict[int, tuple[float, float]], prefill: float, decode: float) -> dict[str, Any]:
+    """The ideal columns of one method: ideal times and speed-up, efficiency (ideal / measured prefill
+    time), and the decode-step overhead per layer in microseconds."""
+    layers = len(layer_tokens)
+    other = max(base_prefill - measured[full_length][0], 0.0)
+    decoder = sum(measured[round(n)][0] for n in layer_tokens) / layers
     ideal_prefill = other + decoder
-    ideal_decode = measured[kv][1]
+    ideal_decode = measured[ideal_lengths(layer_tokens, kv_tokens)[1]][1]
     return {
         "ideal_prefill_ms": ideal_prefill * 1e3,
         "ideal_prefill_speedup": base_prefill / ideal_prefill,
-        "ideal_kind": kind,
+        "ideal_kind": "measured" if len({round(n) for n in layer_tokens}) == 1 else "per-layer",
         "prefill_efficiency": ideal_prefill / prefill,
         "ideal_decode_ms_per_token": ideal_decode * 1e3,
         "decode_overhead_us_per_layer": (decode - ideal_decode) / layers * 1e6,
