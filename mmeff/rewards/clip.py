@@ -126,9 +126,17 @@ class HPSv2Reward(OpenClipReward):
     ARCH = ViT_H  # the open_clip architecture the checkpoint fits (a class attribute, so tests can shrink it)
 
     @classmethod
-    def load(cls, path: str | None = None, *, device=None, dtype=None) -> HPSv2Reward:
-        """``path``: the hub repo (default ``xswu/HPSv2``), a folder with the .pt, or the .pt file itself."""
+    def load(cls, path: str | None = None, *, device=None, dtype=None, resize_mode: str = "shortest") -> HPSv2Reward:
+        """``path``: the hub repo (default ``xswu/HPSv2``), a folder with the .pt, or the .pt file itself.
+
+        ``resize_mode``: ``"shortest"`` (resize the shortest side, centre-crop) is what ReNO's release feeds
+        every reward; ``"longest"`` (resize the longest side, pad black) is the ``hpsv2`` package's own
+        ``score``. They agree on square images (tests/rewards/test_reward_packages.py)."""
         import open_clip
+
+        if resize_mode not in ("shortest", "longest"):
+            raise ConfigError(f"hpsv2 resize_mode must be 'shortest' (ReNO's) or 'longest' (the hpsv2 package's), "
+                              f"got {resize_mode!r}")
 
         source = path or cls.REPO
         file = resolve_file(cls.name, source, cls.FILE)  # before building 1B parameters, so failures are fast
@@ -138,7 +146,9 @@ class HPSv2Reward(OpenClipReward):
             model = open_clip.create_model(cls.ARCH, pretrained=None)
             model.load_state_dict(state)
             tokenize = open_clip.get_tokenizer(cls.ARCH)
-        return cls(model, tokenize)._placed(device, dtype)
+        reward = cls(model, tokenize)._placed(device, dtype)
+        reward.resize_mode = resize_mode
+        return reward
 
 
 def default_shapes_clip_dir() -> Path:

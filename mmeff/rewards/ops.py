@@ -50,6 +50,17 @@ def center_crop(images: torch.Tensor, size: int | tuple[int, int]) -> torch.Tens
     return images[..., top : top + th, left : left + tw]
 
 
+def resize_longest_and_pad(images: torch.Tensor, size: int, mode: str = "bicubic") -> torch.Tensor:
+    """open_clip's ``ResizeMaxSize`` (the ``hpsv2`` package's scoring transform): the longest side becomes
+    ``size`` (sides rounded), then centred black padding to ``size`` x ``size``."""
+    h, w = images.shape[-2:]
+    scale = size / max(h, w)
+    nh, nw = round(h * scale), round(w * scale)
+    x = resize(images, (nh, nw), mode)
+    ph, pw = size - nh, size - nw
+    return F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2), value=0.0)
+
+
 def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """Per-channel ``(x - mean) / std`` on (B, C, H, W)."""
     m = torch.as_tensor(mean, dtype=images.dtype, device=images.device).view(-1, 1, 1)
@@ -68,7 +79,8 @@ def preprocess(
     """Images in [0, 1] of any H, W -> the square ``size`` input a CLIP-style encoder expects.
 
     ``resize_mode`` follows open_clip: ``"shortest"`` = resize the shortest side then centre-crop
-    (every ReNO reward), ``"squash"`` = resize to ``size`` x ``size`` ignoring the aspect ratio.
+    (every ReNO reward), ``"squash"`` = resize to ``size`` x ``size`` ignoring the aspect ratio,
+    ``"longest"`` = resize the longest side then pad with black (the ``hpsv2`` package's own scoring).
     """
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
@@ -76,6 +88,8 @@ def preprocess(
         images = center_crop(resize_shortest(images, size, interpolation), size)
     elif resize_mode == "squash":
         images = resize(images, (size, size), interpolation)
+    elif resize_mode == "longest":
+        images = resize_longest_and_pad(images, size, interpolation)
     else:
-        raise ValueError(f"resize_mode must be 'shortest' or 'squash', got {resize_mode!r}")
+        raise ValueError(f"resize_mode must be 'shortest', 'squash' or 'longest', got {resize_mode!r}")
     return normalize(images, mean, std)

@@ -56,7 +56,7 @@ def test_preprocess_rejects_bad_input():
     with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
         ops.preprocess(torch.rand(3, 32, 32), 32)
     with pytest.raises(ValueError, match="resize_mode"):
-        ops.preprocess(torch.rand(1, 3, 32, 32), 32, resize_mode="longest")
+        ops.preprocess(torch.rand(1, 3, 32, 32), 32, resize_mode="pad")
 
 
 def test_resize_keeps_half_precision_dtype():
