@@ -18,7 +18,7 @@ from .layouts import SpeedLayout, build_speed_model
 from .methods import Method, all_methods
 from .report import markdown_table, print_table, write_json
 from .timing import time_prefill_and_decode
-from .tokens_ideal import ideal_lengths, ideal_row, time_length
+from .tokens_ideal import ideal_lengths, ideal_row, time_length, time_other
 
 DEFAULT_METHODS = (Method("pyramid_drop (default)", "pyramid_drop"), *all_methods())
 
@@ -52,6 +52,7 @@ def run_speed(
     stats: dict[str, dict[str, Any]] = {}
     n_text = inputs["input_ids"].shape[1]
     ideal_times: dict[int, list[tuple[float, float]]] = {}
+    other_times: list[float] = []  # the unmodified prefill without its decoder layers
     with tqdm(total=(runs + warmup) * len(everything), desc="bench tokens --speed", unit="run") as bar:
         for run in range(runs + warmup):
             for method in everything:
@@ -76,6 +77,9 @@ def run_speed(
                 if run >= warmup:
                     collected.append(result)
                 bar.update()
+            other = time_other(model, pipe.adapter.language_model, inputs)
+            if run >= warmup:
+                other_times.append(other)
 
     per_method = {m.label: _token_counts(stats.get(m.label, {}), n_text, layout) for m in everything}
     measured = {n: (statistics.median(t[0] for t in ts), statistics.median(t[1] for t in ts))
@@ -92,7 +96,8 @@ def run_speed(
         decode = statistics.median(t[1] for t in times[method.label])
         st = stats.get(method.label, {})
         layer_tokens, tokens = per_method[method.label]
-        ideal_cols = ideal_row(layer_tokens, tokens, n_text, base_prefill, measured, prefill, decode) if ideal else {}
+        ideal_cols = ideal_row(layer_tokens, tokens, statistics.median(other_times), base_prefill, measured, prefill,
+                               decode) if ideal else {}
         rows.append({
             "method": method.label,
             "plugin": method.plugin,
@@ -124,6 +129,7 @@ def run_speed(
         "torch": torch.__version__,
         "results": rows,
         "ideal_decoder_ms": {str(n): [t[0] * 1e3, t[1] * 1e3] for n, t in measured.items()},
+        "non_decoder_ms": statistics.median(other_times) * 1e3 if other_times else None,
     }
     _write(out_dir, result)
     return result
@@ -195,8 +201,9 @@ def _write(out_dir: Path, result: dict[str, Any]) -> None:
         "",
         markdown_table(headers, rows),
         "",
-        "Ideal: the unmodified model on the tokens the method keeps: the baseline's non-decoder time (vision "
-        "tower, embedding) plus the decoder's time at the kept lengths, measured on text-only prompts (where "
+        "Ideal: the unmodified model on the tokens the method keeps: the non-decoder time (vision tower, "
+        "embedding, positions: the unmodified forward with its decoder layers taken out) plus the decoder's time "
+        "at the kept lengths, measured on text-only prompts (where "
         "counts vary by layer, marked per layer, each layer costs 1/layers of the unmodified decoder at its "
         "length); 'of ideal' = ideal prefill time / measured prefill time (1.0 = the hooks cost nothing). "
         "Decode overhead = (decode step - the unmodified step on a cache of the method's mean length) / layers.",
