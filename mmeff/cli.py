@@ -238,8 +238,6 @@ def cmd_testbed(args: argparse.Namespace) -> None:
         raise SystemExit("usage: mmeff testbed train vlm|sd|clip|ar|mar|mar-draft [--out DIR] [--run-dir DIR]")
     from .testbed.train import parse_overrides
 
-    if args.model == "vlm" and args.device != "cpu":
-        raise SystemExit("--device applies to `train sd`, `train clip`, `train ar` and `train mar`")
     if (args.arch != "llava" or args.spec) and args.model != "vlm":
         raise SystemExit("--arch and --spec apply to `train vlm` only")
     name = "qwen2vl" if args.arch == "qwen2_vl" else TESTBED_MODELS[args.model]
@@ -250,7 +248,7 @@ def cmd_testbed(args: argparse.Namespace) -> None:
 
         recipe_cls, spec_cls = recipe_class(args.arch), spec_class(args.arch)
         train_vlm(out, run_dir, recipe_cls(**parse_overrides(recipe_cls, args.recipe)),
-                  spec=spec_cls(**parse_overrides(spec_cls, args.spec, "--spec")), arch=args.arch)
+                  spec=spec_cls(**parse_overrides(spec_cls, args.spec, "--spec")), arch=args.arch, device=args.device)
     elif args.model == "sd":
         from .testbed.train_sd import SDRecipe, train_sd
 
@@ -314,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
                                  "oracle: report folder (default eval_results/oracle)")
     p.add_argument("--run-dir", help="checkpoints (resume from here) and logs (default runs/shapes-<model>)")
     p.add_argument("--device", default="cpu",
-                   help="train sd|clip|ar|mar: torch device (cuda trains the same recipe faster)")
+                   help="train vlm|sd|clip|ar|mar: torch device (cuda trains the same recipe faster)")
     p.add_argument("--spec", action="append", default=[], metavar="NAME=VALUE",
                    help="train vlm: override a field of the model's shape, e.g. vision_hidden=128 (resume with the "
                         "same overrides)")

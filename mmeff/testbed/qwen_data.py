@@ -52,12 +52,14 @@ def mrope_positions(model, input_ids: torch.Tensor, flat_positions: torch.Tensor
                     image_grid_thw: torch.Tensor, image_token_id: int) -> torch.Tensor:
     """(3, B, L) ids for a :func:`collate_isolated` batch: the model's own ids on each row's prefix, the
     1-D positions shifted by its ``rope_deltas`` on the turns (text ids are equal on all three axes)."""
-    prefix = torch.arange(input_ids.shape[1])[None] < torch.tensor(prefix_lengths)[:, None]
+    device = input_ids.device
+    lengths = torch.tensor(prefix_lengths, device=device)
+    prefix = torch.arange(input_ids.shape[1], device=device)[None] < lengths[:, None]
     types = (input_ids == image_token_id).int()
     positions, deltas = model.model.get_rope_index(input_ids, types, image_grid_thw=image_grid_thw,
                                                    attention_mask=prefix)
     shifted = (flat_positions + deltas.to(flat_positions.device)).expand(3, -1, -1)
-    return torch.where(prefix[None], positions, shifted)
+    return torch.where(prefix[None], positions.to(device), shifted)
 
 
 def merged_labels(scenes: list[SceneSpec], token_pixels: int) -> torch.Tensor:

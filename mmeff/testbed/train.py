@@ -86,11 +86,16 @@ def lr_factor(step: int, total: int, warmup: float = 0.05) -> float:
 
 
 class Trainer:
-    def __init__(self, run_dir: Path, recipe: Recipe, spec: ShapesLlavaSpec) -> None:
+    def __init__(self, run_dir: Path, recipe: Recipe, spec: ShapesLlavaSpec, device: str | torch.device = "cpu"
+                 ) -> None:
+        """``device``: where the model trains (scenes are drawn and rendered on the CPU either way)."""
         self.run_dir, self.recipe, self.spec = run_dir, recipe, spec
+        self.device = torch.device(device)
         run_dir.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(recipe.seed)
         self._build()
+        self.model.to(self.device)
+        self.head.to(self.device)
         self.stage, self.step, self.losses = "vision", 0, {"vision": [], "chat": []}
         self.seconds, self._mark = 0.0, time.time()  # training wall time, summed over resumed runs
         # CPU time too: on a shared machine the wall time also counts other people's jobs
@@ -139,7 +144,7 @@ class Trainer:
         tmp.replace(self.ckpt)
 
     def _load(self) -> None:
-        state = torch.load(self.ckpt, weights_only=False)
+        state = torch.load(self.ckpt, weights_only=False, map_location=self.device)
         self.model.load_state_dict(state["model"])
         self.head.load_state_dict(state["head"])
         self.stage, self.step, self.losses = state["stage"], state["step"], state["losses"]
@@ -194,8 +199,9 @@ class Trainer:
         """Stage A: cross-entropy of the head on every patch's (colour, shape) class."""
         r = self.recipe
         scenes = scene_batch(step, r.vision_batch, self.spec.image_size, base_seed=r.seed * 1_000_003)
-        pixels = images_tensor(scenes, self.processor)
+        pixels = images_tensor(scenes, self.processor).to(self.device)
         labels = torch.stack([torch.from_numpy(patch_labels(s, self.spec.patch_size)).flatten() for s in scenes])
+        labels = labels.to(self.device)
         hidden = self.tower(pixel_values=pixels).last_hidden_state[:, 1:]
         return nn.functional.cross_entropy(self.head(hidden).flatten(0, 1), labels.flatten())
 
@@ -209,10 +215,11 @@ class Trainer:
             batch = collate_isolated([build_isolated(self.builder, t) for t in turns], pad)
         else:
             batch = collate([self.builder.build(t) for t in turns], pad)
-        return self.model(pixel_values=images_tensor(scenes, self.processor), **batch).loss
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        return self.model(pixel_values=images_tensor(scenes, self.processor).to(self.device), **batch).loss
 
     def patch_accuracy(self) -> dict[str, float]:
-        return vision_patch_accuracy(self.tower, self.head, self.processor, self.spec)
+        return vision_patch_accuracy(self.tower, self.head, self.processor, self.spec)  # on the tower's device
 
     def _update(self, loss: torch.Tensor, step: int, total: int, stage: str, tower_on: bool = True) -> None:
         factor = lr_factor(step, total)
@@ -246,7 +253,9 @@ def vision_patch_accuracy(tower: nn.Module, head: nn.Module, processor, spec: Sh
     was_training = tower.training
     tower.eval()
     scenes = [sample_scene(EVAL_SEED_OFFSET + 500_000 + i, image_size=spec.image_size) for i in range(n_scenes)]
-    pred = head(tower(pixel_values=images_tensor(scenes, processor)).last_hidden_state[:, 1:]).argmax(-1)
+    device = next(tower.parameters()).device
+    pred = head(tower(pixel_values=images_tensor(scenes, processor).to(device)).last_hidden_state[:, 1:]).argmax(-1)
+    pred = pred.cpu()
     labels = torch.stack([torch.from_numpy(patch_labels(s, spec.patch_size)).flatten() for s in scenes])
     tower.train(was_training)
     obj = labels != BACKGROUND_CLASS
@@ -306,7 +315,7 @@ def spec_class(arch: str = "llava") -> type:
 
 
 def train_vlm(out_dir: Path, run_dir: Path, recipe: Recipe | None = None, spec: Any = None,
-              arch: str = "llava") -> Path:
+              arch: str = "llava", device: str = "cpu") -> Path:
     """Train (or resume) the shapes VLM of ``arch``: ``llava`` (shapes-llava) or ``qwen2_vl`` (shapes-qwen2vl)."""
     torch.set_num_threads(max(1, torch.get_num_threads()))
     recipe = recipe or recipe_class(arch)()
@@ -314,10 +323,11 @@ def train_vlm(out_dir: Path, run_dir: Path, recipe: Recipe | None = None, spec: 
         from .qwen_model import ShapesQwen2VLSpec
         from .train_qwen import QwenTrainer
 
-        trainer: Trainer = QwenTrainer(run_dir, recipe, spec or ShapesQwen2VLSpec())
+        trainer: Trainer = QwenTrainer(run_dir, recipe, spec or ShapesQwen2VLSpec(), device=device)
     else:
-        trainer = Trainer(run_dir, recipe, spec or ShapesLlavaSpec())
-    print(f"training {arch} with {torch.get_num_threads()} torch thread(s); run dir {run_dir}", flush=True)
+        trainer = Trainer(run_dir, recipe, spec or ShapesLlavaSpec(), device=device)
+    print(f"training {arch} on {trainer.device} with {torch.get_num_threads()} torch thread(s); run dir {run_dir}",
+          flush=True)
     start = time.time()
     if trainer.stage == "vision":
         trainer.train_vision()

@@ -60,7 +60,8 @@ class QwenTrainer(Trainer):
         return self.spec.small_size if draw < self.recipe.small_fraction else self.spec.image_size
 
     def _pixels(self, scenes: list[SceneSpec]) -> dict[str, torch.Tensor]:
-        return dict(self.processor.image_processor([render(s) for s in scenes], return_tensors="pt"))
+        pixels = self.processor.image_processor([render(s) for s in scenes], return_tensors="pt")
+        return {k: v.to(self.device) for k, v in pixels.items()}
 
     def _tokens(self, scenes: list[SceneSpec]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """One feature per merged block for every scene (concatenated), and the processor's outputs."""
@@ -71,7 +72,8 @@ class QwenTrainer(Trainer):
         r = self.recipe
         scenes = scene_batch(step, r.vision_batch, self.size_at(step, "vision"), base_seed=r.seed * 1_000_003)
         features, _ = self._tokens(scenes)
-        return nn.functional.cross_entropy(self.head(features), merged_labels(scenes, self.spec.token_pixels))
+        labels = merged_labels(scenes, self.spec.token_pixels).to(self.device)
+        return nn.functional.cross_entropy(self.head(features), labels)
 
     def chat_loss(self, step: int, rng: random.Random) -> torch.Tensor:
         r = self.recipe
@@ -81,7 +83,7 @@ class QwenTrainer(Trainer):
         grid = pixels["image_grid_thw"]
         counts = (grid.prod(-1) // self.spec.merge_size**2).tolist()
         rows = [self.qwen_builder.build_isolated(t, n) for t, n in zip(turns, counts)]
-        batch = collate_isolated(rows, self.processor.tokenizer.pad_token_id)
+        batch = {k: v.to(self.device) for k, v in collate_isolated(rows, self.processor.tokenizer.pad_token_id).items()}
         batch["position_ids"] = mrope_positions(self.model, batch["input_ids"], batch["position_ids"],
                                                 [row[3].count(0) for row in rows], grid,
                                                 self.model.config.image_token_id)
@@ -96,7 +98,7 @@ class QwenTrainer(Trainer):
         for size, suffix in ((self.spec.image_size, ""), (self.spec.small_size, f"_{self.spec.small_size}px")):
             seeds = range(EVAL_SEED_OFFSET + 500_000, EVAL_SEED_OFFSET + 500_000 + self.recipe.accuracy_scenes)
             scenes = [sample_scene(seed, image_size=size) for seed in seeds]
-            pred = self.head(self._tokens(scenes)[0]).argmax(-1)
+            pred = self.head(self._tokens(scenes)[0]).argmax(-1).cpu()
             labels = merged_labels(scenes, self.spec.token_pixels)
             obj = labels != BACKGROUND_CLASS
             pred, labels = pred[obj], labels[obj]
