@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from mmeff.testbed.model import ShapesLlavaSpec
@@ -31,4 +33,4 @@ def test_vlm_trainer_takes_a_device(tmp_path):
                                                accuracy_scenes=2), spec, device="cpu")
     assert trainer.device == torch.device("cpu")
     assert {p.device for p in [*trainer.model.parameters(), *trainer.head.parameters()]} == {torch.device("cpu")}
-    assert torch.isfinite(trainer.vision_loss(0)) and torch.isfinite(trainer.chat_loss(0, __import__("random").Random(0)))
+    assert torch.isfinite(trainer.vision_loss(0)) and torch.isfinite(trainer.chat_loss(0, random.Random(0)))
