@@ -232,7 +232,17 @@ def cmd_testbed(args: argparse.Namespace) -> None:
     if args.what == "oracle":
         from .testbed.oracle_check import check_oracle
 
-        check_oracle(args.n_scenes, args.image_size, Path(args.out or "eval_results/oracle"))
+        check_oracle(args.n_scenes or 500, args.image_size, Path(args.out or "eval_results/oracle"))
+        return
+    if args.what == "export-lmms-eval":
+        from .harness.export import export_tasks
+        from .testbed.questions import SUITES
+
+        out = Path(args.out or "lmms_eval_tasks")
+        for path in export_tasks(out, tuple(args.suite or ()) or SUITES, n_scenes=args.n_scenes, seed=args.seed):
+            print(f"wrote {path}")
+        print(f"run: python -m lmms_eval --model mmeff --model_args pretrained=assets/models/shapes-llava "
+              f"--tasks shapes_pope --include_path {out}")
         return
     if args.model is None:
         raise SystemExit("usage: mmeff testbed train vlm|sd|clip|ar|mar|mar-draft [--out DIR] [--run-dir DIR]")
@@ -301,7 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("testbed", help="train the bundled shapes-testbed models; measure the OpenCV oracle")
-    p.add_argument("what", choices=["train", "oracle"])
+    p.add_argument("what", choices=["train", "oracle", "export-lmms-eval"],
+                   help="export-lmms-eval: write the eval suites as an lmms-eval task folder (--out) for "
+                        "--include_path")
     p.add_argument("model", nargs="?", choices=list(TESTBED_MODELS),
                    help="what to train (train only): vlm = shapes-llava, sd = shapes-sd, clip = shapes-clip, "
                         "ar = shapes-ar, mar = shapes-mar + its draft shapes-mar-small, "
@@ -309,7 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", default="llava", choices=["llava", "qwen2_vl"],
                    help="train vlm: llava = shapes-llava, qwen2_vl = shapes-qwen2vl (Qwen2-VL, dynamic resolution)")
     p.add_argument("--out", help="train: where save_pretrained writes (default assets/models/shapes-<model>); "
-                                 "oracle: report folder (default eval_results/oracle)")
+                                 "oracle: report folder (default eval_results/oracle); "
+                                 "export-lmms-eval: task folder (default lmms_eval_tasks)")
     p.add_argument("--run-dir", help="checkpoints (resume from here) and logs (default runs/shapes-<model>)")
     p.add_argument("--device", default="cpu",
                    help="train vlm|sd|clip|ar|mar: torch device (cuda trains the same recipe faster)")
@@ -319,7 +332,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", action="append", default=[], metavar="NAME=VALUE",
                    help="train vlm|sd|clip|ar|mar: override a field of the recipe, e.g. unet_steps=12000 "
                         "(repeatable; mar: vae=DIR trains on another AutoencoderKL)")
-    p.add_argument("--n-scenes", type=int, default=500, help="oracle: held-out scenes to score")
+    p.add_argument("--n-scenes", type=int, default=None,
+                   help="oracle: held-out scenes to score (default 500); export-lmms-eval: scenes per suite "
+                        "(default: mmeff eval's)")
+    p.add_argument("--suite", action="append", choices=["pope", "attributes", "counting", "spatial", "caption"],
+                   help="export-lmms-eval: suites to write (default all; repeatable)")
+    p.add_argument("--seed", type=int, default=0, help="export-lmms-eval: question seed, as mmeff eval --seed")
     p.add_argument("--image-size", type=int, default=96, help="oracle: render size in pixels")
     p.set_defaults(func=cmd_testbed)
 

@@ -19,11 +19,11 @@ PRESETS: dict[str, float] = {"192": 192 / 576, "128": 128 / 576, "64": 64 / 576}
 
 
 def parse_budget(value: Any, plugin: str) -> float | None:
-    """``None`` (method's own default), a fraction in (0, 1], or a preset name ("192", "128", "64")."""
+    """``None`` (method's own default), a fraction in (0, 1], or a preset ("192", "128", "64", or those ints)."""
     if value is None:
         return None
-    if isinstance(value, str) and value in PRESETS:
-        return PRESETS[value]
+    if isinstance(value, (str, int)) and not isinstance(value, bool) and str(value) in PRESETS:
+        return PRESETS[str(value)]  # "64" and 64 alike: command lines parse budget=64 as a number
     if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= 1:
         return float(value)
     raise ConfigError(

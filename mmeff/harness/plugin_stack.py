@@ -1,0 +1,27 @@
+"""The ``plugins=`` model argument: a plugin stack written ``name[:key=value,...]`` and joined by ``;``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import ConfigError
+from ..registry import get_plugin, list_plugins
+from ..testbed.evaluate import parse_plugin_spec
+
+
+def parse_plugin_stack(text: str | None) -> list[tuple[str, dict[str, Any]]]:
+    """``"pyramid_drop;vcd:alpha=1.0,beta=0.1"`` -> ``[("pyramid_drop", {}), ("vcd", {...})]``.
+
+    Names and option keys are checked here, before any model loads, so a typo fails at once
+    with the allowed names or options instead of after minutes of loading.
+    """
+    text = (text or "").strip().strip("\"'")
+    stack = [parse_plugin_spec(part) for part in text.split(";") if part.strip()]
+    for name, options in stack:
+        if name not in list_plugins():
+            raise ConfigError(f"unknown plugin {name!r} in plugins={text!r}; available: {list_plugins()}")
+        get_plugin(name).config_cls.from_kwargs(**options)  # unknown options or bad values raise, naming the allowed
+    names = [name for name, _ in stack]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"plugins={text!r} names a plugin twice")
+    return stack
