@@ -81,16 +81,18 @@ class MMeffLMM(lmms):
         for indices in groups.values():
             for start in range(0, len(indices), self.batch_size):
                 batch = indices[start:start + self.batch_size]
-                texts = self._generate([requests[i] for i in batch])
+                texts, generated = self._generate([requests[i] for i in batch])
                 for i, text in zip(batch, texts):
                     answers[i] = text
+                totals["tokens"] += generated
                 _add_stats(totals, self.pipe.last_stats)
                 bar.update(len(batch))
         bar.close()
         self._log_totals(totals, len(requests))
         return [a if a is not None else "" for a in answers]
 
-    def _generate(self, batch: Sequence[Instance]) -> list[str]:
+    def _generate(self, batch: Sequence[Instance]) -> tuple[list[str], int]:
+        """Answers cut at the stop strings, and the tokens generated (padding after an early end not counted)."""
         contexts, gen_kwargs = [r.args[0] for r in batch], dict(batch[0].args[1])
         images = [self._visuals(r) for r in batch]
         unknown = set(gen_kwargs) - set(_GREEDY_KEYS)
@@ -106,8 +108,9 @@ class MMeffLMM(lmms):
             raise InputError("mmeff's lmms-eval entry decodes greedily or by sampling; num_beams > 1 is not supported")
         if unknown:
             raise InputError(f"generation kwargs {sorted(unknown)} are not supported; mmeff takes {list(_GREEDY_KEYS)}")
-        texts = self.pipe.generate(images, [_clean_context(c) for c in contexts], **options)
-        return [_cut(text, until) for text in texts]
+        out = self.pipe.generate(images, [_clean_context(c) for c in contexts], return_ids=True, **options)
+        pad_id = getattr(self.pipe.processor, "tokenizer", self.pipe.processor).pad_token_id
+        return [_cut(text, until) for text in out.texts], int((out.new_tokens != pad_id).sum())
 
     def _visuals(self, request: Instance) -> Any:
         """The doc's images: one image, a list, or None (text only)."""
@@ -212,7 +215,6 @@ def _cut(text: str, until: list[str]) -> str:
 
 def _add_stats(totals: dict[str, float], stats: dict[str, Any]) -> None:
     totals["seconds"] += stats["wall_time_s"]
-    totals["tokens"] += stats["new_tokens"] * stats["batch_size"]
     totals["batches"] += 1
     for value in stats.values():  # the first token-reduction plugin's view covers the stack
         if isinstance(value, dict) and "mean_image_tokens" in value and value.get("image_tokens_before"):
