@@ -170,3 +170,18 @@ def test_two_processes_give_the_metrics_of_one(tasks_dir, tmp_path):
     assert written["results"]["shapes_counting"]["accuracy,none"] == pytest.approx(single["accuracy,none"])
     n_docs = len(build_suite("counting", SCENES["counting"]))
     assert written["throughput"]["avg_requests_answered"] == n_docs  # throughput summed over both processes
+
+
+def test_a_qwen2_vl_folder_runs_with_a_plugin(tasks_dir, tmp_path):
+    """Any adapter mmeff.load takes: a saved Qwen2-VL (dynamic resolution, M-RoPE) through the evaluator."""
+    from mmeff.harness.lmms_model import MMeffLMM
+    from mmeff.testing.qwen import tiny_qwen2_vl
+
+    model, processor = tiny_qwen2_vl()
+    model.save_pretrained(tmp_path / "qwen")
+    processor.save_pretrained(tmp_path / "qwen")
+    lm = MMeffLMM(pretrained=str(tmp_path / "qwen"), plugins="pyramid_drop", batch_size=4)
+    result = lmms_run(tasks_dir, ["shapes_counting"], model=lm, limit=4)
+    assert len(result["samples"]["shapes_counting"]) == 4
+    stats = lm.pipe.last_stats["pyramid_drop"]
+    assert stats["final_image_tokens"] < stats["image_tokens_before"][0]
