@@ -15,6 +15,7 @@ from . import (  # noqa: F401
     reno,
     sjd,
     tome,
+    tome_sd,
     vcd,
     vdgd,
     visionzip,

@@ -1,0 +1,148 @@
+"""ToMe for Stable Diffusion (Bolya & Hoffman, CVPRW 2023) by hooks on diffusers' transformer blocks.
+
+The released ``tomesd`` swaps each ``BasicTransformerBlock``'s class for a copy of an older
+diffusers forward. mmeff hooks the blocks instead: the denoiser's input gives the token grid, each
+block's input picks the merge (2-D bipartite matching on the block's input tokens), and the
+block's ``attn1`` (and optionally ``attn2`` and ``ff``) run on the merged tokens, their outputs
+unmerged before the residual add, exactly where ``tomesd`` puts ``m_a``/``u_a``. Because only
+module boundaries are touched, any block forward diffusers ships (SD 1.x/2.x, SDXL, PixArt's
+adaLN-single blocks) keeps working, and detaching restores the original forwards.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from mmeff.hooks import ModelHook
+from mmeff.plugin import Plugin, PluginContext
+from mmeff.registry import register_plugin
+
+from .config import ToMeSDConfig
+from .ops import GridMerge, destination_mask, grid_merge
+
+BLOCK_CLASS = "BasicTransformerBlock"
+
+
+@register_plugin
+class ToMeSDPlugin(Plugin):
+    name = "tome_sd"
+    config_cls = ToMeSDConfig
+    supports = ("diffusers_t2i", "pixart")
+    refused = {"flux": "Flux's double-stream blocks attend over text and image tokens jointly and its single-stream "
+                       "blocks fuse attention and MLP; neither has the BasicTransformerBlock boundaries ToMe-SD "
+                       "merges at; not built yet"}
+    description = "ToMe-SD: merge similar image tokens before self-attention in diffusion transformer blocks"
+    config: ToMeSDConfig
+
+    def __init__(self, config: ToMeSDConfig) -> None:
+        super().__init__(config)
+        self.grid: tuple[int, int] | None = None
+        self.current: GridMerge | None = None
+        self.generator: torch.Generator | None = None
+        self.tokens_before: list[int] = []
+        self.tokens_after: list[int] = []
+        self.denoiser_calls = 0
+
+    def check(self, ctx: PluginContext) -> None:
+        from mmeff.errors import UnsupportedModelError
+
+        if not _blocks(ctx.adapter.denoiser):
+            raise UnsupportedModelError(f"tome_sd found no {BLOCK_CLASS} in {type(ctx.adapter.denoiser).__name__}")
+
+    def attach(self, ctx: PluginContext) -> None:
+        c = self.config
+        denoiser = ctx.adapter.denoiser
+        ctx.add_hook(denoiser, "grid", _GridHook(self, getattr(denoiser.config, "patch_size", None) or 1))
+        for i, block in enumerate(_blocks(denoiser)):
+            ctx.add_hook(block, f"block{i}", _ChooseMerge(self))
+            for part, on in (("attn1", c.merge_attn), ("attn2", c.merge_crossattn), ("ff", c.merge_mlp)):
+                if on and isinstance(getattr(block, part, None), nn.Module):
+                    ctx.add_hook(getattr(block, part), f"block{i}.{part}", _MergeAround(self))
+
+    def reset(self) -> None:
+        self.tokens_before, self.tokens_after, self.denoiser_calls = [], [], 0
+        if self.config.seed is not None:
+            self.generator = torch.Generator().manual_seed(self.config.seed)
+
+    def stats(self) -> dict[str, Any]:
+        """Per block of the last denoiser call: image tokens in, and after the merge."""
+        return {"tokens_before": list(self.tokens_before), "tokens_after": list(self.tokens_after),
+                "merged_blocks": sum(a < b for a, b in zip(self.tokens_after, self.tokens_before)),
+                "denoiser_calls": self.denoiser_calls}
+
+    # -- the merge of one block call -------------------------------------------------------
+    def choose(self, x: torch.Tensor) -> GridMerge | None:
+        """tomesd's ``compute_merge``: level from the token count, destinations, then the matching."""
+        c = self.config
+        if self.grid is None or x.ndim != 3:
+            return None
+        height, width = self.grid
+        downsample = math.ceil(math.sqrt(height * width // x.shape[1]))
+        r = int(x.shape[1] * c.ratio)
+        if downsample > c.max_downsample or r <= 0:
+            return None
+        h, w = math.ceil(height / downsample), math.ceil(width / downsample)
+        offsets = None
+        if c.use_rand and x.shape[0] % 2 == 0:  # odd batches cannot pair cond/uncond rows: tomesd turns it off
+            if self.generator is None:  # forked from the global RNG on first use, as tomesd does
+                self.generator = torch.Generator().set_state(torch.get_rng_state())
+            offsets = torch.randint(c.sy * c.sx, size=(h // c.sy, w // c.sx, 1), generator=self.generator)[..., 0]
+        return grid_merge(x, destination_mask(h, w, c.sx, c.sy, offsets), r)
+
+
+class _GridHook(ModelHook):
+    """The denoiser's input grid, in tokens of its blocks' highest level."""
+
+    def __init__(self, plugin: ToMeSDPlugin, patch: int) -> None:
+        self.plugin, self.patch = plugin, patch
+
+    def pre_forward(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        sample = args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))
+        self.plugin.grid = (sample.shape[-2] // self.patch, sample.shape[-1] // self.patch)
+        self.plugin.tokens_before, self.plugin.tokens_after = [], []
+        self.plugin.denoiser_calls += 1
+        return args, kwargs
+
+
+class _ChooseMerge(ModelHook):
+    def __init__(self, plugin: ToMeSDPlugin) -> None:
+        self.plugin = plugin
+
+    def pre_forward(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        x = args[0] if args else kwargs["hidden_states"]
+        merge = self.plugin.current = self.plugin.choose(x)
+        self.plugin.tokens_before.append(x.shape[1])
+        self.plugin.tokens_after.append(x.shape[1] - merge.merged.shape[1] if merge is not None else x.shape[1])
+        return args, kwargs
+
+    def post_forward(self, module: nn.Module, output: Any) -> Any:
+        self.plugin.current = None
+        return output
+
+
+class _MergeAround(ModelHook):
+    """Merge a sub-module's token input and unmerge its output (``m_a``/``u_a`` in tomesd)."""
+
+    def __init__(self, plugin: ToMeSDPlugin) -> None:
+        self.plugin = plugin
+        self.active: GridMerge | None = None
+
+    def pre_forward(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        merge = self.active = self.plugin.current
+        if merge is None:
+            return args, kwargs
+        if args:
+            return (merge.merge(args[0]), *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": merge.merge(kwargs["hidden_states"])}
+
+    def post_forward(self, module: nn.Module, output: Any) -> Any:
+        merge, self.active = self.active, None
+        return output if merge is None else merge.unmerge(output)
+
+
+def _blocks(denoiser: nn.Module) -> list[nn.Module]:
+    return [m for m in denoiser.modules() if any(c.__name__ == BLOCK_CLASS for c in type(m).__mro__)]
