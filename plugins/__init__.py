@@ -14,6 +14,7 @@ from . import (  # noqa: F401
     random_drop,
     reno,
     sjd,
+    todo,
     tome,
     tome_sd,
     vcd,

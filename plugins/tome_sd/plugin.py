@@ -50,14 +50,14 @@ class ToMeSDPlugin(Plugin):
     def check(self, ctx: PluginContext) -> None:
         from mmeff.errors import UnsupportedModelError
 
-        if not _blocks(ctx.adapter.denoiser):
+        if not transformer_blocks(ctx.adapter.denoiser):
             raise UnsupportedModelError(f"tome_sd found no {BLOCK_CLASS} in {type(ctx.adapter.denoiser).__name__}")
 
     def attach(self, ctx: PluginContext) -> None:
         c = self.config
         denoiser = ctx.adapter.denoiser
         ctx.add_hook(denoiser, "grid", _GridHook(self, getattr(denoiser.config, "patch_size", None) or 1))
-        for i, block in enumerate(_blocks(denoiser)):
+        for i, block in enumerate(transformer_blocks(denoiser)):
             ctx.add_hook(block, f"block{i}", _ChooseMerge(self))
             for part, on in (("attn1", c.merge_attn), ("attn2", c.merge_crossattn), ("ff", c.merge_mlp)):
                 if on and isinstance(getattr(block, part, None), nn.Module):
@@ -144,5 +144,6 @@ class _MergeAround(ModelHook):
         return output if merge is None else merge.unmerge(output)
 
 
-def _blocks(denoiser: nn.Module) -> list[nn.Module]:
+def transformer_blocks(denoiser: nn.Module) -> list[nn.Module]:
+    """Every BasicTransformerBlock of a UNet or DiT (by class name, as tomesd finds them; subclasses count)."""
     return [m for m in denoiser.modules() if any(c.__name__ == BLOCK_CLASS for c in type(m).__mro__)]
