@@ -46,6 +46,7 @@ class ToMeSDPlugin(Plugin):
         self.tokens_before: list[int] = []
         self.tokens_after: list[int] = []
         self.denoiser_calls = 0
+        self.block_merges = 0
 
     def check(self, ctx: PluginContext) -> None:
         from mmeff.errors import UnsupportedModelError
@@ -64,15 +65,16 @@ class ToMeSDPlugin(Plugin):
                     ctx.add_hook(getattr(block, part), f"block{i}.{part}", _MergeAround(self))
 
     def reset(self) -> None:
-        self.tokens_before, self.tokens_after, self.denoiser_calls = [], [], 0
+        self.tokens_before, self.tokens_after, self.denoiser_calls, self.block_merges = [], [], 0, 0
         if self.config.seed is not None:
             self.generator = torch.Generator().manual_seed(self.config.seed)
 
     def stats(self) -> dict[str, Any]:
-        """Per block of the last denoiser call: image tokens in, and after the merge."""
+        """Per block of the last denoiser call: image tokens in, and after the merge; over the whole call:
+        denoiser calls and merged block calls (a ReNO search's renders included)."""
         return {"tokens_before": list(self.tokens_before), "tokens_after": list(self.tokens_after),
                 "merged_blocks": sum(a < b for a, b in zip(self.tokens_after, self.tokens_before)),
-                "denoiser_calls": self.denoiser_calls}
+                "denoiser_calls": self.denoiser_calls, "block_merges": self.block_merges}
 
     # -- the merge of one block call -------------------------------------------------------
     def choose(self, x: torch.Tensor) -> GridMerge | None:
@@ -115,6 +117,7 @@ class _ChooseMerge(ModelHook):
     def pre_forward(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         x = args[0] if args else kwargs["hidden_states"]
         merge = self.plugin.current = self.plugin.choose(x)
+        self.plugin.block_merges += merge is not None
         self.plugin.tokens_before.append(x.shape[1])
         self.plugin.tokens_after.append(x.shape[1] - merge.merged.shape[1] if merge is not None else x.shape[1])
         return args, kwargs

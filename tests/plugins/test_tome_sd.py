@@ -163,3 +163,49 @@ def test_pixart_blocks_merge_and_ratio_zero_is_plain():
 def test_flux_is_refused_with_the_reason():
     with pytest.raises(UnsupportedModelError, match="joint"):
         mmeff.wrap(tiny_flux()).add_plugin("tome_sd")
+
+
+class RednessReward(torch.nn.Module):
+    """Mean red minus mean blue: a differentiable reward with a gradient everywhere."""
+
+    name, offset, default_weight = "redness", 1.0, 1.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(()), requires_grad=False)
+
+    def forward(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        return self.scale * (images[:, 0] - images[:, 2]).mean((1, 2))
+
+
+@pytest.mark.parametrize("first", ["tome_sd", "reno"])
+def test_reno_optimises_through_the_merges_in_either_order(first):
+    """Gradients reach the noise through merge/unmerge (their indices are chosen without grad)."""
+    def add(pipe, name):
+        if name == "reno":
+            pipe.add_plugin("reno", rewards={"redness": 1.0}, reward_models={"redness": RednessReward()},
+                            iterations=4, lr=20.0)
+        else:
+            pipe.add_plugin("tome_sd", ratio=0.5, max_downsample=2, use_rand=False)
+
+    def run(pipe):
+        return pipe(PROMPTS[:1], num_inference_steps=1, guidance_scale=1.0,
+                    generator=torch.Generator().manual_seed(0), output_type="np").images
+
+    pipe = mmeff.wrap(tiny_sd())
+    add(pipe, "reno")
+    run(pipe)
+    alone = pipe.last_stats["reno"]["reward"]
+    pipe.remove_plugin("reno")
+    for name in (first, {"tome_sd": "reno", "reno": "tome_sd"}[first]):
+        add(pipe, name)
+    out = run(pipe)
+    stats = pipe.last_stats
+    assert stats["reno"]["reward"][-1] > stats["reno"]["reward"][0]
+    assert stats["reno"]["reward"][0] != alone[0], "the search renders through the merges"
+    renders = stats["reno"]["iterations"] + 1  # the search's renders, then the pipeline's own call
+    assert stats["tome_sd"]["block_merges"] == renders * stats["tome_sd"]["merged_blocks"]
+    assert stats["tome_sd"]["merged_blocks"] > 0 and out.shape[0] == 1
+    pipe.remove_plugin("tome_sd")
+    pipe.remove_plugin("reno")
+    assert not list(iter_hooks(pipe.obj.unet))
