@@ -325,9 +325,18 @@ class MMPipeline:
 
     @_one_call_at_a_time
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        """Diffusers pipelines: run the wrapped pipeline with every plugin's call-time changes."""
+        """Diffusers pipelines: run the wrapped pipeline with every plugin's call-time changes.
+        Vision models (timm ViTs): run the model on its inputs, with the plugins' hooks."""
+        if self.adapter.family == "vision":
+            self.reset_state()
+            start = time.perf_counter()
+            out = self.obj(*args, **kwargs)
+            self._collect_stats({"wall_time_s": time.perf_counter() - start,
+                                 "batch_size": args[0].shape[0] if args and hasattr(args[0], "shape") else None})
+            return out
         if self.adapter.family != "t2i":
-            raise UnsupportedModelError("calling the pipeline is for text-to-image models; use generate() for VLMs")
+            raise UnsupportedModelError("calling the pipeline is for text-to-image and vision models; "
+                                        "use generate() for VLMs")
         if args:  # every diffusers text-to-image pipeline takes the prompt first
             if len(args) > 1 or "prompt" in kwargs:
                 raise InputError("pass the prompt as the only positional argument or as prompt=; the rest by keyword")

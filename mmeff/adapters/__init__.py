@@ -13,6 +13,7 @@ from . import (  # noqa: F401
     llava_onevision,
     pixart,
     qwen2_vl,
+    timm_vit,
 )
 from .base import Adapter
 

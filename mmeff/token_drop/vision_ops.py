@@ -8,6 +8,7 @@ the grid index of the patch a token is written back to (-1 for CLS, which stays 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -45,6 +46,57 @@ def head_mean_keys(x_norm: torch.Tensor, k_proj: nn.Module, num_heads: int) -> t
     return split_heads(x_norm, k_proj, num_heads).mean(1)
 
 
+@dataclass
+class BipartiteMatch:
+    """One round of ToMe's bipartite soft matching: which A tokens (even slots) join which B tokens (odd)."""
+
+    src: torch.Tensor  # (B, r) A positions merged away
+    dst: torch.Tensor  # (B, r) the B position each joins
+    kept: torch.Tensor  # (B, |A| - r) A positions kept, in order
+
+    def merge(self, x: torch.Tensor, sizes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Size-weighted means: (B, N, C), (B, N) -> kept A tokens then every B token, and their sizes."""
+        w = sizes.to(x.dtype)[..., None]
+        xa, xb, wa, wb = (x * w)[:, ::2], (x * w)[:, 1::2], w[:, ::2], w[:, 1::2]
+        dim = x.shape[-1]
+        xb = xb.scatter_add(1, self.dst[..., None].expand(-1, -1, dim),
+                            xa.gather(1, self.src[..., None].expand(-1, -1, dim)))
+        wb = wb.scatter_add(1, self.dst[..., None], wa.gather(1, self.src[..., None]))
+        new_w = torch.cat([wa.gather(1, self.kept[..., None]), wb], 1)
+        new_x = torch.cat([xa.gather(1, self.kept[..., None].expand(-1, -1, dim)), xb], 1) / new_w.clamp(min=1e-6)
+        return new_x, new_w[..., 0].to(sizes.dtype)
+
+    def unmerge(self, y: torch.Tensor, n: int) -> torch.Tensor:
+        """(B, N - r, C) -> (B, n, C): every token gets the value of the token it became."""
+        b, _, dim = y.shape
+        kept, yb = y[:, : self.kept.shape[1]], y[:, self.kept.shape[1]:]
+        ya = y.new_empty(b, (n + 1) // 2, dim)
+        ya.scatter_(1, self.kept[..., None].expand(-1, -1, dim), kept)
+        ya.scatter_(1, self.src[..., None].expand(-1, -1, dim), yb.gather(1, self.dst[..., None].expand(-1, -1, dim)))
+        out = y.new_empty(b, n, dim)
+        out[:, ::2], out[:, 1::2] = ya, yb
+        return out
+
+
+def bipartite_match(keys: torch.Tensor, r: int, protect_first: bool = True) -> BipartiteMatch | None:
+    """Each A token's best B partner by key cosine; the ``r`` best-matched A tokens merge (None: nothing to do).
+
+    ``protect_first`` keeps slot 0 (a CLS token) out of the merge, as ToMe's ``class_token``.
+    """
+    a_keys, b_keys = keys[:, ::2], keys[:, 1::2]
+    r = min(r, a_keys.shape[1] - int(protect_first))
+    if r <= 0:
+        return None
+    a_n, b_n = F.normalize(a_keys.float(), dim=-1), F.normalize(b_keys.float(), dim=-1)
+    scores = a_n @ b_n.transpose(-1, -2)
+    if protect_first:
+        scores[:, 0, :] = -math.inf  # CLS never merges
+    best, match = scores.max(-1)
+    order = best.argsort(-1, descending=True)
+    src = order[:, :r]
+    return BipartiteMatch(src=src, dst=match.gather(1, src), kept=order[:, r:].sort(-1).values)
+
+
 def bipartite_merge(
     x: torch.Tensor, keys: torch.Tensor, sizes: torch.Tensor, sources: torch.Tensor, r: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -54,29 +106,12 @@ def bipartite_merge(
     key cosine; the ``r`` best-matched A tokens are merged into their B partner by a
     size-weighted mean. Survivors keep their relative order within A, then B follow.
     """
-    a_keys, b_keys = keys[:, ::2], keys[:, 1::2]
-    r = min(r, a_keys.shape[1] - 1)
-    if r <= 0:
+    match = bipartite_match(keys, r)
+    if match is None:
         return x, sizes, sources
-    a_n, b_n = F.normalize(a_keys.float(), dim=-1), F.normalize(b_keys.float(), dim=-1)
-    scores = a_n @ b_n.transpose(-1, -2)
-    scores[:, 0, :] = -math.inf  # CLS never merges
-    best, match = scores.max(-1)
-    order = best.argsort(-1, descending=True)
-    src, unmerged = order[:, :r], order[:, r:].sort(-1).values
-    dst = match.gather(1, src)
-
-    w = sizes.to(x.dtype)[..., None]
-    xa, xb, wa, wb = (x * w)[:, ::2], (x * w)[:, 1::2], w[:, ::2], w[:, 1::2]
-    dim = x.shape[-1]
-    xb = xb.scatter_add(1, dst[..., None].expand(-1, -1, dim), xa.gather(1, src[..., None].expand(-1, -1, dim)))
-    wb = wb.scatter_add(1, dst[..., None], wa.gather(1, src[..., None]))
-    xa_keep = xa.gather(1, unmerged[..., None].expand(-1, -1, dim))
-    wa_keep = wa.gather(1, unmerged[..., None])
-    new_w = torch.cat([wa_keep, wb], 1)
-    new_x = torch.cat([xa_keep, xb], 1) / new_w.clamp(min=1e-6)
-    new_sources = torch.cat([sources[:, ::2].gather(1, unmerged), sources[:, 1::2]], 1)
-    return new_x, new_w[..., 0].to(sizes.dtype), new_sources
+    new_x, new_sizes = match.merge(x, sizes)
+    new_sources = torch.cat([sources[:, ::2].gather(1, match.kept), sources[:, 1::2]], 1)
+    return new_x, new_sizes, new_sources
 
 
 def window_similarity(x: torch.Tensor, grid: int, window: int = 3) -> torch.Tensor:

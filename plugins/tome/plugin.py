@@ -5,13 +5,17 @@ and the tower itself gets cheaper."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from mmeff.adapters.vlm import VLMAdapter
+from mmeff.plugin import PluginContext
 from mmeff.registry import register_plugin
 from mmeff.token_drop.plugin_base import VisionDropPlugin
 from mmeff.token_drop.vision import TokenState, Transform, VisionStep
 from mmeff.token_drop.vision_ops import bipartite_merge, head_mean_keys
 
 from .config import ToMeConfig
+from .timm import TimmToMe
 
 
 @register_plugin
@@ -26,9 +30,28 @@ class ToMePlugin(VisionDropPlugin):
                "llava_onevision": "SigLIP has no CLS token (all last-layer patches are features), but the vision-side "
                                   "reducer keeps slot 0 as LLaVA's CLS token; and video frames are 2x2-pooled after "
                                   "the projector, which would mix merged tokens' emptied grid slots; not built yet"}
-    description = "ToMe: bipartite soft matching merges similar tokens in every vision-tower layer"
+    supports = ("llava", "llava_next", "timm_vit")
+    description = "ToMe: bipartite soft matching merges similar tokens in every vision-tower layer (VLMs, timm ViTs)"
 
     config: ToMeConfig
+    timm: TimmToMe | None = None
+
+    # timm ViTs take their own path (plugins/tome/timm.py); VLM towers the vision-stage reducer
+    def check(self, ctx: PluginContext) -> None:
+        if ctx.adapter.key == "timm_vit":
+            self.timm = TimmToMe(self.config)
+            self.timm.check(ctx)
+        else:
+            super().check(ctx)
+
+    def attach(self, ctx: PluginContext) -> None:
+        if self.timm is not None:
+            self.timm.attach(ctx)
+        else:
+            super().attach(ctx)
+
+    def stats(self) -> dict[str, Any]:
+        return self.timm.stats() if self.timm is not None else super().stats()
 
     def transforms(self, adapter: VLMAdapter) -> dict[int, Transform]:
         self.points = adapter.feature_layer_index() + 1
