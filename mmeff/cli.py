@@ -47,7 +47,22 @@ def cmd_demo(args: argparse.Namespace) -> None:
     run_demo(args.model, args.plugin, args.max_new_tokens, json.loads(args.options))
 
 
+def _bench_merge(args: argparse.Namespace) -> None:
+    import sys
+
+    from .bench.merge import LAYOUTS, run_merge_bench
+    from .bench.merge_report import write_merge_report
+
+    model = Path(args.model or "assets/models/shapes-sd")
+    results = run_merge_bench(() if args.quality else tuple(LAYOUTS), repeats=args.runs,
+                              model_dir=None if args.speed else model, per_category=args.per_category,
+                              vit_rs=() if args.quality else (0, 8, 13, 16))
+    write_merge_report(Path(args.out) / "merge", results, {"command": "mmeff " + " ".join(sys.argv[1:])})
+
+
 def cmd_bench(args: argparse.Namespace) -> None:
+    if args.suite == "merge":
+        _bench_merge(args)
     if args.suite == "reno":
         _bench_reno(args)
     if args.suite == "ar":
@@ -342,7 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_testbed)
 
     p = sub.add_parser("bench", help="benchmarks that write JSON, a markdown report and plots")
-    p.add_argument("suite", choices=["tokens", "halluc", "reno", "ar"])
+    p.add_argument("suite", choices=["tokens", "halluc", "reno", "ar", "merge"])
     p.add_argument("--speed", action="store_true", help="only prefill/decode time, KV cache and FLOPs "
                                                          "on a 7B-layout random model")
     p.add_argument("--quality", action="store_true", help="only testbed accuracy per method and budget")

@@ -1,0 +1,45 @@
+"""``mmeff bench merge`` on a small layout: every method runs, the report is written, tomesd and tome_sd agree."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mmeff.bench.merge import SD15, UNetLayout, flops_ratio, time_steps, vit_speed
+from mmeff.bench.merge_report import write_merge_report
+
+pytest.importorskip("tomesd")
+
+SMALL = UNetLayout("sd1.5-128", 128, SD15.widths, SD15.down, SD15.up, SD15.transformer_layers, SD15.head_dim,
+                   divide=20)
+
+
+def test_step_timing_rows_flops_and_report(tmp_path):
+    result = time_steps(SMALL, (0.5,), repeats=1)
+    rows = result["methods"]
+    assert set(rows) == {"plain", "tomesd@0.5", "tome_sd@0.5", "todo (x2)"}
+    assert rows["tome_sd@0.5"]["max_abs_diff_to_tomesd"] < 1e-5
+    assert rows["tome_sd@0.5"]["self_attention_flops_ratio"] == pytest.approx(
+        rows["tomesd@0.5"]["self_attention_flops_ratio"])
+    assert rows["tome_sd@0.5"]["self_attention_flops_ratio"] < 1
+    assert rows["todo (x2)"]["self_attention_flops_ratio"] < 1 and rows["plain"]["max_abs_diff_to_plain"] == 0
+    write_merge_report(tmp_path, {"speed": {SMALL.name: result}, "ratios": [0.5], "timestep": 500},
+                       {"command": "test"})
+    assert "tome_sd@0.5" in (tmp_path / "merge.md").read_text()
+    assert json.loads((tmp_path / "merge.json").read_text())["speed"][SMALL.name]["methods"]
+    assert (tmp_path / "merge.png").stat().st_size > 0
+
+
+def test_flops_ratio_counts_projections_and_scores():
+    plain = [(64, 64, 320)]
+    assert flops_ratio(SD15, plain, plain) == 1
+    # halving the tokens quarters the scores and halves the projections
+    half = flops_ratio(SD15, [(32, 32, 320)], plain)
+    full_proj, full_scores = 2 * 4 * 64 * 320 * 320, 4 * 64 * 64 * 320
+    assert half == pytest.approx((full_proj / 2 + full_scores / 4) / (full_proj + full_scores))
+
+
+def test_vit_speed_reports_fewer_tokens_with_r():
+    rows = vit_speed((0, 8), batch=1, repeats=1)
+    assert [r["final_tokens"] for r in rows] == [197, 197 - 12 * 8]
