@@ -37,6 +37,7 @@ class UNetLayout:
     transformer_layers: tuple[int, ...]
     head_dim: int
     divide: int = 10
+    first_attention: int = 1  # downsampling of the highest-resolution blocks with attention (SDXL: 2)
 
     @property
     def latent(self) -> int:
@@ -59,18 +60,21 @@ SD15 = UNetLayout("sd1.5-512", 512, (320, 640, 1280, 1280),
                   ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), (1, 1, 1, 1), 40)
 SDXL = UNetLayout("sdxl-1024", 1024, (320, 640, 1280),
                   ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-                  ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"), (1, 2, 10), 64)
+                  ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"), (1, 2, 10), 64, first_attention=2)
 LAYOUTS = {layout.name: layout for layout in (SD15, SDXL)}
 
 
-def methods(ratios: tuple[float, ...]) -> list[tuple[str, str, dict[str, Any]]]:
+def methods(layout: UNetLayout, ratios: tuple[float, ...]) -> list[tuple[str, str, dict[str, Any]]]:
     """(label, kind, options): the released tomesd and mmeff's tome_sd at each ratio, random offsets off so
-    both merge the same tokens; ToDo at its default factor 2 (it has no ratio)."""
+    both merge the same tokens; ToDo at factor 2 (it has no ratio). On SDXL, whose top level has no
+    attention, both methods' defaults do nothing: there ToMe runs at max_downsample 2 and ToDo downsamples
+    level 2 by 2."""
+    tome = {"use_rand": False} | ({"max_downsample": 2} if layout.first_attention == 2 else {})
+    todo = {"downsample_factor_level_2": 2} if layout.first_attention == 2 else {}
     out = [("plain", "plain", {})]
     for r in ratios:
-        out += [(f"tomesd@{r}", "tomesd", {"ratio": r, "use_rand": False}),
-                (f"tome_sd@{r}", "tome_sd", {"ratio": r, "use_rand": False})]
-    return out + [("todo (x2)", "todo", {})]
+        out += [(f"tomesd@{r}", "tomesd", {"ratio": r, **tome}), (f"tome_sd@{r}", "tome_sd", {"ratio": r, **tome})]
+    return out + [("todo (x2)", "todo", todo)]
 
 
 def attach(unet, kind: str, options: dict[str, Any]) -> Callable[[], None]:
@@ -111,7 +115,7 @@ def time_steps(layout: UNetLayout, ratios: tuple[float, ...], repeats: int, seed
     sample = torch.randn(2, 4, layout.latent, layout.latent, generator=g)
     text = torch.randn(2, 77, 64, generator=g)
     timestep = torch.tensor(TIMESTEP)
-    runs = methods(ratios)
+    runs = methods(layout, ratios)
     seconds: dict[str, list[float]] = {label: [] for label, _, _ in runs}
     tokens: dict[str, Any] = {}
     outputs: dict[str, torch.Tensor] = {}
