@@ -209,3 +209,30 @@ def test_reno_optimises_through_the_merges_in_either_order(first):
     pipe.remove_plugin("tome_sd")
     pipe.remove_plugin("reno")
     assert not list(iter_hooks(pipe.obj.unet))
+
+
+@pytest.mark.parametrize("plugin", ["tome_sd", "todo"])
+@pytest.mark.parametrize("first", ["plugin", "offload"])
+def test_diffusers_group_offloading_in_either_order(plugin, first):
+    """diffusers' own hooks beside ours: same images as the plugin alone, detach leaves offloading working."""
+    options = {"tome_sd": {"ratio": 0.5, "use_rand": False}, "todo": {}}[plugin]
+    reference_pipe = shapes_sd()
+    plain = images(reference_pipe)
+    wrapped = mmeff.wrap(reference_pipe)
+    wrapped.add_plugin(plugin, **options)
+    alone = images(wrapped)
+    wrapped.remove_plugin(plugin)
+
+    pipe = shapes_sd()
+    wrapped = mmeff.wrap(pipe)
+    cpu = torch.device("cpu")
+    if first == "plugin":
+        wrapped.add_plugin(plugin, **options)
+    pipe.unet.enable_group_offload(onload_device=cpu, offload_device=cpu, offload_type="block_level",
+                                   num_blocks_per_group=1)
+    if first == "offload":
+        wrapped.add_plugin(plugin, **options)
+    assert torch.equal(images(wrapped), alone)
+    wrapped.remove_plugin(plugin)
+    assert torch.equal(images(wrapped), plain)
+    assert not list(iter_hooks(pipe.unet))
