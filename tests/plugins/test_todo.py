@@ -127,3 +127,15 @@ def test_pixart_self_attention_is_downsampled():
 def test_flux_is_refused_with_the_reason():
     with pytest.raises(UnsupportedModelError, match="jointly"):
         mmeff.wrap(tiny_flux()).add_plugin("todo")
+
+
+def test_batch_rows_equal_solo_runs():
+    wrapped = mmeff.wrap(shapes_sd())
+    wrapped.add_plugin("todo", use_rand=False)
+    prompts = ["a red circle", "a green star"]
+    batch = wrapped(prompts, num_inference_steps=5, generator=[torch.Generator().manual_seed(s) for s in (0, 1)],
+                    output_type="pt").images
+    for i, prompt in enumerate(prompts):
+        solo = wrapped([prompt], num_inference_steps=5, generator=torch.Generator().manual_seed(i),
+                       output_type="pt").images
+        assert torch.allclose(batch[i], solo[0], atol=1e-5)
