@@ -9,6 +9,7 @@ which lands under ``"throughput"`` in the results file lmms-eval writes.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,7 +25,7 @@ from ..pipeline import load
 from .plugin_stack import parse_plugin_stack
 
 IMAGE_PLACEHOLDERS = ("<image>", "<|image|>")  # tasks written for LLaVA-style prompts; mmeff places images itself
-_GREEDY_KEYS = ("max_new_tokens", "temperature", "top_p", "num_beams", "do_sample", "until")
+_GENERATION_KEYS = ("max_new_tokens", "temperature", "top_p", "num_beams", "do_sample", "until")
 
 
 class MMeffLMM(lmms):
@@ -55,6 +56,7 @@ class MMeffLMM(lmms):
         for name, options in stack:
             self.pipe.add_plugin(name, **options)
         self.pretrained = str(pretrained)
+        self._warned: set[frozenset[str]] = set()
 
     @property
     def model(self) -> Any:
@@ -95,7 +97,7 @@ class MMeffLMM(lmms):
         """Answers cut at the stop strings, and the tokens generated (padding after an early end not counted)."""
         contexts, gen_kwargs = [r.args[0] for r in batch], dict(batch[0].args[1])
         images = [self._visuals(r) for r in batch]
-        unknown = set(gen_kwargs) - set(_GREEDY_KEYS)
+        unknown = set(gen_kwargs) - set(_GENERATION_KEYS)
         until = gen_kwargs.pop("until", None) or []
         until = [until] if isinstance(until, str) else list(until)
         options: dict[str, Any] = {"max_new_tokens": int(gen_kwargs.pop("max_new_tokens", 128))}
@@ -106,8 +108,10 @@ class MMeffLMM(lmms):
             options["top_p"] = float(gen_kwargs.pop("top_p", 1.0) or 1.0)
         if int(gen_kwargs.pop("num_beams", 1) or 1) > 1:
             raise InputError("mmeff's lmms-eval entry decodes greedily or by sampling; num_beams > 1 is not supported")
-        if unknown:
-            raise InputError(f"generation kwargs {sorted(unknown)} are not supported; mmeff takes {list(_GREEDY_KEYS)}")
+        if unknown and frozenset(unknown) not in self._warned:  # task-specific extras (e.g. image_aspect_ratio)
+            self._warned.add(frozenset(unknown))
+            warnings.warn(f"mmeff's lmms-eval entry ignores generation kwargs {sorted(unknown)}; it honours "
+                          f"{list(_GENERATION_KEYS)}", stacklevel=2)
         out = self.pipe.generate(images, [_clean_context(c) for c in contexts], return_ids=True, **options)
         pad_id = getattr(self.pipe.processor, "tokenizer", self.pipe.processor).pad_token_id
         return [_cut(text, until) for text in out.texts], int((out.new_tokens != pad_id).sum())
@@ -118,7 +122,7 @@ class MMeffLMM(lmms):
         visuals = doc_to_visual(self.task_dict[task][split][doc_id]) or []
         if any(isinstance(v, (str, dict)) for v in visuals):
             raise InputError(f"task {task!r} gives video or audio inputs; mmeff's lmms-eval entry takes images only")
-        images = [v.convert("RGB") for v in visuals]
+        images = [v.convert("RGB") if hasattr(v, "convert") else v for v in visuals]  # PIL, arrays or tensors
         return images[0] if len(images) == 1 else (images or None)
 
     def _log_totals(self, totals: dict[str, float], n_requests: int) -> None:

@@ -185,3 +185,28 @@ def test_a_qwen2_vl_folder_runs_with_a_plugin(tasks_dir, tmp_path):
     assert len(result["samples"]["shapes_counting"]) == 4
     stats = lm.pipe.last_stats["pyramid_drop"]
     assert stats["final_image_tokens"] < stats["image_tokens_before"][0]
+
+
+def test_generation_kwargs_stop_strings_and_refusals():
+    from lmms_eval.api.instance import Instance
+
+    from mmeff.harness.lmms_model import MMeffLMM
+
+    lm = MMeffLMM(pretrained=str(BUNDLED), batch_size=2)
+    scene = build_suite("counting", 1)[0].scene
+    lm.task_dict = {"t": {"test": [{"image": render(scene)}]}}
+
+    def request(gen_kwargs, context="describe the image."):
+        return Instance("generate_until", (context, gen_kwargs, lambda doc: [doc["image"]], 0, "t", "test"), idx=0,
+                        metadata={"task": "t", "doc_id": 0, "repeats": 1})
+
+    full = lm.generate_until([request({"max_new_tokens": 12})])[0]
+    word = full.split()[1]
+    cut = lm.generate_until([request({"max_new_tokens": 12, "until": [word]})])[0]
+    assert cut == full.split(word, 1)[0] and len(cut) < len(full)
+    with pytest.warns(UserWarning, match="ignores generation kwargs \\['image_aspect_ratio'\\]"):
+        lm.generate_until([request({"max_new_tokens": 2, "image_aspect_ratio": "pad"})])
+    with pytest.raises(mmeff.errors.InputError, match="num_beams"):
+        lm.generate_until([request({"max_new_tokens": 2, "num_beams": 3})])
+    with pytest.raises(mmeff.errors.InputError, match="empty prompt"):
+        lm.generate_until([request({"max_new_tokens": 2}, context="<image>")])
