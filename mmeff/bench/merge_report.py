@@ -17,7 +17,8 @@ def speed_rows(result: dict[str, Any]) -> list[list[Any]]:
     return rows
 
 
-SPEED_HEADERS = ["method", "ms / step", "speed-up", "self-attn FLOPs", "max abs diff to plain", "max abs diff to tomesd"]
+SPEED_HEADERS = ["method", "ms / step", "speed-up", "self-attn FLOPs", "max abs diff to plain",
+                 "max abs diff to tomesd"]
 
 
 def write_merge_report(out_dir: Path, results: dict[str, Any], meta: dict[str, Any]) -> None:
