@@ -75,7 +75,7 @@ class MMeffLMM(lmms):
         """Answers in request order; requests with equal generation kwargs share batches."""
         answers: list[str | None] = [None] * len(requests)
         totals = {"seconds": 0.0, "tokens": 0, "batches": 0, "image_tokens_in": 0.0, "image_tokens_kept": 0.0,
-                  "final_image_tokens": 0.0, "reduced_batches": 0}
+                  "final_image_tokens": 0.0, "reduced_batches": 0, "forwards": 0, "decoding_batches": 0}
         groups: dict[str, list[int]] = {}
         for i, request in enumerate(requests):
             groups.setdefault(repr(sorted(request.args[1].items())), []).append(i)
@@ -137,6 +137,9 @@ class MMeffLMM(lmms):
             extra["mean_image_tokens_in"] = totals["image_tokens_in"] / totals["reduced_batches"]
             extra["mean_image_tokens_kept"] = totals["image_tokens_kept"] / totals["reduced_batches"]
             extra["final_image_tokens"] = totals["final_image_tokens"] / totals["reduced_batches"]
+        if totals["decoding_batches"]:  # a contrastive decoding plugin counted its model calls
+            extra["model_forwards"] = totals["forwards"]
+            extra["model_forwards_per_batch"] = totals["forwards"] / totals["decoding_batches"]
         seconds = totals["seconds"]
         log_metrics(total_elapsed_time=seconds, total_gen_tokens=int(totals["tokens"]),
                     avg_speed=totals["tokens"] / seconds if seconds else 0.0, additional_metrics=extra)
@@ -219,6 +222,11 @@ def _cut(text: str, until: list[str]) -> str:
 
 def _add_stats(totals: dict[str, float], stats: dict[str, Any]) -> None:
     totals["seconds"] += stats["wall_time_s"]
+    for value in stats.values():  # contrastive decoding loops count their model forwards
+        if isinstance(value, dict) and isinstance(value.get("forwards"), int):
+            totals["forwards"] += value["forwards"]
+            totals["decoding_batches"] += 1
+            break
     totals["batches"] += 1
     for value in stats.values():  # the first token-reduction plugin's view covers the stack
         if isinstance(value, dict) and "mean_image_tokens" in value and value.get("image_tokens_before"):

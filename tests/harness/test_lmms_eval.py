@@ -118,6 +118,12 @@ def test_plugins_reach_the_model_and_stats_reach_the_results(tasks_dir):
     assert throughput["total_gen_tokens"] > 0 and throughput["avg_speed"] > 0
 
 
+def test_a_contrastive_plugin_reports_its_model_forwards(tasks_dir):
+    result = lmms_run(tasks_dir, ["shapes_pope"], "vcd", limit=8)
+    throughput = result["throughput"]
+    assert throughput["avg_model_forwards"] >= 2 * throughput["avg_requests_answered"] / BATCH  # two streams
+
+
 def test_a_bad_plugin_string_fails_before_any_model_loads():
     from mmeff.harness.lmms_model import MMeffLMM
 
