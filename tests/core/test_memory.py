@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import mmap
 import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from mmeff.memory import peak_memory, resident_mb
 
@@ -16,9 +16,12 @@ def test_a_short_lived_allocation_shows_in_the_peak_and_is_gone_after():
     with peak_memory("cpu") as idle:
         time.sleep(0.05)
     with peak_memory("cpu") as busy:
-        x = torch.ones(64 * 2**20 // 4 * 4)  # 256 MB, touched, held for a moment, then freed
+        # 256 MB of fresh pages, touched, held for a moment, then unmapped (a tensor could reuse heap pages
+        # that earlier tests freed but malloc kept resident, and show no rise)
+        block = mmap.mmap(-1, 256 * 2**20)
+        block.write(b"\x01" * len(block))
         time.sleep(0.3)  # long enough for the sampler thread to be scheduled on a busy machine
-        del x
+        block.close()
     assert busy.kind == idle.kind == "process RSS"
     assert busy.added_mb > 200 and busy.mb >= busy.added_mb
     assert idle.added_mb < 50
