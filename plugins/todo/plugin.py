@@ -20,8 +20,8 @@ import torch.nn as nn
 
 from mmeff.hooks import ModelHook
 from mmeff.plugin import Plugin, PluginContext
-from mmeff.plugins.tome_sd.ops import destination_mask, grid_merge
-from mmeff.plugins.tome_sd.plugin import transformer_blocks
+from mmeff.plugins.tome_sd.grid import CellDestinations, DenoiserInput, require_blocks
+from mmeff.plugins.tome_sd.ops import grid_merge
 from mmeff.registry import register_plugin
 
 from .config import ToDoConfig
@@ -42,26 +42,24 @@ class ToDoPlugin(Plugin):
         super().__init__(config)
         self.grid: tuple[int, int] | None = None
         self.timestep: float | None = None
-        self.generator: torch.Generator | None = None
+        self.cells = CellDestinations(config.sx, config.sy, config.use_rand, config.seed)
         self.kv_before: list[int] = []
         self.kv_after: list[int] = []
 
     def check(self, ctx: PluginContext) -> None:
-        from mmeff.errors import UnsupportedModelError
-
-        if not transformer_blocks(ctx.adapter.denoiser):
-            raise UnsupportedModelError(f"todo found no BasicTransformerBlock in {type(ctx.adapter.denoiser).__name__}")
+        require_blocks(ctx, self.name)
 
     def attach(self, ctx: PluginContext) -> None:
-        denoiser = ctx.adapter.denoiser
-        ctx.add_hook(denoiser, "grid", _StepHook(self, getattr(denoiser.config, "patch_size", None) or 1))
-        for i, block in enumerate(transformer_blocks(denoiser)):
+        ctx.add_hook(ctx.adapter.denoiser, "grid", DenoiserInput(ctx.adapter.denoiser, self._denoiser_call))
+        for i, block in enumerate(require_blocks(ctx, self.name)):
             ctx.add_hook(block.attn1, f"block{i}.attn1", _KeysValues(self))
 
     def reset(self) -> None:
         self.kv_before, self.kv_after = [], []
-        if self.config.seed is not None:
-            self.generator = torch.Generator().manual_seed(self.config.seed)
+        self.cells.reset()
+
+    def _denoiser_call(self, grid: tuple[int, int], timestep: float | None) -> None:
+        self.grid, self.timestep, self.kv_before, self.kv_after = grid, timestep, [], []
 
     def stats(self) -> dict[str, Any]:
         """Per self-attention of the last denoiser call: key/value tokens in, and after ToDo."""
@@ -85,28 +83,8 @@ class ToDoPlugin(Plugin):
             return downsample_tokens(x, h, w, factor, c.downsample_method) if h * w == x.shape[1] else None
         if method == "similarity" and int(x.shape[1] * ratio) > 0:
             h, w = math.ceil(height / downsample), math.ceil(width / downsample)
-            offsets = None
-            if c.use_rand and x.shape[0] % 2 == 0:
-                if self.generator is None:
-                    self.generator = torch.Generator().set_state(torch.get_rng_state())
-                offsets = torch.randint(c.sy * c.sx, size=(h // c.sy, w // c.sx, 1), generator=self.generator)[..., 0]
-            return grid_merge(x, destination_mask(h, w, c.sx, c.sy, offsets), int(x.shape[1] * ratio)).merge(x)
+            return grid_merge(x, self.cells.mask(h, w, x.shape[0]), int(x.shape[1] * ratio)).merge(x)
         return None
-
-
-class _StepHook(ModelHook):
-    """The denoiser's grid (in its top-level tokens) and the step's timestep."""
-
-    def __init__(self, plugin: ToDoPlugin, patch: int) -> None:
-        self.plugin, self.patch = plugin, patch
-
-    def pre_forward(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-        sample = args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))
-        timestep = args[1] if len(args) > 1 else kwargs.get("timestep")
-        self.plugin.grid = (sample.shape[-2] // self.patch, sample.shape[-1] // self.patch)
-        self.plugin.timestep = None if timestep is None else float(torch.as_tensor(timestep).flatten()[0])
-        self.plugin.kv_before, self.plugin.kv_after = [], []
-        return args, kwargs
 
 
 class _KeysValues(ModelHook):

@@ -65,7 +65,8 @@ class TimmToMe:
         ctx.add_hook(adapter.obj, "tome.start", _Start(self))
         for i, block in enumerate(adapter.blocks):
             ctx.add_hook(block, f"tome.block{i}", _BlockInput(self))
-            ctx.add_hook(block.attn.qkv, f"tome.block{i}.qkv", _Metric(self, block.attn.num_heads))
+            if self.schedule[i] > 0:  # blocks that merge nothing need no metric
+                ctx.add_hook(block.attn.qkv, f"tome.block{i}.qkv", _Metric(self, block.attn.num_heads))
             ctx.add_hook(block.norm2, f"tome.block{i}.norm2", _MergeBeforeMlp(self, i))
             ctx.add_hook(block.drop_path2, f"tome.block{i}.mlp_out", _UnmergeMlp(self))
         ctx.add_hook(adapter.obj.norm, "tome.final", _ApplyPending(self))

@@ -22,9 +22,8 @@ from mmeff.plugin import Plugin, PluginContext
 from mmeff.registry import register_plugin
 
 from .config import ToMeSDConfig
-from .ops import GridMerge, destination_mask, grid_merge
-
-BLOCK_CLASS = "BasicTransformerBlock"
+from .grid import CellDestinations, DenoiserInput, require_blocks
+from .ops import GridMerge, grid_merge
 
 
 @register_plugin
@@ -42,23 +41,19 @@ class ToMeSDPlugin(Plugin):
         super().__init__(config)
         self.grid: tuple[int, int] | None = None
         self.current: GridMerge | None = None
-        self.generator: torch.Generator | None = None
+        self.cells = CellDestinations(config.sx, config.sy, config.use_rand, config.seed)
         self.tokens_before: list[int] = []
         self.tokens_after: list[int] = []
         self.denoiser_calls = 0
         self.block_merges = 0
 
     def check(self, ctx: PluginContext) -> None:
-        from mmeff.errors import UnsupportedModelError
-
-        if not transformer_blocks(ctx.adapter.denoiser):
-            raise UnsupportedModelError(f"tome_sd found no {BLOCK_CLASS} in {type(ctx.adapter.denoiser).__name__}")
+        require_blocks(ctx, self.name)
 
     def attach(self, ctx: PluginContext) -> None:
         c = self.config
-        denoiser = ctx.adapter.denoiser
-        ctx.add_hook(denoiser, "grid", _GridHook(self, getattr(denoiser.config, "patch_size", None) or 1))
-        for i, block in enumerate(transformer_blocks(denoiser)):
+        ctx.add_hook(ctx.adapter.denoiser, "grid", DenoiserInput(ctx.adapter.denoiser, self._denoiser_call))
+        for i, block in enumerate(require_blocks(ctx, self.name)):
             ctx.add_hook(block, f"block{i}", _ChooseMerge(self))
             for part, on in (("attn1", c.merge_attn), ("attn2", c.merge_crossattn), ("ff", c.merge_mlp)):
                 if on and isinstance(getattr(block, part, None), nn.Module):
@@ -66,8 +61,11 @@ class ToMeSDPlugin(Plugin):
 
     def reset(self) -> None:
         self.tokens_before, self.tokens_after, self.denoiser_calls, self.block_merges = [], [], 0, 0
-        if self.config.seed is not None:
-            self.generator = torch.Generator().manual_seed(self.config.seed)
+        self.cells.reset()
+
+    def _denoiser_call(self, grid: tuple[int, int], timestep: float | None) -> None:
+        self.grid, self.tokens_before, self.tokens_after = grid, [], []
+        self.denoiser_calls += 1
 
     def stats(self) -> dict[str, Any]:
         """Per block of the last denoiser call: image tokens in, and after the merge; over the whole call:
@@ -88,26 +86,7 @@ class ToMeSDPlugin(Plugin):
         if downsample > c.max_downsample or r <= 0:
             return None
         h, w = math.ceil(height / downsample), math.ceil(width / downsample)
-        offsets = None
-        if c.use_rand and x.shape[0] % 2 == 0:  # odd batches cannot pair cond/uncond rows: tomesd turns it off
-            if self.generator is None:  # forked from the global RNG on first use, as tomesd does
-                self.generator = torch.Generator().set_state(torch.get_rng_state())
-            offsets = torch.randint(c.sy * c.sx, size=(h // c.sy, w // c.sx, 1), generator=self.generator)[..., 0]
-        return grid_merge(x, destination_mask(h, w, c.sx, c.sy, offsets), r)
-
-
-class _GridHook(ModelHook):
-    """The denoiser's input grid, in tokens of its blocks' highest level."""
-
-    def __init__(self, plugin: ToMeSDPlugin, patch: int) -> None:
-        self.plugin, self.patch = plugin, patch
-
-    def pre_forward(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-        sample = args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))
-        self.plugin.grid = (sample.shape[-2] // self.patch, sample.shape[-1] // self.patch)
-        self.plugin.tokens_before, self.plugin.tokens_after = [], []
-        self.plugin.denoiser_calls += 1
-        return args, kwargs
+        return grid_merge(x, self.cells.mask(h, w, x.shape[0]), r)
 
 
 class _ChooseMerge(ModelHook):
@@ -145,8 +124,3 @@ class _MergeAround(ModelHook):
     def post_forward(self, module: nn.Module, output: Any) -> Any:
         merge, self.active = self.active, None
         return output if merge is None else merge.unmerge(output)
-
-
-def transformer_blocks(denoiser: nn.Module) -> list[nn.Module]:
-    """Every BasicTransformerBlock of a UNet or DiT (by class name, as tomesd finds them; subclasses count)."""
-    return [m for m in denoiser.modules() if any(c.__name__ == BLOCK_CLASS for c in type(m).__mro__)]
