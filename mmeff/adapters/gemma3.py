@@ -15,7 +15,9 @@ What differs from LLaVA, and where the engine meets it:
   ``token_type_ids``; the surviving tokens of an image keep attending to each other both ways.
 - **Attention scale** ``query_pre_attn_scalar ** -0.5`` and q/k norms: attention-ranked methods
   recompute rows with both (Gemma 3's attention ignores ``attn_logit_softcapping``, and so do they).
-- **No CLS token, pooled 4x4 after the tower**: vision-side methods are not offered.
+- **No CLS token, pooled 4x4 after the tower**: vision-side methods are not offered. DAMRO ranks
+  soft tokens by the attention their patches receive in the tower's last layer, pooled as the
+  projector pools the patches (:meth:`received_token_scores`).
 """
 
 from __future__ import annotations
@@ -48,6 +50,18 @@ class Gemma3Adapter(VLMAdapter):
 
     def feature_layer_index(self) -> int:
         raise UnsupportedModelError(f"vision-side reduction on {type(self.model).__name__}: {self.vision_side_refusal}")
+
+    @torch.no_grad()
+    def received_token_scores(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per image, each soft token's mean received attention over its pooled patches in the tower's
+        last layer (:meth:`received_scores`, pooled by the projector's own ``avg_pool``): (images,
+        tokens); and the projected features (images, tokens, D), from one tower pass."""
+        encoded = self.model.model.get_image_features(pixel_values=pixel_values, output_hidden_states=True,
+                                                      return_dict=True)
+        scores = self.received_scores(encoded.hidden_states, -1)  # the last layer gives last_hidden_state
+        side = self.projector.patches_per_image
+        pooled = self.projector.avg_pool(scores.view(-1, 1, side, side)).flatten(1)
+        return pooled, encoded.pooler_output
 
     def rotary(self, hidden: torch.Tensor, position_ids: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """cos/sin per layer type: local and global layers rotate with different tables."""

@@ -215,6 +215,22 @@ class VLMAdapter(Adapter):
             )
         return n + layer if layer < 0 else layer - 1
 
+    @torch.no_grad()
+    def received_scores(self, hidden_states: Sequence[torch.Tensor], feature_layer: int) -> torch.Tensor:
+        """(crops, patches): the attention each patch receives (heads averaged, query rows summed, each
+        crop on its own) in the vision layer whose output is ``hidden_states[feature_layer]``. The
+        ranking signal for towers without a CLS token (VisionZip's Qwen2.5-VL release ranks by it)."""
+        from ..token_drop.vision_ops import received_by_crop  # token_drop imports this module
+
+        n = len(self.vision_layers)
+        produced = feature_layer % (n + 1)
+        if produced == 0:
+            raise UnsupportedModelError("the vision features are the patch embeddings; no layer attends to rank by")
+        layer = self.vision_layers[produced - 1]
+        attn = layer.self_attn
+        return received_by_crop(layer.layer_norm1(hidden_states[produced - 1]), attn.q_proj, attn.k_proj,
+                                attn.num_heads, attn.scale)
+
     @property
     def patch_grid(self) -> int:
         vision = self.model.config.vision_config

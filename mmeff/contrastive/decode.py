@@ -102,7 +102,10 @@ class ImageFeatures:
         if not self.pooled:
             return {}
         extra = {} if self.deepstack is None else {"deepstack_features": self.deepstack}
-        pooled = torch.stack(self.pooled) if self.stacked else self.pooled
+        pooled: Any = self.pooled
+        if self.stacked:  # rows of unequal size (a DAMRO prompt cut to k tokens per image) go as one flat run
+            same = len({p.shape for p in self.pooled}) == 1
+            pooled = torch.stack(self.pooled) if same else torch.cat([p.flatten(0, -2) for p in self.pooled])
         return {"mm_encoder_outputs": {"image": self.output_cls(pooler_output=pooled, **extra)}}
 
 

@@ -251,6 +251,20 @@ def received_attention(
     return out / heads
 
 
+def received_by_crop(x_norm: torch.Tensor, q_proj: nn.Module, k_proj: nn.Module, num_heads: int,
+                     scaling: float) -> torch.Tensor:
+    """:func:`received_attention` for a batch of crops that each attend only to themselves (SigLIP
+    tiles, frames): ``x_norm`` (C, L, D) is the layer's normed input; returns (C, L)."""
+    crops, length, _ = x_norm.shape
+
+    def heads_first(t: torch.Tensor) -> torch.Tensor:  # (C, H, L, d) -> (H, C * L, d)
+        return t.transpose(0, 1).reshape(num_heads, crops * length, -1)
+
+    q = heads_first(split_heads(x_norm, q_proj, num_heads))
+    k = heads_first(split_heads(x_norm, k_proj, num_heads))
+    return received_attention(q, k, list(range(0, crops * length + 1, length)), scaling).view(crops, length)
+
+
 def fill_first_free_slot(grid: torch.Tensor, token: torch.Tensor) -> torch.Tensor:
     """Write ``token`` (B, D) into each row's first all-zero slot of ``grid`` (B, n, D), where a row has one:
     VisionZip's CLS token reaches the LLM at the earliest slot the kept patches leave free."""

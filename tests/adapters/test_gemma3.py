@@ -114,8 +114,8 @@ def test_rows_with_different_image_counts_match_solo_runs(pipe, plugin, options)
         pipe.remove_plugin(plugin)
 
 
-@pytest.mark.parametrize("plugin", ["visionzip", "tome", "damro", "mustdrop:merge", "mustdrop:key_fraction"])
-def test_vision_side_methods_and_damro_are_refused_with_the_reason(pipe, plugin) -> None:
+@pytest.mark.parametrize("plugin", ["visionzip", "tome", "mustdrop:merge", "mustdrop:key_fraction"])
+def test_vision_side_methods_are_refused_with_the_reason(pipe, plugin) -> None:
     """MustDrop's decoder and cache stages run here; its vision-side parts, asked for explicitly, are refused."""
     plugin, _, stage = plugin.partition(":")
     options = {"merge": {"merge": True}, "key_fraction": {"key_fraction": 0.1}}.get(stage, {})

@@ -145,10 +145,10 @@ def test_image_token_mask_covers_images_and_videos(adapter) -> None:
 
 def test_registry_and_factory_tables() -> None:
     assert FACTORY_ADAPTERS["llava_onevision-sdpa"] == FACTORY_ADAPTERS["llava_onevision-eager"] == "llava_onevision"
-    for plugin in ("pyramid_drop", "fastv", "random_drop", "vcd", "icd", "lqcd", "m3id", "vdgd"):
+    for plugin in ("pyramid_drop", "fastv", "random_drop", "vcd", "icd", "lqcd", "m3id", "vdgd", "damro"):
         assert {"llava_onevision-sdpa", "llava_onevision-eager"} <= set(supported_factories(plugin)), plugin
     assert mmeff.supported("mustdrop", "llava_onevision")  # its decoder and cache stages
-    for plugin in ("visionzip", "tome", "damro"):
+    for plugin in ("visionzip", "tome"):
         assert not mmeff.supported(plugin, "llava_onevision")
         assert "no CLS token" in mmeff.registry.refusal(plugin, "llava_onevision")
 
@@ -225,7 +225,7 @@ def test_recomputed_attention_rows_match_eager_output_attentions() -> None:
 
 
 # -- refusals and bad input -----------------------------------------------------------------
-@pytest.mark.parametrize("plugin", ["visionzip", "tome", "damro", "mustdrop:merge", "mustdrop:key_fraction"])
+@pytest.mark.parametrize("plugin", ["visionzip", "tome", "mustdrop:merge", "mustdrop:key_fraction"])
 def test_vision_side_plugins_are_refused_with_the_reason(plugin: str) -> None:
     """MustDrop's decoder and cache stages run here; its vision-side parts, asked for explicitly, are refused."""
     plugin, _, stage = plugin.partition(":")

@@ -9,6 +9,7 @@ from mmeff.token_drop.vision_ops import (
     bipartite_merge,
     compact_alive,
     local_window_merge,
+    received_by_crop,
     scatter_to_grid,
     size_bias,
     visionzip_merge,
@@ -79,3 +80,23 @@ def test_slots_of_maps_a_sub_layout():
     valid = torch.tensor([[False, True, True, True]])
     sub_idx, sub_valid = torch.tensor([[0, 5, 2]]), torch.tensor([[False, True, True]])
     assert slots_of(idx, valid, sub_idx, sub_valid, 6).tolist() == [[0, 3, 1]]
+
+
+def test_received_by_crop_is_the_eager_siglip_layers_column_sums():
+    """Each crop's own attention (no cross-crop rows), averaged over heads, summed over query rows:
+    what a real SigLIP layer computes under eager ``output_attentions``."""
+    from transformers import SiglipVisionConfig, SiglipVisionModel
+
+    cfg = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                             image_size=24, patch_size=6, attn_implementation="eager")
+    tower = SiglipVisionModel(cfg).eval()
+    pixels = torch.randn(3, 3, 24, 24, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        out = tower(pixels, output_attentions=True, output_hidden_states=True)
+        layer = tower.encoder.layers[-1]
+        got = received_by_crop(layer.layer_norm1(out.hidden_states[-2]), layer.self_attn.q_proj,
+                               layer.self_attn.k_proj, cfg.num_attention_heads, layer.self_attn.scale)
+    want = out.attentions[-1].mean(1).sum(-2)  # (crops, patches)
+    assert got.shape == (3, 16)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(got[0], got[1])  # crops differ: rows never mix
