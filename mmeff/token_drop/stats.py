@@ -32,10 +32,22 @@ def drop_stats(engine: DropEngine, *, scoring_flops: float = 0.0) -> dict[str, A
         "image_tokens_per_layer_by_row": image.t().long().tolist(),
         "mean_image_tokens": float(image.mean()),
         "final_image_tokens": float(image[-1].mean()),
+        "kept_image_tokens_by_row": kept_image_tokens(original, layouts[-1]),
         "retained_fraction": float(image.mean() / before.mean().clamp(min=1)),
         "kv_cache_tokens_per_layer": kv_tokens.mean(1).tolist(),
         "prefill_flops_ratio": reduced / baseline if baseline else 1.0,
     }
+
+
+def kept_image_tokens(original: Any, final: Any) -> list[list[int]]:
+    """Per row, which of its image tokens (0 = the row's first image token, in prompt order) the last
+    decoder layer still sees: what a heat map of the kept tokens draws."""
+    out = []
+    for row in range(original.idx.shape[0]):
+        every = original.idx[row][original.image[row] & original.valid[row]]
+        left = final.idx[row][final.image[row] & final.valid[row]]
+        out.append(torch.searchsorted(every, left.sort().values).tolist())
+    return out
 
 
 def query_scoring_flops(tokens: float, hidden: int, queries: int = 1) -> float:

@@ -21,6 +21,12 @@ class TestRandomDrop(VLMPluginTesterMixin):
         assert len(set(lengths)) == 1 and lengths[0] < full  # dropped before layer 0
         stats = pipe.plugins["random_drop"].stats()
         assert [row[0] for row in stats["image_tokens_per_layer_by_row"]] == torch.round(n * 0.25).long().tolist()
+        # which ones: the seeded subset, as ordinals among each row's image tokens (the heat maps' input)
+        mask = inputs.get("attention_mask", torch.ones_like(inputs["input_ids"])).bool()
+        candidates = pipe.adapter.image_token_mask(inputs["input_ids"]) & mask
+        keep = random_keep(candidates, torch.round(n * 0.25).long(), seed=0)
+        want = [torch.nonzero(k[c]).flatten().tolist() for k, c in zip(keep, candidates)]
+        assert stats["kept_image_tokens_by_row"] == want
 
 
 def test_random_keep_is_seeded_per_row():
