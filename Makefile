@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-stamp
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q $(TORCH)
-	$(VENV)/bin/pip install -q -e ".[dev,eval]"
+	$(VENV)/bin/pip install -q -e ".[dev,eval,docs]"
 	touch $(STAMP)
 
 demo: $(STAMP)

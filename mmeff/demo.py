@@ -49,32 +49,38 @@ def load_demo_pipe(model: str | None, console: Console) -> mmeff.MMPipeline:
     return mmeff.wrap(*tiny_llava(layers=8, hidden=64, heads=4, kv_heads=4, image_size=32, patch_size=4))
 
 
-def run_demo(model: str | None = None, plugin: str = "pyramid_drop", max_new_tokens: int = 12,
-             options: dict[str, Any] | None = None) -> dict[str, Any]:
+def run_demo(model: str | None = None, plugins: list[tuple[str, dict[str, Any]]] | None = None,
+             max_new_tokens: int = 12) -> dict[str, Any]:
+    """The demo questions answered by the unmodified model, then with ``plugins`` (default PyramidDrop) attached."""
     console = Console(width=160)
+    stack = plugins or [("pyramid_drop", {})]
+    label = " + ".join(name for name, _ in stack)
     pipe = load_demo_pipe(model, console)
     images, prompts = demo_inputs()
     pipe.generate(images[:1], prompts[:1], max_new_tokens=1)  # warm-up, so wall times compare fairly
     baseline = pipe.generate(images, prompts, max_new_tokens=max_new_tokens)
     base_stats = pipe.last_stats
-    pipe.add_plugin(plugin, **(options or {}))
+    added = pipe.add_plugins(stack)
     reduced = pipe.generate(images, prompts, max_new_tokens=max_new_tokens)
     stats = pipe.last_stats
 
-    table = Table(title=f"{plugin} vs the unmodified model")
-    for col in ("question", "baseline", plugin):
+    table = Table(title=f"{label} vs the unmodified model")
+    for col in ("question", "baseline", label):
         table.add_column(col)
     for q, a, b in zip(prompts, baseline, reduced):
         table.add_row(q, a, b)
     console.print(table)
-    ps = stats.get(plugin, {})
-    if "image_tokens_per_layer" in ps:
-        console.print(f"image tokens per layer: {[round(x, 1) for x in ps['image_tokens_per_layer']]}")
-        console.print(
-            f"mean image tokens kept: {ps['mean_image_tokens']:.1f} of {ps['image_tokens_before'][0]:.0f} "
-            f"({100 * ps['retained_fraction']:.0f}%), analytic prefill FLOPs {ps['prefill_flops_ratio']:.2f}x baseline"
-        )
-    console.print(f"wall time: baseline {base_stats['wall_time_s']:.3f}s, {plugin} {stats['wall_time_s']:.3f}s "
+    for name, _ in stack:
+        ps = stats.get(name, {})
+        if "image_tokens_per_layer" in ps:
+            console.print(f"{name}: image tokens per layer {[round(x, 1) for x in ps['image_tokens_per_layer']]}")
+            console.print(
+                f"{name}: mean image tokens kept {ps['mean_image_tokens']:.1f} of {ps['image_tokens_before'][0]:.0f} "
+                f"({100 * ps['retained_fraction']:.0f}%), analytic prefill FLOPs {ps['prefill_flops_ratio']:.2f}x "
+                "baseline"
+            )
+    console.print(f"wall time: baseline {base_stats['wall_time_s']:.3f}s, {label} {stats['wall_time_s']:.3f}s "
                   "(on tiny models hook overhead dominates; `mmeff bench tokens --speed` measures a 7B-shaped layout)")
-    pipe.remove_plugin(plugin)
-    return {"baseline": baseline, plugin: reduced, "stats": stats}
+    for plugin in reversed(added):
+        pipe.remove_plugin(plugin.name)
+    return {"baseline": baseline, label: reduced, "stats": stats}

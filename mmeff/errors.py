@@ -15,3 +15,10 @@ class UnsupportedModelError(MMEffError, ValueError):
 
 class InputError(MMEffError, ValueError):
     """Inputs to ``generate``/``__call__`` are inconsistent (counts, sizes, empty prompts)."""
+
+
+class UnknownPluginError(ConfigError, KeyError):
+    """No plugin of that name is registered (a ``KeyError`` too, as a registry lookup)."""
+
+    def __str__(self) -> str:  # KeyError would quote the whole message
+        return str(self.args[0]) if self.args else ""

@@ -154,6 +154,41 @@ class MMPipeline:
         self._plugins[cls.name] = instance
         return instance
 
+    def add_plugins(self, stack: str | Path | list[str] | list[tuple[str, dict[str, Any]]]) -> list[Plugin]:
+        """Attach a whole stack: a stack file (``save_plugins``), specs like ``["fastv:budget=64", "vcd"]``,
+        or ``[(name, options), ...]``. Every entry is checked first; on any error nothing stays attached."""
+        from .plugin_spec import as_stack
+
+        entries = as_stack(stack)
+        added: list[Plugin] = []
+        try:
+            for name, options in entries:
+                added.append(self.add_plugin(name, **options))
+        except BaseException:
+            for plugin in reversed(added):
+                self.remove_plugin(plugin.name)
+            raise
+        return added
+
+    def save_plugins(self, path: str | Path) -> Path:
+        """Write the attached plugins and their options as a versioned JSON stack file, which
+        ``mmeff.load(..., plugins=path)``, ``pipe.add_plugins(path)`` and ``--plugins`` read back."""
+        import json
+
+        from .plugin_spec import stack_document
+
+        stack = [(name, plugin.config.to_dict()) for name, plugin in self._plugins.items()]
+        for name, options in stack:
+            for key, value in options.items():
+                try:
+                    json.dumps(value)
+                except TypeError:
+                    raise ConfigError(f"{name}.{key} = {value!r} cannot be written to a stack file (JSON holds "
+                                      "numbers, strings, lists and dicts); set it in code instead") from None
+        path = Path(path)
+        path.write_text(json.dumps(stack_document(stack), indent=2) + "\n")
+        return path
+
     def remove_plugin(self, name: str) -> None:
         if name not in self._plugins:
             raise KeyError(f"no plugin {name!r} attached; attached: {list(self._plugins)}")
@@ -487,14 +522,24 @@ def load(
     torch_dtype: Any = None,
     device_map: Any = None,
     attn_implementation: str | None = None,
+    plugins: str | Path | list[Any] | None = None,
     **from_pretrained_kwargs: Any,
 ) -> MMPipeline:
     """``from_pretrained`` under the hood, for a hub id or a local folder.
 
     Folders with a ``model_index.json`` load as diffusers pipelines, folders with an
     ``ar_image.json`` as LlamaGen-style image generators (``mmeff.ar.model``); everything else
-    as a transformers image-text-to-text model plus its processor.
+    as a transformers image-text-to-text model plus its processor. ``plugins``: a stack file
+    (``pipe.save_plugins``) or a list of specs, checked before the model loads, attached after.
     """
+    if plugins is not None:
+        from .plugin_spec import as_stack
+
+        stack = as_stack(plugins)
+        pipe = load(name_or_path, torch_dtype=torch_dtype, device_map=device_map,
+                    attn_implementation=attn_implementation, **from_pretrained_kwargs)
+        pipe.add_plugins(stack)
+        return pipe
     kwargs = dict(from_pretrained_kwargs)
     if device_map is not None:
         kwargs["device_map"] = device_map

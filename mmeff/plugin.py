@@ -52,7 +52,10 @@ class PluginConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(kwargs) - names)
         if unknown:
-            raise ConfigError(f"{cls.__name__} got unknown option(s) {unknown}; allowed: {sorted(names)}")
+            from .plugin_spec import did_you_mean
+
+            hint = did_you_mean(unknown[0], names) if len(unknown) == 1 else ""
+            raise ConfigError(f"{cls.__name__} got unknown option(s) {unknown};{hint} allowed: {sorted(names)}")
         return cls(**kwargs)
 
 

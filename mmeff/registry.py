@@ -7,7 +7,7 @@ import importlib
 import re
 from typing import TYPE_CHECKING, Any
 
-from .errors import UnsupportedModelError
+from .errors import UnknownPluginError, UnsupportedModelError
 
 if TYPE_CHECKING:
     from .adapters.base import Adapter
@@ -63,9 +63,11 @@ def list_adapters(pattern: str = "*") -> list[str]:
 def get_plugin(name: str) -> type[Plugin]:
     _ensure_loaded()
     if name not in _PLUGINS:
-        close = fnmatch.filter(_PLUGINS, f"*{name}*")
-        hint = f" Did you mean {close}?" if close else ""
-        raise KeyError(f"unknown plugin {name!r}.{hint} Available: {sorted(_PLUGINS)}")
+        from .plugin_spec import did_you_mean
+
+        close = fnmatch.filter(_PLUGINS, f"*{name}*") if isinstance(name, str) else []
+        hint = f" Did you mean {close}?" if len(close) > 1 else did_you_mean(close[0] if close else name, _PLUGINS)
+        raise UnknownPluginError(f"unknown plugin {name!r}.{hint} Available: {sorted(_PLUGINS)}")
     return _PLUGINS[name]
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import ConfigError
-from ..registry import get_plugin, list_plugins
-from ..testbed.evaluate import parse_plugin_spec
+from ..plugin_spec import check_stack, did_you_mean, parse_plugin_spec
+from ..registry import list_plugins
 
 
 def parse_plugin_stack(text: str | None) -> list[tuple[str, dict[str, Any]]]:
@@ -17,11 +17,8 @@ def parse_plugin_stack(text: str | None) -> list[tuple[str, dict[str, Any]]]:
     """
     text = (text or "").strip().strip("\"'")
     stack = [parse_plugin_spec(part) for part in text.split(";") if part.strip()]
-    for name, options in stack:
+    for name, _ in stack:
         if name not in list_plugins():
-            raise ConfigError(f"unknown plugin {name!r} in plugins={text!r}; available: {list_plugins()}")
-        get_plugin(name).config_cls.from_kwargs(**options)  # unknown options or bad values raise, naming the allowed
-    names = [name for name, _ in stack]
-    if len(set(names)) != len(names):
-        raise ConfigError(f"plugins={text!r} names a plugin twice")
-    return stack
+            raise ConfigError(f"unknown plugin {name!r} in plugins={text!r}.{did_you_mean(name, list_plugins())} "
+                              f"available: {list_plugins()}")
+    return check_stack(stack)

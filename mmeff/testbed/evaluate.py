@@ -6,8 +6,6 @@ process answers its shard of the questions and the main process gathers and scor
 
 from __future__ import annotations
 
-import ast
-import re
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -24,21 +22,6 @@ from .render import render
 from .world import absent_partners
 
 DEFAULT_SCENES = {"pope": 50, "attributes": 60, "counting": 60, "spatial": 60, "caption": 60}
-
-
-def parse_plugin_spec(spec: str) -> tuple[str, dict[str, Any]]:
-    """``"vcd:alpha=1.0,beta=0.1"`` -> ``("vcd", {"alpha": 1.0, "beta": 0.1})``."""
-    name, _, rest = spec.partition(":")
-    options: dict[str, Any] = {}
-    for item in filter(None, re.split(r",(?=\s*\w+\s*=)", rest)):  # commas inside (2, 4) stay
-        key, eq, value = item.partition("=")
-        if not eq:
-            raise ValueError(f"plugin option {item!r} in {spec!r} must look like key=value")
-        try:
-            options[key.strip()] = ast.literal_eval(value.strip())
-        except (ValueError, SyntaxError):
-            options[key.strip()] = value.strip()
-    return name.strip(), options
 
 
 def answer_questions(pipe: MMPipeline, questions: list[Question], batch_size: int, max_new_tokens: int,

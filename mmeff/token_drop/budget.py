@@ -6,6 +6,7 @@ the preset names, and resolves it against the model's own image-token count.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -24,10 +25,13 @@ def parse_budget(value: Any, plugin: str) -> float | None:
         return None
     if isinstance(value, (str, int)) and not isinstance(value, bool) and str(value) in PRESETS:
         return PRESETS[str(value)]  # "64" and 64 alike: command lines parse budget=64 as a number
+    if isinstance(value, str) and re.fullmatch(r"\s*\d+\s*/\s*\d+\s*", value):  # "1/9", as papers write it
+        top, bottom = (int(v) for v in value.split("/"))
+        value = top / bottom if bottom else value
     if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= 1:
         return float(value)
     raise ConfigError(
-        f"{plugin} budget must be a fraction of the image tokens in (0, 1] or one of the presets "
+        f"{plugin} budget must be a fraction of the image tokens in (0, 1] (0.25 or 1/9) or one of the presets "
         f"{sorted(PRESETS, key=int, reverse=True)} (of 576, i.e. 1/3, 2/9, 1/9); got {value!r}"
     )
 

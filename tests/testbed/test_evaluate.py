@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 import mmeff
-from mmeff.testbed.evaluate import parse_plugin_spec, run_eval
+from mmeff.plugin_spec import parse_plugin_spec
+from mmeff.testbed.evaluate import run_eval
 from mmeff.testing import tiny_llava
 
 

@@ -1,0 +1,5 @@
+"""``python -m mmeff.cli``: the same as the ``mmeff`` command."""
+
+from . import main
+
+main()
