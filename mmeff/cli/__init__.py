@@ -153,6 +153,7 @@ def _version() -> str:
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    _show_library_logs()
     try:
         args.func(args)
     except KeyboardInterrupt:
@@ -163,6 +164,19 @@ def main(argv: list[str] | None = None) -> None:
         print(f"mmeff: error: {_message(err)}", file=sys.stderr)
         print("(run with --debug for the traceback)", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def _show_library_logs() -> None:
+    """The library logs through ``logging`` (``mmeff.*`` loggers) and prints nothing; the CLI shows INFO."""
+    import logging
+
+    log = logging.getLogger("mmeff")
+    if not any(getattr(h, "_mmeff_cli", False) for h in log.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler._mmeff_cli = True  # type: ignore[attr-defined]
+        log.addHandler(handler)
+    log.setLevel(logging.INFO)
 
 
 def _message(err: BaseException) -> str:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
 import random
 import time
@@ -40,6 +41,8 @@ from .t2i_prompts import sample_prompt
 from .train import lr_factor, plot_losses
 from .train_mar import backbone_hidden, token_conditions, training_rows
 from .train_sd import TRAIN_SEED, prompt_batch
+
+logger = logging.getLogger(__name__)
 
 BUNDLED_TARGET = SHAPES_MAR
 BUNDLED_DRAFT = SHAPES_MAR_SMALL
@@ -173,7 +176,7 @@ class DraftDistiller:
             self.optimizer.load_state_dict(state["optimizer"])
             self.step, self.seconds, self.losses, self.pool = (state["step"], state["seconds"], state["losses"],
                                                                state["pool"])
-            print(f"resumed at step {self.step}")
+            logger.info(f"resumed at step {self.step}")
 
     def _save(self) -> None:
         state = {"backbone": self.draft.backbone.state_dict(), "head": self.draft.head.state_dict(),
@@ -251,5 +254,5 @@ def distill_draft(out_dir: Path, run_dir: Path, recipe: DistillRecipe | None = N
     distiller = DraftDistiller(run_dir, recipe or DistillRecipe(), device)
     distiller.train()
     folder = distiller.export(out_dir)
-    print(f"distilled in {distiller.seconds / 60:.1f} min; saved to {folder}")
+    logger.info(f"distilled in {distiller.seconds / 60:.1f} min; saved to {folder}")
     return folder

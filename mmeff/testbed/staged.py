@@ -9,6 +9,7 @@ resumed run is the run that was interrupted.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +19,8 @@ import torch
 import torch.nn as nn
 
 from .train import lr_factor
+
+logger = logging.getLogger(__name__)
 
 
 class StagedTrainer:
@@ -88,7 +91,7 @@ class StagedTrainer:
         self.optimizer.load_state_dict(state["optimizer"])
         if self.ema is not None and state.get("ema") is not None:
             self.ema.load_state_dict(state["ema"])
-        print(f"resumed at stage {self.stage}, step {self.step}")
+        logger.info(f"resumed at stage {self.stage}, step {self.step}")
 
     def _update(self, loss: torch.Tensor, step: int, total: int, base_lr: float, stage: str) -> None:
         """Warm-up + cosine learning rate, clipped gradient step, EMA in the second stage, loss log."""

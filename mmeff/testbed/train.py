@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import random
 import shutil
@@ -40,6 +41,8 @@ from .data import (
 from .model import ShapesLlavaSpec, build_model, build_processor
 from .questions import EVAL_SEED_OFFSET
 from .world import SHAPES, sample_scene
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -152,7 +155,7 @@ class Trainer:
         self.cpu_seconds = state.get("cpu_seconds", 0.0)
         self.optimizer = self._vision_optimizer() if self.stage == "vision" else self._chat_optimizer()
         self.optimizer.load_state_dict(state["optimizer"])
-        print(f"resumed {self.stage} stage at step {self.step}")
+        logger.info(f"resumed {self.stage} stage at step {self.step}")
 
     # -- stages ----------------------------------------------------------------------------
     def train_vision(self) -> None:
@@ -169,7 +172,7 @@ class Trainer:
                 self._save()
         self.stage, self.step = "chat", 0
         self.metrics["vision_patch_accuracy"] = self.patch_accuracy()
-        print(f"stage A held-out object-patch accuracy: {self.metrics['vision_patch_accuracy']}")
+        logger.info(f"stage A held-out object-patch accuracy: {self.metrics['vision_patch_accuracy']}")
         self.optimizer = self._chat_optimizer()
         self._save()
         shutil.copy(self.ckpt, self.run_dir / "vision_stage.pt")  # restart stage B from here when tuning it
@@ -326,13 +329,12 @@ def train_vlm(out_dir: Path, run_dir: Path, recipe: Recipe | None = None, spec: 
         trainer: Trainer = QwenTrainer(run_dir, recipe, spec or ShapesQwen2VLSpec(), device=device)
     else:
         trainer = Trainer(run_dir, recipe, spec or ShapesLlavaSpec(), device=device)
-    print(f"training {arch} on {trainer.device} with {torch.get_num_threads()} torch thread(s); run dir {run_dir}",
-          flush=True)
+    logger.info(f"training {arch} on {trainer.device}, {torch.get_num_threads()} torch thread(s); run dir {run_dir}")
     start = time.time()
     if trainer.stage == "vision":
         trainer.train_vision()
     if trainer.stage == "chat":
         trainer.train_chat()
     trainer.export(out_dir)
-    print(f"trained in {(time.time() - start) / 60:.1f} min this run; saved to {out_dir}")
+    logger.info(f"trained in {(time.time() - start) / 60:.1f} min this run; saved to {out_dir}")
     return out_dir

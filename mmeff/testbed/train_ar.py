@@ -20,6 +20,7 @@ overridden from the command line (``--recipe ar_steps=6000``).
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,8 @@ from .batches import step_batches
 from .staged import StagedTrainer
 from .train import plot_losses
 from .train_sd import prompt_batch
+
+logger = logging.getLogger(__name__)
 
 HELDOUT_STEP = 10**6  # batch index of the held-out scenes (training steps stay far below it)
 IGNORE = -100  # label of positions without loss
@@ -186,7 +189,7 @@ class ARTrainer(StagedTrainer):
             if self.step % r.checkpoint_every == 0:
                 self._save()
         self._freeze_vq()
-        print(f"VQ on held-out scenes: {self.vq_report()}")
+        logger.info(f"VQ on held-out scenes: {self.vq_report()}")
         self.stage, self.step = "ar", 0
         self.optimizer = self._optimizer()
         self._save()
@@ -261,5 +264,5 @@ def train_ar(out_dir: Path, run_dir: Path, recipe: ARRecipe | None = None, spec:
 
         metrics = ar_oracle_scores(trainer.model(), per_category=eval_prompts_per_category)
     trainer.export(out_dir, metrics)
-    print(f"trained in {trainer.seconds / 60:.1f} min; {metrics}; saved to {out_dir}")
+    logger.info(f"trained in {trainer.seconds / 60:.1f} min; {metrics}; saved to {out_dir}")
     return out_dir

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import random
 import time
 from dataclasses import asdict, dataclass
@@ -39,6 +40,8 @@ from .sd_model import images_to_tensor
 from .t2i_prompts import RELATIONS, T2I_IMAGE_SIZE, T2I_WORDS, Group, T2IPrompt, sample_prompt, scene_for_prompt
 from .train import lr_factor, plot_losses
 from .world import COLORS, SHAPES
+
+logger = logging.getLogger(__name__)
 
 TRAIN_SEED = 30_000_000
 CONTEXT_LENGTH = 16
@@ -200,7 +203,7 @@ class ClipTrainer:
             self.step, self.seconds, self.losses = state["step"], state["seconds"], state["losses"]
             self.losses.setdefault("preference", [])
             self.losses.setdefault("described", [])
-            print(f"resumed at step {self.step}")
+            logger.info(f"resumed at step {self.step}")
 
     def tokens(self, texts: list[str]) -> torch.Tensor:
         return self.tokenizer(texts, padding="max_length", max_length=CONTEXT_LENGTH, truncation=True,
@@ -239,7 +242,7 @@ class ClipTrainer:
             return PreferencePool.load(path)
         pool = build_pool(self.sd, r.pool_prompts, r.pool_samples, self.pool_call, seed=r.seed)
         pool.save(path)
-        print("preference pool:", json.dumps(pool.summary()))
+        logger.info("preference pool: %s", json.dumps(pool.summary()))
         return pool
 
     def preference(self, step: int) -> torch.Tensor:
@@ -343,7 +346,7 @@ class ClipTrainer:
         if self.sd is not None:
             info["generated_alignment"] = self.generated_alignment(out_dir)
         (out_dir / "training.json").write_text(json.dumps(info, indent=2))
-        print(json.dumps({k: v for k, v in info.items() if k.startswith(("caption_vs", "generated"))}))
+        logger.info(json.dumps({k: v for k, v in info.items() if k.startswith(("caption_vs", "generated"))}))
 
     def generated_alignment(self, out_dir: Path) -> dict:
         """How the exported reward ranks ``sd``'s own samples of the evaluation prompts (the pool's call)."""
@@ -364,5 +367,5 @@ def train_clip(out_dir: Path, run_dir: Path, recipe: ClipRecipe | None = None, d
     trainer = ClipTrainer(run_dir, recipe or ClipRecipe(), device=device)
     trainer.train()
     trainer.export(out_dir)
-    print(f"trained in {trainer.seconds / 60:.1f} min; saved to {out_dir}")
+    logger.info(f"trained in {trainer.seconds / 60:.1f} min; saved to {out_dir}")
     return out_dir

@@ -22,6 +22,7 @@ exponential moving average of each model, and ``--recipe name=value`` overrides 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from dataclasses import asdict, dataclass, replace
@@ -43,6 +44,8 @@ from .mar_model import ShapesMARSpec, assemble, build_backbone, build_head, buil
 from .staged import StagedTrainer
 from .train import plot_losses
 from .train_sd import prompt_batch
+
+logger = logging.getLogger(__name__)
 
 BUNDLED_VAE = SHAPES_SD / "vae"
 
@@ -278,5 +281,5 @@ def train_mar(out_dir: Path, run_dir: Path, recipe: MARRecipe | None = None, spe
         metrics["eval_minutes"] = round((time.time() - start) / 60, 1)
     folders = trainer.export(out_dir, metrics)
     minutes = {w: round(s / 60, 1) for w, s in trainer.stage_seconds.items()}
-    print(f"trained in {minutes} min; {metrics}; saved to {folders['target']} and {folders['draft']}")
+    logger.info(f"trained in {minutes} min; {metrics}; saved to {folders['target']} and {folders['draft']}")
     return folders

@@ -16,6 +16,7 @@ workers, and an exponential moving average of the UNet and text-encoder weights
 from __future__ import annotations
 
 import json
+import logging
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -40,6 +41,8 @@ from .sd_model import (
 from .staged import StagedTrainer
 from .t2i_prompts import sample_prompt, scene_for_prompt
 from .train import plot_losses
+
+logger = logging.getLogger(__name__)
 
 TRAIN_SEED = 20_000_000
 
@@ -194,5 +197,5 @@ def train_sd(out_dir: Path, run_dir: Path, recipe: SDRecipe | None = None, spec:
     metrics["oracle_4_steps_guidance_3"] = oracle_scores(pipe, num_inference_steps=4, guidance_scale=3.0,
                                                          per_category=eval_prompts_per_category)["overall"]
     trainer.export(out_dir, metrics)
-    print(f"trained in {trainer.seconds / 60:.1f} min; {metrics}; saved to {out_dir}")
+    logger.info(f"trained in {trainer.seconds / 60:.1f} min; {metrics}; saved to {out_dir}")
     return out_dir
