@@ -49,7 +49,8 @@ def main() -> None:
     for label, plugin, options in methods(bundled):
         if plugin:
             pipe.add_plugin(plugin, **options)
-        images = pipe.generate_images(prompts, guidance_scale=guidance, seed=args.seed, output_type="np")
+        images = pipe.generate_images(prompts, guidance_scale=guidance, seed=args.seed, output_type="np",
+                                      progress=True)
         stats = dict(pipe.last_stats)
         rows.append((f"{label}\n{stats['sequential_forwards']} forwards, {stats['wall_time_s']:.2f} s", images))
         if plugin:

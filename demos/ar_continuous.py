@@ -43,7 +43,8 @@ def main() -> None:
                            (f"speculative (k {args.draft_len})", [spec]), ("speculative + DiSA", [spec, disa])]:
         for name, options in plugins:
             pipe.add_plugin(name, **options)
-        images = pipe.generate_images(prompts, seed=args.seed, diffusion_steps=args.steps, output_type="np")
+        images = pipe.generate_images(prompts, seed=args.seed, diffusion_steps=args.steps, output_type="np",
+                                      progress=True)
         stats = dict(pipe.last_stats)
         for name, _ in plugins:
             pipe.remove_plugin(name)

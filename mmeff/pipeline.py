@@ -403,6 +403,7 @@ class MMPipeline:
         generator: torch.Generator | None = None,
         output_type: str = "pil",
         diffusion_steps: int | None = None,
+        progress: bool = False,
     ) -> Any:
         """Text -> images with an autoregressive image-token model (Janus, LlamaGen-style ``ar_image``,
         continuous-token ``continuous_ar``).
@@ -414,8 +415,10 @@ class MMPipeline:
         schedule. Returns PIL images, or a (B, 3, H, W) tensor in [0, 1] for
         ``output_type="pt"``, or a (B, H, W, 3) float array for ``"np"``. Continuous-token models
         take ``diffusion_steps`` (head denoising steps per token; DiSA anneals them) instead of
-        top-k / top-p.
+        top-k / top-p. ``progress=True`` shows a bar over image positions (a MAR image takes minutes on a CPU).
         """
+        from tqdm.auto import tqdm
+
         from .adapters.ar_base import ARImageAdapter
         from .ar.loop import plain_decode
         from .ar.sampling import SamplingConfig
@@ -438,22 +441,30 @@ class MMPipeline:
         sampling = None if continuous else SamplingConfig(scale, temperature, top_k, top_p)
         if generator is None and seed is not None:
             generator = torch.Generator(device=self.adapter.device).manual_seed(seed)
+        if diffusion_steps is not None and not continuous:
+            raise InputError("diffusion_steps applies to continuous-token models (a per-token diffusion head)")
         self.reset_state()
+        bar = tqdm(total=self.adapter.num_image_tokens, desc="image tokens", unit="tok", disable=not progress)
         if continuous:
             from .car.generate import generate_continuous
 
             if top_k is not None or top_p is not None:
                 raise InputError("top_k / top_p apply to discrete image tokens, not continuous ones")
-            images, out = generate_continuous(self, prompt_list, scale, temperature, diffusion_steps, generator)
+            with bar:
+                images, out = generate_continuous(self, prompt_list, scale, temperature, diffusion_steps, generator,
+                                                  progress=bar)
+                bar.update(bar.total - bar.n)  # the last token is drawn without a forward after it
             self._collect_stats(out["stats"])
             self.last_codes = out["tokens"]
             return _images_as(images, output_type)
-        if diffusion_steps is not None:
-            raise InputError("diffusion_steps applies to continuous-token models (a per-token diffusion head)")
         start = time.perf_counter()
         session = DecodeSession(self.adapter, prompt_list, scale)
+        session.progress = bar
         loops = [p for p in self._active() if "image_decode_loop" in p.owned_stages()]
-        codes = loops[0].decode(session, sampling, generator) if loops else plain_decode(session, sampling, generator)
+        with bar:
+            codes = loops[0].decode(session, sampling, generator) if loops else plain_decode(session, sampling,
+                                                                                              generator)
+            bar.update(bar.total - bar.n)  # the last token is drawn without a forward after it
         images = self.adapter.decode_codes(codes)
         n = self.adapter.num_image_tokens
         self._collect_stats({

@@ -41,6 +41,7 @@ class DecodeSession:
         self.slot_proxy: list[bool] = []
         self.forwards = 0
         self.tokens_fed = 0
+        self.progress: Any = None  # a tqdm bar over image positions, when the caller asked for one
         position_ids = (mask.cumsum(1) - 1).clamp_min(0)
         additive = self._additive(self._prefix_visibility(mask.shape[1]))
         hidden = adapter.backbone(embeds, additive, position_ids, self.cache)
@@ -97,6 +98,8 @@ class DecodeSession:
         hidden = self.adapter.backbone(embeds, additive, position_ids, self.cache)
         self.forwards += 1
         self.tokens_fed += len(positions)
+        if self.progress is not None and positions:  # the furthest position reached (drafts run ahead of accepts)
+            self.progress.update(max(0, max(positions) + 1 - self.progress.n))
         return self._read(hidden)
 
     def hide_slot(self, slot: int) -> None:

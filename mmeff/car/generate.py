@@ -12,7 +12,8 @@ from .loop import ContinuousSession, ContinuousStats, HeadSettings, plain_decode
 
 
 def generate_continuous(pipe: Any, prompts: list[str], guidance_scale: float | None, temperature: float,
-                        diffusion_steps: int | None, generator: torch.Generator | None) -> tuple[torch.Tensor, dict]:
+                        diffusion_steps: int | None, generator: torch.Generator | None,
+                        progress: Any = None) -> tuple[torch.Tensor, dict]:
     adapter = pipe.adapter
     steps = diffusion_steps if diffusion_steps is not None else adapter.default_steps
     if not isinstance(steps, int) or steps < 1:
@@ -32,6 +33,7 @@ def generate_continuous(pipe: Any, prompts: list[str], guidance_scale: float | N
             settings.steps_at = plugin.schedule(adapter.num_image_tokens, steps)
     start = time.perf_counter()
     session = ContinuousSession(adapter, prompts, guidance_scale)
+    session.progress = progress
     stats = ContinuousStats()
     loops = [p for p in active if "image_decode_loop" in p.owned_stages()]
     if loops:
