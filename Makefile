@@ -5,16 +5,19 @@ PYTHON ?= python3
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test bench lint clean
+.PHONY: demo test app bench lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q $(TORCH)
-	$(VENV)/bin/pip install -q -e ".[dev,eval,docs]"
+	$(VENV)/bin/pip install -q -e ".[dev,eval,docs,app]"
 	touch $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/mmeff demo
+
+app: $(STAMP)
+	$(VENV)/bin/mmeff app
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest

@@ -99,6 +99,12 @@ def cmd_eval(args: argparse.Namespace) -> None:
         run_eval(pipe, suite, Path(args.out), n_scenes=args.n_scenes, batch_size=args.batch_size, seed=args.seed)
 
 
+def cmd_app(args: argparse.Namespace) -> None:
+    from ..app import launch
+
+    launch(args)  # exits with the install hint when Gradio is missing
+
+
 def add_plugin_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plugin", action="append", default=[], metavar="SPEC", help=PLUGIN_HELP)
     p.add_argument("--plugins", metavar="FILE", help="a plugin stack file written by pipe.save_plugins "
@@ -135,6 +141,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="eval_results")
     p.set_defaults(func=cmd_eval)
+
+    from ..app import add_arguments as add_app_arguments  # Gradio is imported only when the app is built
+
+    p = sub.add_parser("app", help="interactive app (pip install 'mmeff[app]'): answers with and without plugins "
+                                   "side by side, the kept-token overlay; text-to-image with ReNO / token merging")
+    add_app_arguments(p)
+    p.set_defaults(func=cmd_app)
 
     add_testbed_parser(sub)
     add_bench_parsers(sub)
