@@ -1,4 +1,5 @@
-"""``mmeff demo``: the same questions with and without a plugin, side by side.
+"""``mmeff demo``: the same questions answered by the unmodified model and by each method, beside the
+true answers, in a table and in a picture of the image tokens each method kept.
 
 Runs on a model you name, else on the bundled shapes-testbed model when it exists, else
 on a tiny random-weight LLaVA (whose answers are noise: it shows the mechanics only).
@@ -6,6 +7,7 @@ on a tiny random-weight LLaVA (whose answers are noise: it shows the mechanics o
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,8 +23,13 @@ from .testbed.world import ObjectSpec, SceneSpec
 BUNDLED = SHAPES_LLAVA
 
 
+DEFAULT_METHODS = [("pyramid_drop", {}), ("fastv", {"budget": 64}), ("visionzip", {"budget": 64}),
+                   ("random_drop", {"budget": 64})]  # the last is the control: a method should beat it
+TRUTHS = ["yes", "three"]
+
+
 def demo_inputs() -> tuple[list[np.ndarray], list[str]]:
-    """Two shapes-testbed scenes (the bundled model's world) and a question about each."""
+    """Two shapes-testbed scenes (the bundled model's world) and a question about each (answers: ``TRUTHS``)."""
     scenes = [
         SceneSpec((ObjectSpec("circle", "red", 0.3, 0.3, 0.12, 0), ObjectSpec("square", "blue", 0.7, 0.68, 0.12, 10)),
                   "plain", seed=1),
@@ -50,37 +57,58 @@ def load_demo_pipe(model: str | None, console: Console) -> mmeff.MMPipeline:
 
 
 def run_demo(model: str | None = None, plugins: list[tuple[str, dict[str, Any]]] | None = None,
-             max_new_tokens: int = 12) -> dict[str, Any]:
-    """The demo questions answered by the unmodified model, then with ``plugins`` (default PyramidDrop) attached."""
+             max_new_tokens: int = 12, out: str | Path | None = "demo_results/demo.png") -> dict[str, Any]:
+    """The demo questions answered by the unmodified model, then by each method in turn (default: PyramidDrop,
+    FastV, VisionZip and random drop at 1/9 of the tokens; ``plugins``: that one stack instead). Writes the
+    picture to ``out`` (None: no picture)."""
     console = Console(width=160)
-    stack = plugins or [("pyramid_drop", {})]
-    label = " + ".join(name for name, _ in stack)
     pipe = load_demo_pipe(model, console)
     images, prompts = demo_inputs()
+    methods = [[entry] for entry in DEFAULT_METHODS if mmeff.supported(entry[0], pipe.adapter.key)]
+    if plugins:
+        methods = [list(plugins)]
     pipe.generate(images[:1], prompts[:1], max_new_tokens=1)  # warm-up, so wall times compare fairly
-    baseline = pipe.generate(images, prompts, max_new_tokens=max_new_tokens)
-    base_stats = pipe.last_stats
-    added = pipe.add_plugins(stack)
-    reduced = pipe.generate(images, prompts, max_new_tokens=max_new_tokens)
-    stats = pipe.last_stats
+    answers = {"unmodified": pipe.generate(images, prompts, max_new_tokens=max_new_tokens)}
+    times = {"unmodified": pipe.last_stats["wall_time_s"]}
+    kept: dict[str, list[list[int]] | None] = {"unmodified": None}
+    tokens = {"unmodified": ""}
+    n_tokens = 0
+    for stack in methods:
+        label = " + ".join(name for name, _ in stack)
+        added = pipe.add_plugins(stack)
+        try:
+            answers[label] = pipe.generate(images, prompts, max_new_tokens=max_new_tokens)
+            stats = pipe.last_stats
+        finally:
+            for plugin in reversed(added):
+                pipe.remove_plugin(plugin.name)
+        times[label] = stats["wall_time_s"]
+        dropping = [stats[name] for name, _ in stack if "kept_image_tokens_by_row" in stats.get(name, {})]
+        # the prompts' rows (a contrastive plugin's negative rows follow them in the batch)
+        kept[label] = dropping[-1]["kept_image_tokens_by_row"][: len(prompts)] if dropping else None
+        if dropping:
+            n_tokens = int(dropping[-1]["image_tokens_before"][0])
+            tokens[label] = f"{dropping[-1]['final_image_tokens']:.0f} of {n_tokens} tokens"
+        else:
+            tokens[label] = "all tokens"
 
-    table = Table(title=f"{label} vs the unmodified model")
-    for col in ("question", "baseline", label):
+    table = Table(title="answers: the unmodified model and each method (✓ = the true answer)")
+    for col in ("question", "truth", *answers):
         table.add_column(col)
-    for q, a, b in zip(prompts, baseline, reduced):
-        table.add_row(q, a, b)
+    for i, (question, truth) in enumerate(zip(prompts, TRUTHS)):
+        marks = [f"{a[i]} {'✓' if a[i].strip().lower().rstrip('.') == truth else '✗'}" for a in answers.values()]
+        table.add_row(question, truth, *marks)
     console.print(table)
-    for name, _ in stack:
-        ps = stats.get(name, {})
-        if "image_tokens_per_layer" in ps:
-            console.print(f"{name}: image tokens per layer {[round(x, 1) for x in ps['image_tokens_per_layer']]}")
-            console.print(
-                f"{name}: mean image tokens kept {ps['mean_image_tokens']:.1f} of {ps['image_tokens_before'][0]:.0f} "
-                f"({100 * ps['retained_fraction']:.0f}%), analytic prefill FLOPs {ps['prefill_flops_ratio']:.2f}x "
-                "baseline"
-            )
-    console.print(f"wall time: baseline {base_stats['wall_time_s']:.3f}s, {label} {stats['wall_time_s']:.3f}s "
-                  "(on tiny models hook overhead dominates; `mmeff bench tokens --speed` measures a 7B-shaped layout)")
-    for plugin in reversed(added):
-        pipe.remove_plugin(plugin.name)
-    return {"baseline": baseline, label: reduced, "stats": stats}
+    for label in answers:
+        if tokens[label]:
+            console.print(f"{label}: the last decoder layer sees {tokens[label]}; {times[label]:.3f}s for both "
+                          "questions")
+    console.print(f"unmodified: {times['unmodified']:.3f}s (on tiny models hook overhead dominates; "
+                  "`mmeff bench tokens --speed` measures a 7B-shaped layout)")
+    figure = None
+    if out is not None and n_tokens:
+        from .demo_figure import write_demo_figure
+
+        figure = write_demo_figure(out, images, prompts, TRUTHS, answers, kept, tokens, n_tokens)
+        console.print(f"wrote {figure}: each scene, the truth, and the tokens each method kept")
+    return {"answers": answers, "truths": TRUTHS, "kept": kept, "figure": figure}
