@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-stamp
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q $(TORCH)
-	$(VENV)/bin/pip install -q -e ".[dev,eval,docs,app]"
+	$(VENV)/bin/pip install -q -e ".[dev,eval,docs,app,rewards]"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +23,16 @@ from .weights import loading, resolve_file, weights_error
 Tokenize = Callable[[list[str]], torch.Tensor]
 ViT_H = "ViT-H-14"
 
+
+
+def _open_clip() -> Any:
+    """open_clip, which only these rewards need (the ``[rewards]`` extra)."""
+    try:
+        import open_clip
+    except ImportError as err:
+        raise ImportError("the CLIP rewards (clip_h, hpsv2, shapes_clip) need open_clip: "
+                          "pip install 'mmeff[rewards]' (or pip install open_clip_torch)") from err
+    return open_clip
 
 def tiny_open_clip_cfg() -> dict:
     """A tiny ``open_clip.CLIP`` config with the real BPE vocabulary, so the real tokenizer drives it."""
@@ -49,7 +59,7 @@ class OpenClipReward(Reward):
     scaled: ClassVar[bool] = True
 
     def __init__(self, model: torch.nn.Module, tokenize: Tokenize) -> None:
-        import open_clip
+        open_clip = _open_clip()
 
         super().__init__()
         self.model, self.tokenize = model, tokenize
@@ -79,7 +89,7 @@ class OpenClipReward(Reward):
     @classmethod
     def from_open_clip(cls, source: str, *, device=None, dtype=None) -> OpenClipReward:
         """Any open_clip model: ``"name:tag"``, ``"name:/file.pt"``, ``"hf-hub:org/repo"``, ``"local-dir:path"``."""
-        import open_clip
+        open_clip = _open_clip()
 
         name, tag = split_open_clip_name(source)
         with loading(cls.name, source):
@@ -89,7 +99,7 @@ class OpenClipReward(Reward):
 
     @classmethod
     def tiny(cls, seed: int = 0) -> OpenClipReward:
-        import open_clip
+        open_clip = _open_clip()
 
         torch.manual_seed(seed)
         cfg = tiny_open_clip_cfg()
@@ -132,7 +142,7 @@ class HPSv2Reward(OpenClipReward):
         ``resize_mode``: ``"shortest"`` (resize the shortest side, centre-crop) is what ReNO's release feeds
         every reward; ``"longest"`` (resize the longest side, pad black) is the ``hpsv2`` package's own
         ``score``. They agree on square images (tests/rewards/test_reward_packages.py)."""
-        import open_clip
+        open_clip = _open_clip()
 
         if resize_mode not in ("shortest", "longest"):
             raise ConfigError(f"hpsv2 resize_mode must be 'shortest' (ReNO's) or 'longest' (the hpsv2 package's), "
@@ -168,7 +178,7 @@ class ShapesClipReward(OpenClipReward):
     @classmethod
     def load(cls, path: str | None = None, *, device=None, dtype=None) -> ShapesClipReward:
         """``path``: an open_clip ``local-dir`` folder (default ``assets/models/shapes-clip``)."""
-        import open_clip
+        open_clip = _open_clip()
 
         folder = Path(path).expanduser() if path else default_shapes_clip_dir()
         if not (folder / "open_clip_config.json").is_file():

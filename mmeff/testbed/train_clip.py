@@ -131,7 +131,9 @@ def clip_batch(step: int, batch: int, seed: int) -> tuple[list[str], list[str], 
 
 def build(seed: int = 0, init: Path | None = None):
     """A fresh model, or (``init``) one with the weights of an exported shapes-clip folder."""
-    import open_clip
+    from ..rewards.clip import _open_clip
+
+    open_clip = _open_clip()
     from safetensors.torch import load_file
 
     from ..testing.diffusion import clip_tokenizer
