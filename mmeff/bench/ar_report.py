@@ -134,6 +134,12 @@ def _plot(path: Path, results: dict[str, Any]) -> None:
         axes[1].set_xlabel("target head denoising steps per image")
         axes[1].invert_yaxis()
         axes[1].set_yticklabels([])
+    plain = next((d for d, label in zip(data, labels) if label == "plain"), None)
+    if plain is not None:  # the baseline every method is judged against: its score ± se, and 1x
+        level = plain["oracle"]["overall"]
+        axes[-1].axhline(level, color="black", lw=1.0)
+        axes[-1].axhspan(level - _se(plain), level + _se(plain), color="black", alpha=0.08, lw=0)
+        axes[-1].axvline(1.0, color="black", lw=0.6, ls=":")
     for d, label in zip(data, labels):
         axes[-1].errorbar(d["forward_reduction"], d["oracle"]["overall"], yerr=_se(d), fmt="o", capsize=3)
         axes[-1].annotate(label, (d["forward_reduction"], d["oracle"]["overall"]), fontsize=8,

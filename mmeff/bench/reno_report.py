@@ -158,7 +158,11 @@ def _plot_curves(path: Path, results: dict[str, Any]) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for method, color, label in (("reno", "tab:blue", "ReNO"), ("best_of_n", "tab:gray", "best-of-N")):
+    plain = results["plain"]
+    axes[0].axhline(plain["oracle"]["overall"], color="black", lw=1.0, label="plain pipeline")
+    axes[0].axhspan(plain["oracle"]["overall"] - _se(plain), plain["oracle"]["overall"] + _se(plain), color="black",
+                    alpha=0.08, lw=0)
+    for method, color, label in (("reno", "tab:blue", "ReNO"), ("best_of_n", "tab:orange", "best-of-N")):
         curves = results["curves"][method]
         x = range(1, len(curves["oracle"]) + 1)
         axes[0].plot(x, curves["oracle"], color=color, label=label)
@@ -186,11 +190,15 @@ def _plot_categories(path: Path, results: dict[str, Any]) -> None:
               (f"ReNO {reno[-1]['iterations']} it.", reno[-1], "tab:blue")]
     cats = [c for c in CATEGORIES if c in reno[0]["oracle"]] + ["overall"]
     x = np.arange(len(cats))
-    fig, ax = plt.subplots(figsize=(10, 4))
+    fig, ax = plt.subplots(figsize=(10, 4.2), layout="constrained")
     for i, (label, budget, color) in enumerate(series):
-        ax.bar(x + (i - 1) * 0.27, [budget["oracle"][c] for c in cats], 0.27, label=label, color=color)
-    ax.set_xticks(x, cats, rotation=20)
-    ax.set_ylabel("oracle success rate")
+        rates = [budget["oracle"][c] for c in cats]
+        # images per category: the prompt set is balanced over its categories
+        sizes = [budget["n"] if c == "overall" else budget["n"] / (len(cats) - 1) for c in cats]
+        errors = [math.sqrt(max(r * (1 - r), 0.0) / n) for r, n in zip(rates, sizes)]
+        ax.bar(x + (i - 1) * 0.27, rates, 0.27, yerr=errors, capsize=2, label=label, color=color)
+    ax.set_xticks(x, cats, rotation=20, ha="right")
+    ax.set_ylabel("oracle success rate (± 1 s.e.)")
     ax.set_ylim(0, 1)
     ax.legend()
     fig.tight_layout()

@@ -6,6 +6,7 @@ accuracy is also reported relative to the baseline.
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -23,12 +24,12 @@ SUITES = ("pope", "attributes", "counting", "spatial")
 QUALITY_SCENES = {"pope": 40, "attributes": 40, "counting": 40, "spatial": 40}
 
 
-def score_columns(results: dict[str, dict[str, Any]]) -> dict[str, float]:
-    """Flatten run_eval results into ``{"pope_random": acc, ..., "counting": acc}``."""
+def score_columns(results: dict[str, dict[str, Any]], key: str = "accuracy") -> dict[str, float]:
+    """Flatten run_eval results into ``{"pope_random": acc, ..., "counting": acc}`` (``key="n"``: the counts)."""
     out: dict[str, float] = {}
     for suite, result in results.items():
         for split, metrics in result["metrics"].items():
-            out[f"pope_{split}" if suite == "pope" else suite] = metrics["accuracy"]
+            out[f"pope_{split}" if suite == "pope" else suite] = metrics[key]
     return out
 
 
@@ -57,6 +58,7 @@ def run_quality(
             "budget": method.budget,
             "options": method.options,
             "scores": score_columns(results),
+            "questions": score_columns(results, "n"),
             "pope_yes_ratio": {s: results["pope"]["metrics"][s]["yes_ratio"] for s in POPE_SPLITS},
             "mean_image_tokens": efficiency.get("mean_image_tokens", before),
             "final_image_tokens": efficiency.get("final_image_tokens", before),
@@ -85,7 +87,6 @@ def write_quality(out_dir: Path, rows: list[dict[str, Any]], meta: dict[str, Any
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "tokens_quality.json", {"benchmark": "tokens quality", **meta, "results": rows})
@@ -93,20 +94,46 @@ def write_quality(out_dir: Path, rows: list[dict[str, Any]], meta: dict[str, Any
     print_table("mmeff bench tokens: quality", headers, table)
     (out_dir / "quality_table.md").write_text(markdown_table(headers, table) + "\n")
 
+    plot_accuracy_vs_tokens(out_dir / "accuracy_vs_tokens.png", rows, meta.get("model", ""))
+
+
+
+def plot_accuracy_vs_tokens(path: Path, rows: list[dict[str, Any]], model: str = "") -> None:
+    """Accuracy against the image tokens the last layer sees, one line per method, ± one binomial standard
+    error (rows without question counts: no bars), the unmodified model as a line with its band, the
+    legend outside the axes so it hides nothing."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     base = rows[0]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    plugins = sorted({r["plugin"] for r in rows if r["plugin"]})
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4), layout="constrained")
     for ax, metric in zip(axes, ("pope_random", "counting")):
-        plugins = sorted({r["plugin"] for r in rows if r["plugin"]})
-        for plugin in plugins:
-            pts = sorted((r["final_image_tokens"], r["scores"][metric]) for r in rows if r["plugin"] == plugin)
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=plugin,
-                    linestyle="--" if plugin == "random_drop" else "-")
-        ax.axhline(base["scores"][metric], color="black", lw=0.8, label="unmodified")
+        for i, plugin in enumerate(plugins):
+            pts = sorted((r["final_image_tokens"], r["scores"][metric], r.get("questions", {}).get(metric))
+                         for r in rows if r["plugin"] == plugin)
+            x = [p[0] * (1 + 0.015 * (i - len(plugins) / 2)) for p in pts]  # a small dodge: bars stay apart
+            y = [p[1] for p in pts]
+            err = [_binomial_se(p[1], p[2]) for p in pts]
+            ax.errorbar(x, y, yerr=err if all(e is not None for e in err) else None, marker="o", capsize=3,
+                        label=plugin, linestyle="--" if plugin == "random_drop" else "-", alpha=0.9)
+        level, n = base["scores"][metric], base.get("questions", {}).get(metric)
+        ax.axhline(level, color="black", lw=1.0, label="unmodified")
+        if n:
+            band = _binomial_se(level, n)
+            ax.axhspan(level - band, level + band, color="black", alpha=0.08, lw=0)
         ax.set_xlabel("image tokens at the last decoder layer")
-        ax.set_ylabel(f"{metric} accuracy")
-        ax.set_xscale("log")
-    axes[0].legend(fontsize=8)
-    fig.suptitle("Accuracy vs retained image tokens (shapes-llava)")
-    fig.tight_layout()
-    fig.savefig(out_dir / "accuracy_vs_tokens.png", dpi=120)
+        ax.set_ylabel(f"{metric.replace('_', ' ')} accuracy")
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), fontsize=8, frameon=False)
+    bars = "; bars and band: ± 1 s.e." if base.get("questions") else ""
+    fig.suptitle(f"Accuracy vs retained image tokens{f' ({model})' if model else ''}{bars}")
+    fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _binomial_se(p: float, n: int | None) -> float | None:
+    return math.sqrt(max(p * (1 - p), 0.0) / n) if n else None

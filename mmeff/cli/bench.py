@@ -118,6 +118,7 @@ def bench_tokens(args: argparse.Namespace) -> None:
         from ..demo import load_demo_pipe
 
         pipe = load_demo_pipe(args.model, Console(width=160))
+        meta["model"] = Path(getattr(pipe.model.config, "_name_or_path", "") or "").name
         quality = run_quality(pipe, n_scenes=args.n_scenes, seed=args.seed)
         write_quality(out / "quality", quality, meta)
     if args.speed or both:

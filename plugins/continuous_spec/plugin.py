@@ -6,7 +6,7 @@ loads and checks the draft (same family, same grid and token size, the same VAE)
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -50,12 +50,18 @@ class ContinuousSpecConfig(PluginConfig):
       ``DDPMScheduler.step`` does.
     """
 
-    draft: Any = None
-    draft_len: int = 8
-    prefill_ratio: float = 0.15
-    inner_temperature: float = 42.0
-    max_tries: int = 100
-    resample: str = "last_step"
+    draft: Any = field(default=None, metadata={
+        "help": "required: folder (or loaded ContinuousARModel) of a smaller model of the same family, grid and VAE"})
+    draft_len: int = field(default=8, metadata={
+        "help": "tokens the draft proposes per verification, >= 1 (8 as released)"})
+    prefill_ratio: float = field(default=0.15, metadata={
+        "help": "share of tokens in [0, 1] the target draws alone before drafting starts (0.15 as released)"})
+    inner_temperature: float = field(default=42.0, metadata={
+        "help": "> 0: std inflation of both heads' last-step densities in the acceptance ratio (42 as released)"})
+    max_tries: int = field(default=100, metadata={
+        "help": "acceptance-rejection tries when resampling a rejected token, >= 1 (then the last proposal is kept)"})
+    resample: str = field(default="last_step", metadata={
+        "help": "how a rejected token is resampled: \"last_step\" (as released) or \"head\" (mmeff's earlier rule)"})
 
     def validate(self) -> None:
         if self.draft is None:

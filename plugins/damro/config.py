@@ -10,7 +10,8 @@ from mmeff.errors import ConfigError
 
 @dataclass
 class DAMROConfig(ContrastiveConfig):
-    alpha: float = 2.0
+    alpha: float = field(default=2.0, metadata={
+        "help": "contrast strength, >= 0 (0 = plain decoding); 2 as in the release's run_pope.py"})
     k: int = field(default=10, metadata={"help": "outlier patch tokens the negative branch keeps (>= 1)"})
 
     def validate(self) -> None:

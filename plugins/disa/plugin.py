@@ -10,7 +10,7 @@ replaced by the schedule.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from mmeff.car.schedules import SCHEDULES, annealed_steps
@@ -23,9 +23,10 @@ from mmeff.registry import register_plugin
 class DiSAConfig(PluginConfig):
     """``upper``: head steps at the first token (MAR's 50); ``lower``: at the last (5 in the paper)."""
 
-    upper: int = 50
-    lower: int = 5
-    schedule: str = "linear"
+    upper: int = field(default=50, metadata={"help": "diffusion-head steps at the first token, >= 1 (MAR's 50)"})
+    lower: int = field(default=5, metadata={"help": "head steps at the last token, in [1, upper] (5 in the paper)"})
+    schedule: str = field(default="linear", metadata={
+        "help": "upper -> lower over the AR steps: linear, cosine, two_stage (switch at half) or constant (lower)"})
 
     def validate(self) -> None:
         for name in ("upper", "lower"):

@@ -8,7 +8,7 @@ relaxation is the training-free part, applied here to SJD's Jacobi drafts.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -38,9 +38,12 @@ class LanternConfig(SJDConfig):
     mode and its static-tree rule (zeroing the drafter's ``q`` instead of ``p``) are not provided.
     """
 
-    k: int = 1000
-    delta: float = 0.1
-    rejection: str = "release"
+    k: int = field(default=1000, metadata={
+        "help": "latent neighbours per code to borrow from, >= 0 (released default 1000, capped at the codebook)"})
+    delta: float = field(default=0.1, metadata={
+        "help": "largest probability mass borrowed from neighbours, in [0, 1] (released 0.1; 0: nothing relaxed)"})
+    rejection: str = field(default="release", metadata={
+        "help": "after a rejection: \"release\" (zero the k + 1 nearest codes, as released) or \"borrowed\" (lenders)"})
 
     def validate(self) -> None:
         super().validate()

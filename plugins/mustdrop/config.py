@@ -39,18 +39,24 @@ class MustDropConfig(PluginConfig):
     """
 
     merge: bool | None = field(default=None, metadata={"help": "None: on where the tower allows it"})
-    merge_layer: int = 0
-    merge_threshold: float = 0.8
+    merge_layer: int = field(default=0, metadata={
+        "help": "vision layer (>= 0, not past the feature layer) after which the 3x3 merge runs"})
+    merge_threshold: float = field(default=0.8, metadata={
+        "help": "merge a 3x3 window whose patches' mean pairwise cosine is at least this, in [-1, 1]"})
     proportional_attention: bool = field(default=False, metadata={
         "help": "weight merged tokens by their size in later ViT layers (ToMe's log-size bias); the release does not"})
     key_fraction: float | None = field(default=None, metadata={
         "help": "None: 0.08 (as released) where the adapter has a key-set signal, else 0"})
-    filter: bool = True
-    layers: tuple[int, ...] | None = None
+    filter: bool = field(default=True, metadata={"help": "stage (b): drop image tokens by text attention after layers"})
+    layers: tuple[int, ...] | None = field(default=None, metadata={
+        "help": "decoder layers (increasing, >= 1) the filter drops after; None = 2, 6, 10, 14 of 32, scaled"})
     budget: float | str | None = field(default="192", metadata={"help": "layer-average fraction, or 192/128/64"})
-    global_threshold: float = RELEASED_THRESHOLDS["192"][0]
-    individual_threshold: float = RELEASED_THRESHOLDS["192"][1]
-    cache_policy: bool = True
+    global_threshold: float = field(default=RELEASED_THRESHOLDS["192"][0], metadata={
+        "help": "in [0, 1]: drop if text-attention share < this and peak < individual_threshold (budget scales both)"})
+    individual_threshold: float = field(default=RELEASED_THRESHOLDS["192"][1], metadata={
+        "help": "in [0, 1]: drop if peak text attention < this and share < global_threshold (released 192 value)"})
+    cache_policy: bool = field(default=True, metadata={
+        "help": "stage (c): after prefill, dropping layers' KV cache keeps only the last drop's tokens; needs filter"})
 
     def validate(self) -> None:
         if self.merge is not None and not isinstance(self.merge, bool):

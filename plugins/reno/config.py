@@ -29,22 +29,33 @@ class RenoConfig(PluginConfig):
     equal compute: ``iterations`` noises, the one with the best reward kept.
     """
 
-    rewards: dict[str, float] | None = None
-    reward_paths: dict[str, str] = field(default_factory=dict)
-    reward_models: dict[str, Any] = field(default_factory=dict)
-    iterations: int = 50
-    lr: float = 5.0
-    momentum: float = 0.9
-    nesterov: bool = True
-    grad_clip: float = 0.1
-    reg_weight: float = 0.01
-    reward_target: float | None = None
-    search: str = "gradient"
-    seed: int | None = None
-    gradient_checkpointing: bool = False
-    precision: str = "pipeline"
-    decode_chunk: int | None = None
-    progress: bool = False
+    rewards: dict[str, float] | None = field(default=None, metadata={
+        "help": "reward name -> weight >= 0 (one > 0); None = the paper's hpsv2/imagereward/clip/pickscore mix"})
+    reward_paths: dict[str, str] = field(default_factory=dict, metadata={
+        "help": "reward name -> hub id or folder to load it from (unnamed rewards: their released weights)"})
+    reward_models: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "reward name -> already-built mmeff.rewards.Reward module, used instead of loading one"})
+    iterations: int = field(default=50, metadata={
+        "help": "reward evaluations per image, >= 0; iteration 0 is the initial noise (50: 49 updates, as released)"})
+    lr: float = field(default=5.0, metadata={"help": "SGD learning rate on the noise, > 0"})
+    momentum: float = field(default=0.9, metadata={"help": "SGD momentum, in [0, 1)"})
+    nesterov: bool = field(default=True, metadata={"help": "Nesterov momentum in the SGD step (needs momentum > 0)"})
+    grad_clip: float = field(default=0.1, metadata={"help": "> 0: each image's noise gradient is clipped to this norm"})
+    reg_weight: float = field(default=0.01, metadata={
+        "help": ">= 0: weight of the regulariser keeping the noise norm where Gaussian noise lives"})
+    reward_target: float | None = field(default=None, metadata={
+        "help": "stop once every image's weighted reward reaches this; None = run all iterations"})
+    search: str = field(default="gradient", metadata={
+        "help": "\"gradient\" (ReNO) or \"random\" (best-of-N control: fresh noises, the best kept)"})
+    seed: int | None = field(default=None, metadata={
+        "help": "seeds a generator for calls that pass none; None = seeded from torch's global RNG"})
+    gradient_checkpointing: bool = field(default=False, metadata={
+        "help": "gradient checkpointing in the denoiser and VAE where they support it (less memory, slower)"})
+    precision: str = field(default="pipeline", metadata={
+        "help": "differentiable path in the pipeline's dtype, or under \"bf16\"/\"fp16\" autocast; noise stays fp32"})
+    decode_chunk: int | None = field(default=None, metadata={
+        "help": "VAE-decode this many images at a time (peak memory), >= 1; None = the whole batch"})
+    progress: bool = field(default=False, metadata={"help": "show a progress bar over the iterations"})
 
     def validate(self) -> None:
         for name, kind in (("rewards", "reward name -> weight, e.g. {'clip': 1.0, 'aesthetic': 0.5}"),

@@ -5,7 +5,7 @@ keep the model's distribution. The loop itself is ``mmeff.ar.jacobi.JacobiDecode
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -27,10 +27,14 @@ class SJDConfig(PluginConfig):
     prompt's forward, so ``start=1`` wastes nothing on it).
     """
 
-    window: int = 16
-    init: str = "random"
-    start: int = 1
-    stop: int | None = None
+    window: int = field(default=16, metadata={
+        "help": "tokens per forward at most, >= 1: last committed token + window - 1 drafts (16 in the paper)"})
+    init: str = field(default="random", metadata={
+        "help": "new drafts' first guess: \"random\" codes (paper), \"repeat_left\" or \"repeat_above\" neighbour"})
+    start: int = field(default=1, metadata={
+        "help": "first image position drafted, >= 0; one token per forward before it (1 wastes nothing)"})
+    stop: int | None = field(default=None, metadata={
+        "help": "image position (> start) where drafting ends, exclusive; None = drafts to the last token"})
 
     def validate(self) -> None:
         if isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < 1:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from mmeff.errors import ConfigError
 from mmeff.plugin import PluginConfig
@@ -22,18 +22,28 @@ class ToDoConfig(PluginConfig):
     / ``ratio_level_2``; "none": plain attention). Below ``timestep_threshold_stop`` nothing is changed.
     """
 
-    downsample_factor: int = 2
-    downsample_factor_level_2: int = 1
-    downsample_method: str = "nearest-exact"
-    timestep_threshold_switch: float = 0.2
-    timestep_threshold_stop: float = 0.0
-    secondary_merge_method: str = "similarity"
-    ratio: float = 0.5
-    ratio_level_2: float = 0.5
-    sx: int = 2
-    sy: int = 2
-    use_rand: bool = True
-    seed: int | None = None
+    downsample_factor: int = field(default=2, metadata={
+        "help": "keys/values downsampling per grid side on the highest-resolution blocks, >= 1 (1: off)"})
+    downsample_factor_level_2: int = field(default=1, metadata={
+        "help": "the same on blocks at half the input grid's resolution, >= 1 (1: off)"})
+    downsample_method: str = field(default="nearest-exact", metadata={
+        "help": "nearest, nearest-exact, bilinear, bicubic, area (interpolation), avg_pool or max_pool"})
+    timestep_threshold_switch: float = field(default=0.2, metadata={
+        "help": "in [0, 1): downsample while timestep / 1000 > this, below it secondary_merge_method"})
+    timestep_threshold_stop: float = field(default=0.0, metadata={
+        "help": "in [0, 1): attention is left unchanged once timestep / 1000 <= this"})
+    secondary_merge_method: str = field(default="similarity", metadata={
+        "help": "late in sampling: \"similarity\" (ToMe-merge the keys/values), \"downsample\" or \"none\""})
+    ratio: float = field(default=0.5, metadata={
+        "help": "in [0, 1): share of keys/values the similarity merge removes on the highest-resolution blocks"})
+    ratio_level_2: float = field(default=0.5, metadata={"help": "in [0, 1): the same on blocks at half resolution"})
+    sx: int = field(default=2, metadata={
+        "help": "similarity merge: cell width in tokens, >= 1 (one destination per sx x sy cell)"})
+    sy: int = field(default=2, metadata={"help": "similarity merge: cell height in tokens, >= 1"})
+    use_rand: bool = field(default=True, metadata={
+        "help": "random destination per cell and call (off for odd batches); False: each cell's top-left token"})
+    seed: int | None = field(default=None, metadata={
+        "help": "seed of the destination draws, re-seeded each call; None = forked from torch's global RNG"})
 
     def validate(self) -> None:
         for name in ("downsample_factor", "downsample_factor_level_2", "sx", "sy"):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from mmeff.errors import ConfigError
 from mmeff.plugin import PluginConfig
@@ -20,15 +20,19 @@ class ToMeSDConfig(PluginConfig):
     (None: forked from torch's global RNG when first needed, as ``tomesd`` does).
     """
 
-    ratio: float = 0.5
-    max_downsample: int = 1
-    sx: int = 2
-    sy: int = 2
-    use_rand: bool = True
-    merge_attn: bool = True
-    merge_crossattn: bool = False
-    merge_mlp: bool = False
-    seed: int | None = None
+    ratio: float = field(default=0.5, metadata={
+        "help": "share of a block's image tokens merged away, in [0, 1) (at most 1 - 1/(sx*sy) can go)"})
+    max_downsample: int = field(default=1, metadata={
+        "help": "1, 2, 4 or 8: merge in blocks at most this much coarser than the input grid (1: finest only)"})
+    sx: int = field(default=2, metadata={"help": "cell width in tokens, >= 1; one destination per sx x sy cell"})
+    sy: int = field(default=2, metadata={"help": "cell height in tokens, >= 1 (sx * sy >= 2)"})
+    use_rand: bool = field(default=True, metadata={
+        "help": "random destination per cell and block call (off for odd batches, as released); False: top-left"})
+    merge_attn: bool = field(default=True, metadata={"help": "merge the tokens around self-attention (attn1)"})
+    merge_crossattn: bool = field(default=False, metadata={"help": "merge the tokens around cross-attention (attn2)"})
+    merge_mlp: bool = field(default=False, metadata={"help": "merge the tokens around the feed-forward (ff)"})
+    seed: int | None = field(default=None, metadata={
+        "help": "seed of the destination draws, re-seeded each call; None = forked from torch's global RNG"})
 
     def validate(self) -> None:
         if isinstance(self.ratio, bool) or not isinstance(self.ratio, (int, float)) or not 0 <= self.ratio < 1:

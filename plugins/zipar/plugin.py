@@ -6,7 +6,7 @@ a partial row above, which is where its (small) quality cost comes from. The loo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -41,10 +41,14 @@ class ZipARConfig(PluginConfig):
     ``window = 1`` works (the release's bookkeeping needs ``window >= 2``); grids need not be square.
     """
 
-    window: int = 8
-    full_first_row: bool = True
-    proxy: str = "row_above"
-    proxy_visible: bool = True
+    window: int = field(default=8, metadata={
+        "help": "tokens of the row above needed before a row starts, >= 1 (8 as released; >= columns: raster)"})
+    full_first_row: bool = field(default=True, metadata={
+        "help": "row 0 decoded alone, its last token opens row 1 (as released); False: row 1 opens after window"})
+    proxy: str = field(default="row_above", metadata={
+        "help": "token opening row r + 1: \"row_above\" (row r - 1's latest, as released) or \"own_row\" (row r's)"})
+    proxy_visible: bool = field(default=True, metadata={
+        "help": "later rows see the proxy until row r's real last token replaces it (as released); False: they don't"})
 
     def validate(self) -> None:
         if isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < 1:
