@@ -71,7 +71,8 @@ def select_methods(methods: list, patterns: Sequence[str]) -> list:
     if not patterns:
         return methods
     baselines = [m for m in methods if m[0].startswith("plain")]
-    chosen = baselines + [m for m in methods if m not in baselines and any(fnmatch(m[0], p) for p in patterns)]
+    chosen = baselines + [m for m in methods if m not in baselines
+                          and any(fnmatch(m[0].lower(), p.lower()) for p in patterns)]  # 'SJD*' finds 'sjd w16'
     if len(chosen) == len(baselines):
         raise ValueError(f"no method matches {list(patterns)}; the methods are {[m[0] for m in methods]}")
     return chosen

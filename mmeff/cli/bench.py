@@ -223,9 +223,9 @@ def bench_ar(args: argparse.Namespace) -> None:
     from ..testbed.mar_eval import SHAPES_MAR_SAMPLING
     from ..testbed.t2i_prompts import eval_prompts
 
-    labels = [m[0] for m in METHODS + continuous_methods(args.draft or str(SHAPES_MAR_SMALL))]
+    labels = list(dict.fromkeys(m[0] for m in METHODS + continuous_methods(args.draft or str(SHAPES_MAR_SMALL))))
     for pattern in args.method:  # before any model loads
-        if not any(fnmatch(label, pattern) for label in labels):
+        if not any(fnmatch(label.lower(), pattern.lower()) for label in labels):
             raise ConfigError(f"--method {pattern!r} matches no method.{did_you_mean(pattern, labels)} "
                               f"The methods: {labels}")
     models = [args.model] if args.model else [str(m) for m in (SHAPES_AR, SHAPES_MAR) if m.is_dir()]
