@@ -13,7 +13,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,14 @@ class UNetLayout:
     head_dim: int
     divide: int = 10
     first_attention: int = 1  # downsampling of the highest-resolution blocks with attention (SDXL: 2)
+    cross_dim: int = 64  # text-embedding width (the real models': 768 SD 1.5, 2048 SDXL)
+    groups: int = 8  # GroupNorm groups (the real models': 32)
+
+    def at_width_divisor(self, divide: int) -> UNetLayout:
+        """The same layout at ``widths / divide``; at 1 the real model's widths, text width and norm groups."""
+        if divide == 1:
+            return replace(self, divide=1, cross_dim=REAL_CROSS_DIM[self.name], groups=32)
+        return replace(self, divide=divide)
 
     @property
     def latent(self) -> int:
@@ -51,8 +59,8 @@ class UNetLayout:
         return UNet2DConditionModel(
             sample_size=self.latent, block_out_channels=widths, layers_per_block=2, down_block_types=self.down,
             up_block_types=self.up, transformer_layers_per_block=self.transformer_layers,
-            attention_head_dim=tuple(max(1, w // self.head_dim) for w in widths), cross_attention_dim=64,
-            norm_num_groups=8).eval()
+            attention_head_dim=tuple(max(1, w // self.head_dim) for w in widths), cross_attention_dim=self.cross_dim,
+            norm_num_groups=self.groups).eval()
 
 
 SD15 = UNetLayout("sd1.5-512", 512, (320, 640, 1280, 1280),
@@ -62,6 +70,7 @@ SDXL = UNetLayout("sdxl-1024", 1024, (320, 640, 1280),
                   ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
                   ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"), (1, 2, 10), 64, first_attention=2)
 LAYOUTS = {layout.name: layout for layout in (SD15, SDXL)}
+REAL_CROSS_DIM = {"sd1.5-512": 768, "sdxl-1024": 2048}
 
 
 def methods(layout: UNetLayout, ratios: tuple[float, ...]) -> list[tuple[str, str, dict[str, Any]]]:
@@ -113,7 +122,7 @@ def time_steps(layout: UNetLayout, ratios: tuple[float, ...], repeats: int, seed
     record_attention(unet, layout)
     g = torch.Generator().manual_seed(seed)
     sample = torch.randn(2, 4, layout.latent, layout.latent, generator=g)
-    text = torch.randn(2, 77, 64, generator=g)
+    text = torch.randn(2, 77, layout.cross_dim, generator=g)
     timestep = torch.tensor(TIMESTEP)
     runs = methods(layout, ratios)
     seconds: dict[str, list[float]] = {label: [] for label, _, _ in runs}
@@ -244,10 +253,11 @@ def quality(model_dir: Path, ratios: tuple[float, ...], per_category: int, seeds
 
 def run_merge_bench(layouts: tuple[str, ...], ratios: tuple[float, ...] = RATIOS, repeats: int = 3,
                     model_dir: Path | None = None, per_category: int = 8, seeds: tuple[int, ...] = (0, 1),
-                    vit_rs: tuple[int, ...] = (0, 8, 13, 16), vit_batch: int = 8) -> dict[str, Any]:
+                    vit_rs: tuple[int, ...] = (0, 8, 13, 16), vit_batch: int = 8,
+                    width_divisor: int = 10) -> dict[str, Any]:
     results: dict[str, Any] = {"speed": {}, "ratios": list(ratios), "timestep": TIMESTEP}
     for name in layouts:
-        layout = LAYOUTS[name]
+        layout = LAYOUTS[name].at_width_divisor(width_divisor)
         results["speed"][name] = time_steps(layout, ratios, repeats)
     if model_dir is not None and (Path(model_dir) / "model_index.json").is_file():
         results["quality"] = quality(Path(model_dir), ratios, per_category, seeds)

@@ -26,7 +26,8 @@ def write_merge_report(out_dir: Path, results: dict[str, Any], meta: dict[str, A
     write_json(out_dir / "merge.json", {**meta, **results})
     md = ["# Token merging in diffusion: `mmeff bench merge`", "", f"Command: `{meta['command']}`", "",
           "One denoiser step (batch 2, timestep 500) on random-weight UNets with the real models' token layouts "
-          "and channel widths divided for the CPU; medians of interleaved repeats; speed-ups against the plain "
+          "and channel widths divided as each heading says (/ 1: the real widths); medians of interleaved repeats; "
+          "speed-ups against the plain "
           "UNet of the same run; self-attention FLOPs at the real widths. `tomesd` and `tome_sd` run with random "
           "offsets off, so they merge the same tokens.", ""]
     for name, result in results["speed"].items():

@@ -87,6 +87,11 @@ def add_bench_parsers(sub: Any) -> None:
     p.add_argument("--model", help="quality: diffusers folder (default: the bundled shapes-sd)")
     p.add_argument("--runs", type=int, default=5, help="speed: timed runs per method")
     p.add_argument("--per-category", type=int, default=8, help="quality: prompts per GenEval-style category")
+    p.add_argument("--layout", action="append", choices=["sd1.5-512", "sdxl-1024"],
+                   help="speed: only these UNet layouts (repeatable; default both)")
+    p.add_argument("--width-divisor", type=int, default=10,
+                   help="speed: channel widths / N for the CPU (1 = the real models' widths, text width and norms)")
+    p.add_argument("--no-vit", action="store_true", help="speed: skip the timm ViT timing")
     _out(p)
     p.set_defaults(func=bench_merge)
 
@@ -277,11 +282,16 @@ def bench_merge(args: argparse.Namespace) -> None:
 
     from ..bench.merge import LAYOUTS, run_merge_bench
     from ..bench.merge_report import write_merge_report
+    from ..errors import ConfigError
 
     model = Path(args.model or "assets/models/shapes-sd")
-    results = run_merge_bench(() if args.quality else tuple(LAYOUTS), repeats=args.runs,
+    if args.width_divisor < 1:
+        raise ConfigError(f"--width-divisor takes a whole number >= 1, got {args.width_divisor}")
+    layouts = () if args.quality else tuple(args.layout or LAYOUTS)
+    results = run_merge_bench(layouts, repeats=args.runs,
                               model_dir=None if args.speed else model, per_category=args.per_category,
-                              vit_rs=() if args.quality else (0, 8, 13, 16))
+                              vit_rs=() if args.quality or args.no_vit else (0, 8, 13, 16),
+                              width_divisor=args.width_divisor)
     write_merge_report(Path(args.out) / "merge", results, {"command": "mmeff " + " ".join(sys.argv[1:])})
 
 

@@ -43,3 +43,14 @@ def test_flops_ratio_counts_projections_and_scores():
 def test_vit_speed_reports_fewer_tokens_with_r():
     rows = vit_speed((0, 8), batch=1, repeats=1)
     assert [r["final_tokens"] for r in rows] == [197, 197 - 12 * 8]
+
+
+def test_width_divisor_one_is_the_real_models_config():
+    real = SD15.at_width_divisor(1)
+    assert (real.divide, real.cross_dim, real.groups) == (1, 768, 32)
+    assert SD15.at_width_divisor(10) == SD15  # the default bench layout is unchanged
+    wide = UNetLayout("sd1.5-64", 64, SD15.widths, SD15.down, SD15.up, SD15.transformer_layers, SD15.head_dim,
+                      divide=20, cross_dim=96, groups=4)
+    unet = wide.build()
+    assert (unet.config.cross_attention_dim, unet.config.norm_num_groups) == (96, 4)
+    assert tuple(unet.config.block_out_channels) == (16, 32, 64, 64)
