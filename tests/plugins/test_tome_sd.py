@@ -236,3 +236,62 @@ def test_diffusers_group_offloading_in_either_order(plugin, first):
     wrapped.remove_plugin(plugin)
     assert torch.equal(images(wrapped), plain)
     assert not list(iter_hooks(pipe.unet))
+
+
+def _attention_cache(unet):
+    """diffusers' Pyramid Attention Broadcast on the UNet's self-attention (a cache hook on each ``attn1``,
+    reusing its output on alternate steps between timesteps 100 and 800); returns its remover."""
+    from diffusers import PyramidAttentionBroadcastConfig, apply_pyramid_attention_broadcast
+    from diffusers.hooks import HookRegistry
+
+    clock = {"t": 1000}
+    handle = unet.register_forward_pre_hook(lambda m, args: clock.update(t=int(args[1])))
+    apply_pyramid_attention_broadcast(unet, PyramidAttentionBroadcastConfig(
+        spatial_attention_block_skip_range=2, spatial_attention_timestep_skip_range=(100, 800),
+        current_timestep_callback=lambda: clock["t"]))
+
+    def remove() -> None:
+        handle.remove()
+        HookRegistry.check_if_exists_or_initialize(unet).remove_hook("pyramid_attention_broadcast", recurse=True)
+    return remove
+
+
+def fresh_images(wrapped):
+    """A generation with diffusers' cache state reset first (pipelines reset it only for CacheMixin models)."""
+    from diffusers.hooks import HookRegistry
+
+    HookRegistry.check_if_exists_or_initialize(wrapped.obj.unet).reset_stateful_hooks(recurse=True)
+    return images(wrapped)
+
+
+@pytest.mark.parametrize("plugin", ["tome_sd", "todo"])
+def test_diffusers_attention_cache_in_either_order(plugin):
+    """diffusers' attention cache (Pyramid Attention Broadcast) beside ours: the two compose the same way in
+    either order (ours wraps the block, the cache the attention inside it), the cache visibly acts, and
+    each comes off leaving the other exactly as it was alone."""
+    options = {"tome_sd": {"ratio": 0.5, "use_rand": False}, "todo": {}}[plugin]
+    pipe = shapes_sd()
+    wrapped = mmeff.wrap(pipe)
+    plain = fresh_images(wrapped)
+    wrapped.add_plugin(plugin, **options)
+    alone = fresh_images(wrapped)
+    wrapped.remove_plugin(plugin)
+    remove_cache = _attention_cache(pipe.unet)
+    cached = fresh_images(wrapped)
+    remove_cache()
+    assert not torch.equal(cached, plain)  # the cache skips work on this schedule
+
+    together = {}
+    for first in ("plugin", "cache"):
+        if first == "plugin":
+            wrapped.add_plugin(plugin, **options)
+        remove_cache = _attention_cache(pipe.unet)
+        if first == "cache":
+            wrapped.add_plugin(plugin, **options)
+        together[first] = fresh_images(wrapped)
+        wrapped.remove_plugin(plugin)
+        assert torch.equal(fresh_images(wrapped), cached)  # our detach leaves the cache as it was alone
+        remove_cache()
+    assert torch.equal(together["plugin"], together["cache"])
+    assert not torch.equal(together["plugin"], alone) and not torch.equal(together["plugin"], cached)
+    assert torch.equal(fresh_images(wrapped), plain) and not list(iter_hooks(pipe.unet))
