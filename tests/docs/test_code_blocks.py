@@ -4,7 +4,8 @@
   as working directory and the hub switched off (bundled models in assets/models/ or tiny ones from
   ``mmeff.testing``).
 - ```bash blocks: every line that starts with ``mmeff `` (after joining ``\\`` continuations) is parsed
-  by the real command-line parser (parse only, nothing runs); other lines (pip, make, python -m lmms_eval,
+  by the real command-line parser, and ``mmeff list ...`` lines also run (the others load models or run
+  for minutes: parse only); other lines (pip, make, python -m lmms_eval,
   accelerate ...) are not run.
 - ```text blocks are illustrative output and are not run.
 
@@ -134,9 +135,13 @@ def test_mmeff_command_parses(where: str, line: str):
 
     argv = shlex.split(line, comments=True)[1:]
     try:
-        build_parser().parse_args(argv)
+        args = build_parser().parse_args(argv)
     except SystemExit as exc:  # argparse exits on an error (code 2) and on --help (code 0)
         pytest.fail(f"{where}: `{line}` does not parse with mmeff's CLI (exit {exc.code})")
+    if args.command == "list":  # quick: run it for real (the others load models or run for minutes)
+        out = subprocess.run([sys.executable, "-m", "mmeff.cli", *argv], cwd=ROOT, capture_output=True, text=True,
+                             timeout=120)
+        assert out.returncode == 0 and out.stdout.strip(), f"{where}: `{line}` failed:\n{out.stderr[-2000:]}"
 
 
 _RUNNER = r"""
