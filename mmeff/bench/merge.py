@@ -162,7 +162,9 @@ def attention_tokens(unet) -> list[tuple[int, int, int]]:
 def record_attention(unet, layout: UNetLayout) -> None:
     """Hooks on every ``attn1.to_q`` / ``to_k`` that note the tokens each self-attention ran on."""
     unet._bench_attn = []
-    real = {w // layout.divide: w for w in layout.widths}
+
+    def real_width(features: int) -> int:  # the divided model rounds widths to whole heads (1280 / 10 -> 126)
+        return min(layout.widths, key=lambda w: abs(w / layout.divide - features))
 
     def reset(module, args, kwargs):
         unet._bench_attn = []
@@ -170,7 +172,7 @@ def record_attention(unet, layout: UNetLayout) -> None:
     unet.register_forward_pre_hook(reset, with_kwargs=True)
     for name, module in unet.named_modules():
         if name.endswith("attn1"):
-            width = real.get(module.to_q.in_features, module.to_q.in_features)
+            width = real_width(module.to_q.in_features)
             state: dict[str, int] = {}
             module.to_q.register_forward_hook(lambda m, a, o, s=state: s.__setitem__("q", a[0].shape[1]))
             module.to_k.register_forward_hook(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from mmeff.bench.merge import SD15, UNetLayout, flops_ratio, time_steps, vit_speed
 from mmeff.bench.merge_report import write_merge_report
@@ -54,3 +55,16 @@ def test_width_divisor_one_is_the_real_models_config():
     unet = wide.build()
     assert (unet.config.cross_attention_dim, unet.config.norm_num_groups) == (96, 4)
     assert tuple(unet.config.block_out_channels) == (16, 32, 64, 64)
+
+
+def test_flops_are_counted_at_the_real_widths_of_a_divided_unet():
+    """SD 1.5 / 10 has 126-wide attention at 1280 / 10 (three whole heads): counted as 1280, not 126."""
+    from mmeff.bench.merge import attention_tokens, record_attention
+
+    layout = UNetLayout("sd1.5-64", 64, SD15.widths, SD15.down, SD15.up, SD15.transformer_layers, SD15.head_dim)
+    unet = layout.build()
+    record_attention(unet, layout)
+    with torch.no_grad():
+        unet(torch.randn(1, 4, 8, 8), torch.tensor(500), encoder_hidden_states=torch.randn(1, 77, 64))
+    widths = [w for _, _, w in attention_tokens(unet)]
+    assert set(widths) == {320, 640, 1280} and widths.count(1280) == 6
