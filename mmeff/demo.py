@@ -58,9 +58,9 @@ def load_demo_pipe(model: str | None, console: Console) -> mmeff.MMPipeline:
 
 def run_demo(model: str | None = None, plugins: list[tuple[str, dict[str, Any]]] | None = None,
              max_new_tokens: int = 12, out: str | Path | None = "demo_results/demo.png") -> dict[str, Any]:
-    """The demo questions answered by the unmodified model, then by each method in turn (default: PyramidDrop,
-    FastV, VisionZip and random drop at 1/9 of the tokens; ``plugins``: that one stack instead). Writes the
-    picture to ``out`` (None: no picture)."""
+    """The demo questions answered by the unmodified model, then by each method in turn (default: PyramidDrop
+    at its defaults, FastV, VisionZip and random drop at 1/9 of the tokens; ``plugins``: that one stack
+    instead). Writes the picture to ``out`` (None: no picture)."""
     console = Console(width=160)
     pipe = load_demo_pipe(model, console)
     images, prompts = demo_inputs()
