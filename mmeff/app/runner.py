@@ -75,12 +75,12 @@ class VLMComparison:
     stats: dict[str, Any]
 
 
-class VLMRunner:
-    """One VLM, loaded on first use; one comparison at a time (plugins keep per-call state)."""
+class _LoadedOnFirstUse:
+    """A model loaded by ``mmeff.load`` on first use, with a lock: one comparison at a time (plugins keep
+    per-call state)."""
 
-    def __init__(self, model: str | Path = SHAPES_LLAVA, *, overlay_scale: int = 3) -> None:
+    def __init__(self, model: str | Path) -> None:
         self.model = str(model)
-        self.overlay_scale = overlay_scale
         self._pipe: Any = None
         self._lock = threading.Lock()
 
@@ -91,6 +91,14 @@ class VLMRunner:
 
             self._pipe = mmeff.load(self.model)
         return self._pipe
+
+
+class VLMRunner(_LoadedOnFirstUse):
+    """One VLM, loaded on first use; one comparison at a time (plugins keep per-call state)."""
+
+    def __init__(self, model: str | Path = SHAPES_LLAVA, *, overlay_scale: int = 3) -> None:
+        super().__init__(model)
+        self.overlay_scale = overlay_scale
 
     def plugin_names(self) -> list[str]:
         return vlm_plugin_names(self.pipe.adapter.key)
@@ -159,25 +167,15 @@ class T2IComparison:
     stats: dict[str, Any]
 
 
-class T2IRunner:
+class T2IRunner(_LoadedOnFirstUse):
     """A diffusers text-to-image pipeline (default the bundled shapes-sd), loaded on first use."""
 
     MERGERS = ("none", "tome_sd", "todo")
 
     def __init__(self, model: str | Path | None = None, *, scale: int = 8) -> None:
         self.bundled = model is None or Path(model).resolve() == SHAPES_SD.resolve()
-        self.model = str(SHAPES_SD if model is None else model)
+        super().__init__(SHAPES_SD if model is None else model)
         self.scale = scale
-        self._pipe: Any = None
-        self._lock = threading.Lock()
-
-    @property
-    def pipe(self) -> Any:
-        if self._pipe is None:
-            import mmeff
-
-            self._pipe = mmeff.load(self.model)
-        return self._pipe
 
     def _call(self, prompt: str, seed: int) -> tuple[np.ndarray, float]:
         call = dict(SHAPES_SD_CALL) if self.bundled else {"num_inference_steps": 1, "guidance_scale": 0.0}
