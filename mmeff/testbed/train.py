@@ -18,6 +18,7 @@ import math
 import random
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -71,7 +72,17 @@ def parse_overrides(recipe_cls: type, pairs: list[str], option: str = "--recipe"
         return value.lower() in ("true", "1")
 
     casts = {"int": int, "float": float, "str": str, "bool": flag, int: int, float: float, str: str, bool: flag}
-    types = {f.name: casts[f.type] for f in dataclasses.fields(recipe_cls)}
+
+    def optional(cast: Callable[[str], Any]) -> Callable[[str], Any]:
+        return lambda value: None if value.lower() == "none" else cast(value)
+
+    def cast_of(annotation: Any) -> Callable[[str], Any]:
+        name = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "")
+        if name.endswith(" | None"):  # an optional field also takes "none"
+            return optional(casts[name.removesuffix(" | None")])
+        return casts[annotation]
+
+    types = {f.name: cast_of(f.type) for f in dataclasses.fields(recipe_cls)}
     out: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")

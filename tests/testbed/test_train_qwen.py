@@ -12,7 +12,7 @@ from mmeff.testbed.data import Turn, collate_isolated
 from mmeff.testbed.qwen_data import mrope_positions
 from mmeff.testbed.qwen_model import ShapesQwen2VLSpec
 from mmeff.testbed.render import render
-from mmeff.testbed.train import train_vlm
+from mmeff.testbed.train import parse_overrides, train_vlm
 from mmeff.testbed.train_qwen import QwenRecipe, QwenTrainer
 from mmeff.testbed.world import sample_scene
 
@@ -51,6 +51,25 @@ def test_isolated_turns_match_the_inference_prompt(trainer, size, tokens):
 def test_batches_mix_both_sizes_deterministically(trainer):
     sizes = [trainer.size_at(step, "chat") for step in range(40)]
     assert set(sizes) == {96, 64} and sizes == [trainer.size_at(step, "chat") for step in range(40)]
+
+
+def test_stage_a_can_draw_its_own_share_of_small_scenes(tmp_path):
+    """``vision_small_fraction`` sets stage A's sizes alone; stage B keeps ``small_fraction``."""
+    small = QwenTrainer(tmp_path, QwenRecipe(vision_small_fraction=1.0), SPEC)
+    assert {small.size_at(step, "vision") for step in range(40)} == {64}
+    assert {small.size_at(step, "chat") for step in range(40)} == {96, 64}
+    default = QwenTrainer(tmp_path, QwenRecipe(), SPEC)
+    explicit = QwenTrainer(tmp_path, QwenRecipe(vision_small_fraction=QwenRecipe().small_fraction), SPEC)
+    assert [default.size_at(s, "vision") for s in range(40)] == [explicit.size_at(s, "vision") for s in range(40)]
+    assert {default.size_at(step, "vision") for step in range(40)} == {96, 64}
+
+
+def test_optional_recipe_fields_parse_from_the_command_line():
+    parsed = parse_overrides(QwenRecipe, ["vision_small_fraction=0.75", "chat_steps=5"])
+    assert parsed == {"vision_small_fraction": 0.75, "chat_steps": 5}
+    assert parse_overrides(QwenRecipe, ["vision_small_fraction=none"]) == {"vision_small_fraction": None}
+    with pytest.raises(ValueError, match="could not convert"):
+        parse_overrides(QwenRecipe, ["vision_small_fraction=most"])
 
 
 def test_recipe_trains_resumes_and_exports(tmp_path):
