@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-TESTBED_MODELS = {"vlm": "llava", "sd": "sd", "clip": "clip", "ar": "ar", "mar": "mar", "mar-draft": "mar-small"}
+TESTBED_MODELS = {"vlm": "llava", "sd": "sd", "clip": "clip", "ar": "ar", "mar": "mar", "mar-draft": "mar-small",
+                  "sd-lcm": "sd-lcm"}
 SUITE_NAMES = ["pope", "attributes", "counting", "spatial", "caption"]
 
 
@@ -18,7 +19,8 @@ def add_testbed_parser(sub: Any) -> None:
     p.add_argument("model", nargs="?", choices=list(TESTBED_MODELS),
                    help="what to train (train only): vlm = shapes-llava, sd = shapes-sd, clip = shapes-clip, "
                         "ar = shapes-ar, mar = shapes-mar + its draft shapes-mar-small, "
-                        "mar-draft = distil shapes-mar-small on shapes-mar's predictions")
+                        "mar-draft = distil shapes-mar-small on shapes-mar's predictions, "
+                        "sd-lcm = distil shapes-sd into a 1-4 step model (latent consistency distillation)")
     p.add_argument("--arch", default="llava", choices=["llava", "qwen2_vl"],
                    help="train vlm: llava = shapes-llava, qwen2_vl = shapes-qwen2vl (Qwen2-VL, dynamic resolution)")
     p.add_argument("--out", help="train: where save_pretrained writes (default assets/models/shapes-<model>); "
@@ -28,8 +30,8 @@ def add_testbed_parser(sub: Any) -> None:
     p.add_argument("--device", default="cpu",
                    help="train vlm|sd|clip|ar|mar: torch device (cuda trains the same recipe faster)")
     p.add_argument("--spec", action="append", default=[], metavar="NAME=VALUE",
-                   help="train vlm: override a field of the model's shape, e.g. vision_hidden=128 (resume with the "
-                        "same overrides)")
+                   help="train vlm|ar: override a field of the model's shape, e.g. vision_hidden=128 or "
+                        "codebook_size=512 (resume with the same overrides)")
     p.add_argument("--recipe", action="append", default=[], metavar="NAME=VALUE",
                    help="train vlm|sd|clip|ar|mar: override a field of the recipe, e.g. unet_steps=12000 "
                         "(repeatable; mar: vae=DIR trains on another AutoencoderKL)")
@@ -61,11 +63,13 @@ def run_testbed(args: argparse.Namespace) -> None:
               f"--tasks shapes_pope --include_path {out}")
         return
     if args.model is None:
-        raise SystemExit("usage: mmeff testbed train vlm|sd|clip|ar|mar|mar-draft [--out DIR] [--run-dir DIR]")
+        raise SystemExit("usage: mmeff testbed train vlm|sd|sd-lcm|clip|ar|mar|mar-draft [--out DIR] [--run-dir DIR]")
     from ..testbed.train import parse_overrides
 
-    if (args.arch != "llava" or args.spec) and args.model != "vlm":
-        raise SystemExit("--arch and --spec apply to `train vlm` only")
+    if args.arch != "llava" and args.model != "vlm":
+        raise SystemExit("--arch applies to `train vlm` only")
+    if args.spec and args.model not in ("vlm", "ar"):
+        raise SystemExit("--spec applies to `train vlm` and `train ar` only")
     name = "qwen2vl" if args.arch == "qwen2_vl" else TESTBED_MODELS[args.model]
     out = Path(args.out or f"assets/models/shapes-{name}")
     run_dir = Path(args.run_dir or f"runs/shapes-{name}")
@@ -80,13 +84,19 @@ def run_testbed(args: argparse.Namespace) -> None:
 
         train_sd(out, run_dir, SDRecipe(**parse_overrides(SDRecipe, args.recipe)), device=args.device)
     elif args.model == "ar":
+        from ..testbed.ar_model import ShapesARSpec
         from ..testbed.train_ar import ARRecipe, train_ar
 
-        train_ar(out, run_dir, ARRecipe(**parse_overrides(ARRecipe, args.recipe)), device=args.device)
+        train_ar(out, run_dir, ARRecipe(**parse_overrides(ARRecipe, args.recipe)),
+                 spec=ShapesARSpec(**parse_overrides(ShapesARSpec, args.spec, "--spec")), device=args.device)
     elif args.model == "mar-draft":  # fine-tunes the draft on the target's predictions
         from ..testbed.distill_mar import DistillRecipe, distill_draft
 
         distill_draft(out, run_dir, DistillRecipe(**parse_overrides(DistillRecipe, args.recipe)), device=args.device)
+    elif args.model == "sd-lcm":  # distils a teacher pipeline (--recipe teacher=DIR)
+        from ..testbed.distill_sd import LCMRecipe, distill_sd
+
+        distill_sd(out, run_dir, LCMRecipe(**parse_overrides(LCMRecipe, args.recipe)), device=args.device)
     elif args.model == "mar":  # the draft goes beside --out: <out>-small
         from ..testbed.train_mar import MARRecipe, train_mar
 

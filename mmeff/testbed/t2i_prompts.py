@@ -84,12 +84,20 @@ def sample_prompt(rng: random.Random, category: str | None = None) -> T2IPrompt:
     return T2IPrompt(category, (Group(a), Group(b)), rng.choice(RELATIONS))
 
 
-def scene_for_prompt(prompt: T2IPrompt, seed: int, image_size: int = T2I_IMAGE_SIZE) -> SceneSpec:
-    """A plain-background scene that satisfies ``prompt`` (colours left open are drawn at random)."""
+def scene_for_prompt(prompt: T2IPrompt, seed: int, image_size: int = T2I_IMAGE_SIZE, object_scale: float = 1.0
+                     ) -> SceneSpec:
+    """A plain-background scene that satisfies ``prompt`` (colours left open are drawn at random).
+
+    ``object_scale`` multiplies the objects' sizes: a generator trained on larger objects draws
+    them larger, with more latent pixels for the edges that tell a hexagon from a circle.
+    """
+    if not 0.5 <= object_scale <= 1.6:
+        raise ValueError(f"object_scale must lie in [0.5, 1.6] (objects must fit side by side), got {object_scale}")
     rng = random.Random(seed)
     kinds = [(g.color or rng.choice(list(COLORS)), g.shape) for g in prompt.groups for _ in range(g.count)]
     n = len(kinds)
     lo, hi = (0.16, 0.24) if n == 1 else (0.13, 0.18) if n == 2 else (0.11, 0.15)
+    lo, hi = lo * object_scale, hi * object_scale
     for _ in range(500):
         objects = [_place(rng, color, shape, lo, hi) for color, shape in kinds]
         if prompt.relation:
@@ -118,7 +126,10 @@ def _arrange(rng: random.Random, a: ObjectSpec, b: ObjectSpec, relation: str) ->
         {axis: first, other: base + rng.uniform(-0.1, 0.1)},
         {axis: second, other: base + rng.uniform(-0.1, 0.1)},
     ]
-    return [ObjectSpec(o.shape, o.color, f.get("cx", 0.5), f.get("cy", 0.5), o.size, o.rotation)
+    def inside(o: ObjectSpec, v: float) -> float:  # a no-op at object_scale 1; larger objects stay in the image
+        return min(max(v, o.size + 0.02), 0.98 - o.size)
+
+    return [ObjectSpec(o.shape, o.color, inside(o, f.get("cx", 0.5)), inside(o, f.get("cy", 0.5)), o.size, o.rotation)
             for o, f in zip((a, b), fields)]
 
 

@@ -76,10 +76,15 @@ def parse_overrides(recipe_cls: type, pairs: list[str], option: str = "--recipe"
     def optional(cast: Callable[[str], Any]) -> Callable[[str], Any]:
         return lambda value: None if value.lower() == "none" else cast(value)
 
+    def ints(value: str) -> tuple[int, ...]:
+        return tuple(int(v) for v in value.split(","))
+
     def cast_of(annotation: Any) -> Callable[[str], Any]:
         name = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "")
         if name.endswith(" | None"):  # an optional field also takes "none"
             return optional(casts[name.removesuffix(" | None")])
+        if name == "tuple[int, ...]":  # channels: 32,64,64
+            return ints
         return casts[annotation]
 
     types = {f.name: cast_of(f.type) for f in dataclasses.fields(recipe_cls)}

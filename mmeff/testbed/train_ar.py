@@ -59,6 +59,7 @@ class ARRecipe:
     ema_decay: float = 0.0  # 0: export the raw weights
     workers: int = 0  # DataLoader processes rendering batches (0: render in the training loop)
     heldout_batch: int = 256  # held-out scenes for the VQ's reconstruction MSE and codebook usage
+    object_scale: float = 1.0  # size of the training scenes' objects (scene_for_prompt)
 
 
 def quantize(vq: VQModel, z: torch.Tensor, commitment: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -148,7 +149,8 @@ class ARTrainer(StagedTrainer):
             self._freeze_vq()
 
     def _batches(self, start: int, stop: int, batch: int, seed: int):
-        return step_batches(prompt_batch, start, stop, batch, seed, workers=self.recipe.workers)
+        return step_batches(prompt_batch, start, stop, batch, seed, self.recipe.object_scale,
+                            workers=self.recipe.workers)
 
     def _optimizer(self) -> torch.optim.Optimizer:
         if self.stage == "vq":

@@ -24,6 +24,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from diffusers import AutoencoderKL
+from diffusers.training_utils import compute_snr
 from tqdm import tqdm
 
 from .batches import step_batches
@@ -61,13 +63,16 @@ class SDRecipe:
     checkpoint_every: int = 250
     ema_decay: float = 0.0  # 0: export the raw weights
     workers: int = 0  # DataLoader processes rendering batches (0: render in the training loop)
+    vae: str = ""  # a trained AutoencoderKL folder: skip stage vae and train the UNet on its latents
+    object_scale: float = 1.0  # size of the training scenes' objects (scene_for_prompt)
+    snr_gamma: float = 0.0  # Min-SNR-gamma loss weighting (arXiv 2303.09556; 0: plain MSE)
 
 
-def prompt_batch(step: int, batch: int, seed: int) -> tuple[list[str], torch.Tensor]:
+def prompt_batch(step: int, batch: int, seed: int, object_scale: float = 1.0) -> tuple[list[str], torch.Tensor]:
     """Captions and their rendered scenes in [-1, 1], a pure function of (step, seed)."""
     rng = random.Random(TRAIN_SEED + seed * 1_000_003 + step)
     prompts = [sample_prompt(rng) for _ in range(batch)]
-    scenes = [scene_for_prompt(p, rng.randrange(1 << 30)) for p in prompts]
+    scenes = [scene_for_prompt(p, rng.randrange(1 << 30), object_scale=object_scale) for p in prompts]
     return [p.text for p in prompts], images_to_tensor([render(s) for s in scenes])
 
 
@@ -80,10 +85,14 @@ class SDTrainer(StagedTrainer):
         self.spec = spec = spec or ShapesSDSpec()
         self.tokenizer = build_tokenizer(spec)
         self.text_encoder = build_text_encoder(spec, self.tokenizer).to(self.device)
-        self.vae = build_vae(spec).to(self.device)
+        self.vae = (AutoencoderKL.from_pretrained(recipe.vae) if recipe.vae else build_vae(spec)).to(self.device)
         self.unet = build_unet(spec).to(self.device)
         self.noise_scheduler = training_scheduler(spec)
         self._start()
+        if recipe.vae and self.stage == "vae":  # a trained autoencoder (and its scaling factor): straight to the UNet
+            self.vae.eval()
+            self.stage, self.step = "unet", 0
+            self.optimizer = self._optimizer()
 
     def modules(self) -> dict[str, torch.nn.Module]:
         return {"vae": self.vae, "unet": self.unet, "text_encoder": self.text_encoder}
@@ -92,7 +101,8 @@ class SDTrainer(StagedTrainer):
         return [*self.unet.parameters(), *self.text_encoder.parameters()]
 
     def _batches(self, start: int, stop: int, batch: int, seed: int):
-        return step_batches(prompt_batch, start, stop, batch, seed, workers=self.recipe.workers)
+        return step_batches(prompt_batch, start, stop, batch, seed, self.recipe.object_scale,
+                            workers=self.recipe.workers)
 
     def _optimizer(self) -> torch.optim.Optimizer:
         if self.stage == "vae":
@@ -156,7 +166,7 @@ class SDTrainer(StagedTrainer):
             noisy = sched.add_noise(latents, noise, t)
             target = sched.get_velocity(latents, noise, t) if self.spec.prediction_type == "v_prediction" else noise
             pred = self.unet(noisy, t, self.encode_text(texts)).sample
-            loss = F.mse_loss(pred, target)
+            loss = self._weighted_mse(pred, target, t)
             self._update(loss, step, r.unet_steps, r.unet_lr, "unet")
             bar.set_postfix(loss=f"{loss.item():.4f}")
             self.step = step + 1
@@ -164,6 +174,16 @@ class SDTrainer(StagedTrainer):
                 self._save()
         self.stage = "done"
         self._save()
+
+    def _weighted_mse(self, pred: torch.Tensor, target: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Plain MSE, or Min-SNR-gamma's: min(SNR, gamma) / (SNR + 1) for v-prediction, / SNR for epsilon."""
+        gamma = self.recipe.snr_gamma
+        if gamma <= 0:
+            return F.mse_loss(pred, target)
+        snr = compute_snr(self.noise_scheduler, t)
+        weight = snr.clamp(max=gamma) / (snr + 1 if self.spec.prediction_type == "v_prediction" else snr)
+        per_row = F.mse_loss(pred.float(), target.float(), reduction="none").flatten(1).mean(1)
+        return (per_row * weight).mean()
 
     def pipeline(self):
         """The pipeline with the exported weights: the EMA ones when the recipe keeps an average."""

@@ -35,3 +35,18 @@ def test_bundled_qwen2vl_answers_at_both_sizes(size, tokens):
                  "is there a yellow star in the image?", "is there a green triangle in the image?"]
     answers = pipe.generate([image] * len(questions), questions, max_new_tokens=2)
     assert [a.split()[0] for a in answers] == ["yes", "yes", "no", "no"]
+
+
+def test_the_default_recipe_and_spec_are_the_bundled_models():
+    """``mmeff testbed train vlm --arch qwen2_vl`` with no overrides retrains the bundled model."""
+    import json
+    from dataclasses import asdict
+
+    from mmeff.testbed.qwen_model import ShapesQwen2VLSpec
+    from mmeff.testbed.train_qwen import QwenRecipe
+
+    info = json.loads((BUNDLED / "training.json").read_text())
+    defaults = asdict(QwenRecipe())
+    assert defaults.pop("vision_small_fraction") is None  # added after the bundled run: None keeps its sizes
+    assert info["recipe"] == defaults
+    assert info["spec"] == json.loads(json.dumps(asdict(ShapesQwen2VLSpec())))

@@ -20,6 +20,16 @@ def test_spec_overrides_are_typed_and_named():
         parse_overrides(cls, ["width=3"], "--spec")
 
 
+def test_ar_spec_overrides_take_channel_tuples():
+    """``train ar --spec codebook_size=512 --spec vq_channels=32,64,64``."""
+    from mmeff.testbed.ar_model import ShapesARSpec
+
+    spec = ShapesARSpec(**parse_overrides(ShapesARSpec, ["codebook_size=512", "vq_channels=32,64,64"], "--spec"))
+    assert (spec.codebook_size, spec.vq_channels, spec.grid) == (512, (32, 64, 64), (8, 8))
+    with pytest.raises(ValueError, match="invalid literal"):
+        parse_overrides(ShapesARSpec, ["vq_channels=32;64"], "--spec")
+
+
 def test_vlm_trainer_takes_a_device(tmp_path):
     """``train vlm --device``: the model and stage A's head live on it; scenes are still drawn on the CPU."""
     import torch

@@ -37,14 +37,24 @@ def test_prompt_texts_read_as_english():
         "a red star and a blue square"
 
 
+@pytest.mark.parametrize("object_scale", [1.0, 1.4])
 @pytest.mark.parametrize("category", CATEGORIES)
-def test_scenes_satisfy_their_prompt_in_truth_and_for_the_oracle(category):
+def test_scenes_satisfy_their_prompt_in_truth_and_for_the_oracle(category, object_scale):
     rng = random.Random(1)
     for i in range(8):
         prompt = sample_prompt(rng, category)
-        scene = scene_for_prompt(prompt, seed=i)
+        scene = scene_for_prompt(prompt, seed=i, object_scale=object_scale)
         assert satisfied(prompt, _truth(scene)), prompt.text
         assert score_image(prompt, render(scene)), prompt.text
+        assert all(o.size <= min(o.cx, o.cy, 1 - o.cx, 1 - o.cy) for o in scene.objects), "inside the image"
+
+
+def test_object_scale_grows_the_objects_and_is_bounded():
+    prompt = sample_prompt(random.Random(0), "single_object")
+    base, large = scene_for_prompt(prompt, 3), scene_for_prompt(prompt, 3, object_scale=1.4)
+    assert large.objects[0].size == pytest.approx(1.4 * base.objects[0].size)
+    with pytest.raises(ValueError, match=r"object_scale must lie in \[0.5, 1.6\]"):
+        scene_for_prompt(prompt, 3, object_scale=2.0)
 
 
 def test_a_corrupted_caption_is_false_for_the_scene():

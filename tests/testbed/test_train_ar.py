@@ -37,10 +37,10 @@ def run(tmp_path_factory):
     """One run killed at AR step 2, then rerun to the end; and the same recipe without the interruption."""
     tmp = tmp_path_factory.mktemp("ar")
     with pytest.MonkeyPatch.context() as mp:
-        def interrupting(step: int, batch: int, seed: int):
+        def interrupting(step: int, batch: int, seed: int, *object_scale: float):
             if seed == RECIPE.seed + 1 and step == 2:
                 raise Interrupted
-            return prompt_batch(step, batch, seed)
+            return prompt_batch(step, batch, seed, *object_scale)
 
         mp.setattr(train_ar_module, "prompt_batch", interrupting)
         with pytest.raises(Interrupted):

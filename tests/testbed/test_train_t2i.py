@@ -124,3 +124,23 @@ def test_clip_recipe_rejects_bad_options_before_training(tmp_path):
     (other / "open_clip_config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="model config differs"):
         ClipTrainer(tmp_path / "c", ClipRecipe(init=str(other)))
+
+
+def test_sd_recipe_reuses_a_trained_autoencoder_and_can_weight_the_loss_by_min_snr(tmp_path):
+    first = SDTrainer(tmp_path / "first", SDRecipe(vae_steps=1, vae_batch=2, unet_steps=1, unet_batch=2))
+    first.train_vae()
+    first.vae.save_pretrained(tmp_path / "vae")
+    reuse = SDTrainer(tmp_path / "run", SDRecipe(vae=str(tmp_path / "vae"), unet_steps=1, unet_batch=2, snr_gamma=5.0))
+    assert (reuse.stage, reuse.step) == ("unet", 0)  # no autoencoder stage
+    assert reuse.vae.config.scaling_factor == first.vae.config.scaling_factor
+    assert all(torch.equal(v, first.vae.state_dict()[k]) for k, v in reuse.vae.state_dict().items())
+
+    pred, target = torch.randn(3, 4, 8, 8), torch.randn(3, 4, 8, 8)
+    t = torch.tensor([10, 500, 990])
+    alpha = reuse.noise_scheduler.alphas_cumprod[t]
+    snr = alpha / (1 - alpha)
+    per_row = ((pred - target) ** 2).flatten(1).mean(1)
+    expected = (per_row * torch.minimum(snr, torch.tensor(5.0)) / (snr + 1)).mean()  # v-prediction's weight
+    assert torch.allclose(reuse._weighted_mse(pred, target, t), expected)
+    plain = SDTrainer(tmp_path / "plain", SDRecipe(vae=str(tmp_path / "vae")))
+    assert torch.equal(plain._weighted_mse(pred, target, t), torch.nn.functional.mse_loss(pred, target))
