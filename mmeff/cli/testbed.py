@@ -28,12 +28,12 @@ def add_testbed_parser(sub: Any) -> None:
                                  "export-lmms-eval: task folder (default lmms_eval_tasks)")
     p.add_argument("--run-dir", help="checkpoints (resume from here) and logs (default runs/shapes-<model>)")
     p.add_argument("--device", default="cpu",
-                   help="train vlm|sd|clip|ar|mar: torch device (cuda trains the same recipe faster)")
+                   help="train vlm|sd|sd-lcm|clip|ar|mar: torch device (cuda trains the same recipe faster)")
     p.add_argument("--spec", action="append", default=[], metavar="NAME=VALUE",
                    help="train vlm|ar: override a field of the model's shape, e.g. vision_hidden=128 or "
                         "codebook_size=512 (resume with the same overrides)")
     p.add_argument("--recipe", action="append", default=[], metavar="NAME=VALUE",
-                   help="train vlm|sd|clip|ar|mar: override a field of the recipe, e.g. unet_steps=12000 "
+                   help="train vlm|sd|sd-lcm|clip|ar|mar: override a field of the recipe, e.g. unet_steps=12000 "
                         "(repeatable; mar: vae=DIR trains on another AutoencoderKL)")
     p.add_argument("--n-scenes", type=int, default=None,
                    help="oracle: held-out scenes to score (default 500); export-lmms-eval: scenes per suite "
