@@ -109,13 +109,13 @@ class LCMDistiller:
             module.to(self.device).eval().requires_grad_(False)
         self.teacher = teacher.unet
         self.prediction_type = teacher.scheduler.config.prediction_type
-        torch.manual_seed(recipe.seed)
         self.student = copy.deepcopy(self.teacher).train().requires_grad_(True)
         self.target = copy.deepcopy(self.teacher)
         self.optimizer = torch.optim.AdamW(self.student.parameters(), lr=recipe.lr, weight_decay=0.0)
         self.alpha_bar = teacher.scheduler.alphas_cumprod.float().to(self.device)  # the grid sampling uses
         self.grid = solver_grid(BETAS["num_train_timesteps"], recipe.solver_steps).to(self.device)
         self.skip = BETAS["num_train_timesteps"] // recipe.solver_steps
+        self.null_text = self.encode_text([""])  # the frozen encoder's empty caption, the same every step
         self.step, self.seconds, self.losses = 0, 0.0, []
         if self.ckpt.exists():
             state = torch.load(self.ckpt, weights_only=False, map_location=self.device)
@@ -146,7 +146,7 @@ class LCMDistiller:
             posterior = self.pipe.vae.encode(images.to(self.device)).latent_dist
             eps = torch.randn(posterior.mean.shape, generator=g).to(self.device)
             latents = (posterior.mean + posterior.std * eps) * self.pipe.vae.config.scaling_factor
-            cond, uncond = self.encode_text(texts), self.encode_text([""] * n)
+            cond, uncond = self.encode_text(texts), self.null_text.expand(n, -1, -1)
         index = torch.randint(0, r.solver_steps, (n,), generator=g).to(self.device)
         t = self.grid[index]
         t_prev = (t - self.skip).clamp(min=0)
