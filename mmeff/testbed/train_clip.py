@@ -74,6 +74,7 @@ class ClipRecipe:
     described_prompts: int = 16  # pool prompts per step for it
     described_per_prompt: int = 8  # samples of each
     alignment_per_category: int = 8  # export: prompts per category for the ``sd`` sample-ranking check
+    object_scale: float = 1.0  # size of the rendered scenes' objects: the generator's (``train sd --recipe object_scale``)
 
 
 def model_cfg(vocab_size: int, eos_id: int, pad_id: int) -> dict:
@@ -121,10 +122,11 @@ def corrupt(prompt: T2IPrompt, rng: random.Random) -> T2IPrompt:
     return T2IPrompt(prompt.category, tuple(groups), prompt.relation)
 
 
-def clip_batch(step: int, batch: int, seed: int) -> tuple[list[str], list[str], torch.Tensor]:
+def clip_batch(step: int, batch: int, seed: int,
+               object_scale: float = 1.0) -> tuple[list[str], list[str], torch.Tensor]:
     rng = random.Random(TRAIN_SEED + seed * 1_000_003 + step)
     prompts = [sample_prompt(rng) for _ in range(batch)]
-    scenes = [scene_for_prompt(p, rng.randrange(1 << 30)) for p in prompts]
+    scenes = [scene_for_prompt(p, rng.randrange(1 << 30), object_scale=object_scale) for p in prompts]
     negatives = [corrupt(p, rng).text for p in prompts]
     return [p.text for p in prompts], negatives, images_to_tensor([render(s) for s in scenes])
 
@@ -280,7 +282,7 @@ class ClipTrainer:
         self.model.train()
         bar = tqdm(range(self.step, r.steps), desc="shapes-clip", initial=self.step, total=r.steps)
         start = time.time()
-        batches = step_batches(clip_batch, self.step, r.steps, r.batch, r.seed, workers=r.workers)
+        batches = step_batches(clip_batch, self.step, r.steps, r.batch, r.seed, r.object_scale, workers=r.workers)
         for step, (texts, negatives, images) in zip(bar, batches):
             contrastive = self.loss(texts, negatives, self.degrade(images, TRAIN_SEED + step))
             loss = contrastive
@@ -313,7 +315,7 @@ class ClipTrainer:
     def pick_accuracy(self, n: int = 256, degraded: bool = False) -> dict[str, float]:
         """Held-out: how often the true caption outscores its corrupted copy, per category."""
         self.model.eval()
-        texts, negatives, images = clip_batch(10**7, n, self.recipe.seed + 99)
+        texts, negatives, images = clip_batch(10**7, n, self.recipe.seed + 99, self.recipe.object_scale)
         if degraded:
             images = self.degrade(images, 10**7, fraction=1.0)
         img = F.normalize(self.model.encode_image(self.normalise(images)), dim=-1)

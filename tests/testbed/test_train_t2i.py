@@ -144,3 +144,18 @@ def test_sd_recipe_reuses_a_trained_autoencoder_and_can_weight_the_loss_by_min_s
     assert torch.allclose(reuse._weighted_mse(pred, target, t), expected)
     plain = SDTrainer(tmp_path / "plain", SDRecipe(vae=str(tmp_path / "vae")))
     assert torch.equal(plain._weighted_mse(pred, target, t), torch.nn.functional.mse_loss(pred, target))
+
+
+def test_clip_batches_render_at_the_generators_object_scale():
+    """``object_scale`` reaches the rendered scenes (larger objects: more non-background pixels), not the captions."""
+    from mmeff.testbed.train_clip import clip_batch
+
+    texts, negatives, small = clip_batch(3, 8, 0)
+    texts_large, negatives_large, large = clip_batch(3, 8, 0, 1.4)
+    assert (texts, negatives) == (texts_large, negatives_large)
+    background = small[:, :, :1, :1]  # the corner pixel is background in every scene
+
+    def covered(images):
+        return (images - background).abs().amax(1).gt(0.1).float().mean()
+
+    assert covered(large) > 1.3 * covered(small)
