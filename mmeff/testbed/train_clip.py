@@ -74,7 +74,7 @@ class ClipRecipe:
     described_prompts: int = 16  # pool prompts per step for it
     described_per_prompt: int = 8  # samples of each
     alignment_per_category: int = 8  # export: prompts per category for the ``sd`` sample-ranking check
-    object_scale: float = 1.0  # size of the rendered scenes' objects: the generator's (``train sd --recipe object_scale``)
+    object_scale: float = 1.0  # size of the rendered objects: the generator's (train sd --recipe object_scale)
 
 
 def model_cfg(vocab_size: int, eos_id: int, pad_id: int) -> dict:
