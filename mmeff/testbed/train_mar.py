@@ -63,6 +63,7 @@ class MARRecipe:
     workers: int = 0  # DataLoader processes rendering batches (0: render in the training loop)
     ema_decay: float = 0.0  # 0: export the raw weights
     vae: str = ""  # the shared AutoencoderKL's folder ("": the bundled assets/models/shapes-sd/vae)
+    object_scale: float = 1.0  # size of the training scenes' objects (scene_for_prompt)
 
 
 def vae_folder(recipe: MARRecipe) -> Path:
@@ -181,9 +182,9 @@ class MARTrainer(StagedTrainer):
 
     # -- training ------------------------------------------------------------------------
     def _batches(self, start: int, stop: int):
-        """The same stream for both models: batch ``step`` is ``prompt_batch(step, batch, seed)``."""
+        """The same stream for both models: batch ``step`` is ``prompt_batch(step, batch, seed, object_scale)``."""
         r = self.recipe
-        return step_batches(prompt_batch, start, stop, r.batch, r.seed, workers=r.workers)
+        return step_batches(prompt_batch, start, stop, r.batch, r.seed, r.object_scale, workers=r.workers)
 
     def _tick(self, which: str) -> None:
         """Charge the wall time since the last tick to ``which`` (kept in the checkpoint, so resumes add up)."""

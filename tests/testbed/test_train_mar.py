@@ -68,11 +68,11 @@ def run(tmp_path_factory, recipe):
     tmp = tmp_path_factory.mktemp("mar")
     calls = []
     with pytest.MonkeyPatch.context() as mp:
-        def interrupting(step: int, batch: int, seed: int):
+        def interrupting(step: int, batch: int, seed: int, *object_scale: float):
             calls.append(step)
             if len(calls) == recipe.target_steps + 2:  # the target's 3 batches, then the draft's 0 and 1
                 raise Interrupted
-            return prompt_batch(step, batch, seed)
+            return prompt_batch(step, batch, seed, *object_scale)
 
         mp.setattr(train_mar_module, "prompt_batch", interrupting)
         with pytest.raises(Interrupted):
