@@ -60,6 +60,23 @@ class ARRecipe:
     workers: int = 0  # DataLoader processes rendering batches (0: render in the training loop)
     heldout_batch: int = 256  # held-out scenes for the VQ's reconstruction MSE and codebook usage
     object_scale: float = 1.0  # size of the training scenes' objects (scene_for_prompt)
+    vq: str = ""  # a trained VQModel folder (e.g. a shapes-ar export's vq/): skip stage vq and train the LM on it
+
+
+def load_vq(folder: str, spec: ShapesARSpec) -> VQModel:
+    """A trained tokenizer, checked against the spec's codebook and grid before anything trains."""
+    vq = VQModel.from_pretrained(folder)
+    expected = build_vq(spec).config
+    differing = {k: (vq.config[k], expected[k]) for k in ("num_vq_embeddings", "latent_channels", "block_out_channels",
+                                                         "sample_size") if tuple_(vq.config[k]) != tuple_(expected[k])}
+    if differing:
+        raise ValueError(f"recipe vq={folder} does not match the spec (field: its value, the spec's): {differing}; "
+                         "pass the spec it was trained with, e.g. --spec codebook_size=...")
+    return vq
+
+
+def tuple_(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
 
 
 def quantize(vq: VQModel, z: torch.Tensor, commitment: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -128,11 +145,15 @@ class ARTrainer(StagedTrainer):
         self.spec = spec = spec or ShapesARSpec()
         self.tokenizer = build_tokenizer()
         self.config = model_config(spec, self.tokenizer, null_caption=recipe.caption_dropout > 0)
-        self.vq = build_vq(spec).to(self.device)
+        self.vq = (load_vq(recipe.vq, spec) if recipe.vq else build_vq(spec)).to(self.device)
         self.lm = build_lm(spec, self.tokenizer).to(self.device)
         self.usage = torch.zeros(spec.codebook_size, dtype=torch.long)  # picks since the last restart
         self.restarted = 0  # codebook entries re-seeded after the initial one
         self._start()
+        if recipe.vq and self.stage == "vq":  # a trained tokenizer: straight to the LM
+            self._freeze_vq()
+            self.stage, self.step = "ar", 0
+            self.optimizer = self._optimizer()
 
     def modules(self) -> dict[str, torch.nn.Module]:
         return {"vq": self.vq, "lm": self.lm}

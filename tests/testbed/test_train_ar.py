@@ -82,6 +82,26 @@ def test_export_loads_as_ar_image_model_and_with_standard_classes(run):
     assert images.shape == (1, 3, 32, 32)
 
 
+def test_a_trained_tokenizer_skips_stage_vq_and_stays_frozen(run, tmp_path):
+    """``vq=`` an exported vq/ folder: the LM trains on it from step 0, and the export carries it unchanged."""
+    folder = run["out"] / "vq"
+    recipe = ARRecipe(**{**RECIPE.__dict__, "vq": str(folder), "ar_steps": 2})
+    trainer = ARTrainer(tmp_path / "run", recipe)
+    assert (trainer.stage, trainer.step) == ("ar", 0)
+    out = train_ar(tmp_path / "out", tmp_path / "run", recipe, eval_prompts_per_category=0)
+    before, after = VQModel.from_pretrained(folder).state_dict(), VQModel.from_pretrained(out / "vq").state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    losses = json.loads((out / "training.json").read_text())["final_loss"]
+    assert losses["vq"] == 0.0 and losses["ar"] > 0  # no VQ step was taken
+
+
+def test_a_tokenizer_of_another_spec_is_refused_before_training(run, tmp_path):
+    recipe = ARRecipe(**{**RECIPE.__dict__, "vq": str(run["out"] / "vq")})
+    with pytest.raises(ValueError, match=r"does not match the spec.*num_vq_embeddings.*\(128, 512\)"):
+        ARTrainer(tmp_path / "run", recipe, ShapesARSpec(codebook_size=512))
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
 def test_rows_match_the_inference_prompt_and_put_the_loss_on_codes_only():
     spec, tokenizer = ShapesARSpec(), build_tokenizer()
     config = model_config(spec, tokenizer)
