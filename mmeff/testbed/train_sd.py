@@ -7,9 +7,11 @@ objective over DDPM's 1000 training timesteps, with 10% empty captions so that
 classifier-free guidance works. A checkpoint is written every ``checkpoint_every`` steps;
 rerunning the command resumes from it.
 
-The same recipe runs on a GPU (``--device cuda``): batches are then rendered by DataLoader
-workers, and an exponential moving average of the UNet and text-encoder weights
-(``ema_decay`` > 0, diffusers' ``EMAModel``) is what gets exported. Any field of
+An exponential moving average of the UNet and text-encoder weights (``ema_decay``, diffusers'
+``EMAModel``) is what gets exported. The defaults are the bundled model's recipe: 7,000 UNet
+steps on scenes with 1.4x larger objects, Min-SNR-5 loss weighting (the bundled model reused the
+previous bundle's autoencoder: ``--recipe vae=assets/models/shapes-sd/vae``). The same recipe runs
+on a GPU (``--device cuda``), batches then rendered by DataLoader workers. Any field of
 ``SDRecipe`` can be overridden from the command line (``--recipe unet_steps=12000``).
 """
 
@@ -56,16 +58,16 @@ class SDRecipe:
     vae_batch: int = 32
     vae_lr: float = 1e-3
     kl_weight: float = 1e-6
-    unet_steps: int = 3500
+    unet_steps: int = 7000
     unet_batch: int = 64
-    unet_lr: float = 5e-4
+    unet_lr: float = 1e-3
     caption_dropout: float = 0.1
     checkpoint_every: int = 250
-    ema_decay: float = 0.0  # 0: export the raw weights
+    ema_decay: float = 0.999  # 0: export the raw weights
     workers: int = 0  # DataLoader processes rendering batches (0: render in the training loop)
     vae: str = ""  # a trained AutoencoderKL folder: skip stage vae and train the UNet on its latents
-    object_scale: float = 1.0  # size of the training scenes' objects (scene_for_prompt)
-    snr_gamma: float = 0.0  # Min-SNR-gamma loss weighting (arXiv 2303.09556; 0: plain MSE)
+    object_scale: float = 1.4  # size of the training scenes' objects (scene_for_prompt)
+    snr_gamma: float = 5.0  # Min-SNR-gamma loss weighting (arXiv 2303.09556; 0: plain MSE)
 
 
 def prompt_batch(step: int, batch: int, seed: int, object_scale: float = 1.0) -> tuple[list[str], torch.Tensor]:

@@ -15,7 +15,7 @@ from mmeff.testbed.assets import SHAPES_SD, SHAPES_SD_CALL, SHAPES_SD_RENO
 from mmeff.testbed.t2i_eval import to_uint8
 from mmeff.testbed.t2i_prompts import parse_prompt, score_image
 
-#: the category this small model does best (0.44 in `mmeff bench reno`); colours it mostly gets wrong
+#: single objects, the category this small model does best (0.92 on the evaluation prompts)
 PROMPTS = ["a star", "a circle", "a square", "a triangle", "a hexagon", "a cross"] * 2
 
 
@@ -30,7 +30,7 @@ def test_loads_with_from_pretrained_and_draws_recognisable_scenes():
     images = _images(pipe, PROMPTS)
     assert images.shape == (len(PROMPTS), 32, 32, 3)
     hits = [score_image(parse_prompt(p), img) for p, img in zip(PROMPTS, to_uint8(images))]
-    assert sum(hits) >= 4, hits  # measured: 4 of 12 (seeds 0-11)
+    assert sum(hits) >= 7, hits  # measured: 9 of 12 (seeds 0-11); the previous model drew 4
 
 
 def test_reno_raises_the_shapes_clip_reward():
@@ -49,3 +49,18 @@ def test_reno_lr_for_shapes_sd_keeps_the_papers_step_relative_to_its_noise():
     latent = unet["in_channels"] * unet["sample_size"] ** 2
     assert latent == 256
     assert SHAPES_SD_RENO["lr"] == RenoConfig.lr * math.sqrt(latent / (4 * 64 * 64))
+
+
+def test_recipe_defaults_are_the_bundled_models_recipe():
+    """``mmeff testbed train sd`` with no options retrains what ships (the autoencoder aside: it was reused)."""
+    import dataclasses
+    import json
+
+    from mmeff.testbed.sd_model import ShapesSDSpec
+    from mmeff.testbed.train_sd import SDRecipe
+
+    info = json.loads((SHAPES_SD / "training.json").read_text())
+    bookkeeping = {"checkpoint_every", "workers", "vae"}  # how the run was kept, not what it learnt
+    defaults = {k: v for k, v in dataclasses.asdict(SDRecipe()).items() if k not in bookkeeping}
+    assert defaults == {k: v for k, v in info["recipe"].items() if k not in bookkeeping}
+    assert info["spec"] == json.loads(json.dumps(dataclasses.asdict(ShapesSDSpec())))
