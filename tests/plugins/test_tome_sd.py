@@ -118,7 +118,9 @@ def test_batch_rows_equal_solo_runs():
     for i, prompt in enumerate(PROMPTS):
         solo = wrapped([prompt], num_inference_steps=3, generator=torch.Generator().manual_seed(i),
                        output_type="pt").images
-        assert torch.allclose(batch[i], solo[0], atol=1e-5)
+        # batched and solo fp32 kernels differ by up to ~2e-5 after three guided steps (measured on the
+        # bundled model); a merge that mixed rows would move pixels by orders of magnitude more
+        assert torch.allclose(batch[i], solo[0], atol=1e-4)
 
 
 def test_seeded_random_offsets_repeat_across_calls():
