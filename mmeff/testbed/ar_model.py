@@ -1,6 +1,6 @@
 """The shapes autoregressive text-to-image model: a ``LlamaForCausalLM`` over words + VQ codes, small enough for a CPU.
 
-32 px images, a diffusers ``VQModel`` to an 8 x 8 grid of codes from a 128-entry codebook
+32 px images, a diffusers ``VQModel`` to an 8 x 8 grid of codes from a 512-entry codebook
 (16-d), and a 4-layer, 128-wide Llama whose vocabulary is the testbed's word list, a
 ``<boi>`` token that closes the caption, then the codebook (``code_offset`` = number of text
 tokens). Assembled into an ``ARImageModel`` (``mmeff/ar/model.py``), whose folder also loads
@@ -27,7 +27,7 @@ class ShapesARSpec:
     vq_channels: tuple[int, ...] = (32, 64, 64)  # factor 4: 32 px -> 8 x 8 codes
     vq_norm_groups: int = 16
     latent_channels: int = 16  # also the codebook vectors' width
-    codebook_size: int = 128
+    codebook_size: int = 512  # 128 capped the oracle on reconstructions at 0.60; 512 reaches 0.94
     lm_hidden: int = 128
     lm_layers: int = 4
     lm_heads: int = 4

@@ -51,7 +51,7 @@ class ARRecipe:
     vq_lr: float = 1e-3
     commitment: float = 0.25  # weight of ||z - sg(e)||^2; the codebook term ||sg(z) - e||^2 has weight 1
     restart_every: int = 100  # dead-code restarts (0: never)
-    ar_steps: int = 2500
+    ar_steps: int = 5000
     ar_batch: int = 64
     ar_lr: float = 1e-3
     caption_dropout: float = 0.1
@@ -59,7 +59,7 @@ class ARRecipe:
     ema_decay: float = 0.0  # 0: export the raw weights
     workers: int = 0  # DataLoader processes rendering batches (0: render in the training loop)
     heldout_batch: int = 256  # held-out scenes for the VQ's reconstruction MSE and codebook usage
-    object_scale: float = 1.0  # size of the training scenes' objects (scene_for_prompt)
+    object_scale: float = 1.4  # size of the training scenes' objects (scene_for_prompt)
     vq: str = ""  # a trained VQModel folder (e.g. a shapes-ar export's vq/): skip stage vq and train the LM on it
 
 

@@ -24,7 +24,7 @@ def test_is_small_and_loads_with_the_standard_classes():
     tokenizer = AutoTokenizer.from_pretrained(SHAPES_AR / "lm")
     vq = VQModel.from_pretrained(SHAPES_AR / "vq")
     config = json.loads((SHAPES_AR / "ar_image.json").read_text())
-    assert lm.config.vocab_size == config["code_offset"] + config["codebook_size"] == len(tokenizer) + 128
+    assert lm.config.vocab_size == config["code_offset"] + config["codebook_size"] == len(tokenizer) + 512
     assert vq.config.num_vq_embeddings == config["codebook_size"]
     assert tokenizer.convert_ids_to_tokens(config["boi_token_id"]) == "<boi>"
 
@@ -34,7 +34,7 @@ def test_draws_recognisable_scenes_and_sjd_cuts_forwards():
     images = pipe.generate_images(PROMPTS, guidance_scale=3.0, seed=0, output_type="pt")
     assert images.shape == (len(PROMPTS), 3, 32, 32) and pipe.last_stats["sequential_forwards"] == 64
     hits = [score_image(parse_prompt(p), img) for p, img in zip(PROMPTS, to_uint8(images))]
-    assert sum(hits) >= 3, hits  # measured: 4 of 12 at seed 0 (single objects with a colour)
+    assert sum(hits) >= 6, hits  # measured: 9 of 12 at seed 0 (single objects with a colour); 4 before 2026-12-04
     pipe.add_plugin("sjd", window=16)
     pipe.generate_images(PROMPTS[:1], guidance_scale=3.0, seed=0)
-    assert pipe.last_stats["sequential_forwards"] < 40  # measured: 28
+    assert pipe.last_stats["sequential_forwards"] < 44  # measured: 33 (28 on the 128-code model)

@@ -68,13 +68,13 @@ def test_export_loads_as_ar_image_model_and_with_standard_classes(run):
     out = run["out"]
     info = json.loads((out / "training.json").read_text())
     assert {"recipe", "spec", "final_loss", "codebook", "metrics", "training_minutes"} <= set(info)
-    assert info["codebook"]["codebook_size"] == 128 and info["metrics"] == {}
+    assert info["codebook"]["codebook_size"] == 512 and info["metrics"] == {}
     assert (out / "training_loss.png").is_file()
     model = ARImageModel.from_pretrained(out)
     lm, vq = LlamaForCausalLM.from_pretrained(out / "lm"), VQModel.from_pretrained(out / "vq")
     tokenizer = AutoTokenizer.from_pretrained(out / "lm")
-    assert model.config.code_offset == len(tokenizer) and lm.config.vocab_size == len(tokenizer) + 128
-    assert vq.config.num_vq_embeddings == model.config.codebook_size == 128
+    assert model.config.code_offset == len(tokenizer) and lm.config.vocab_size == len(tokenizer) + 512
+    assert vq.config.num_vq_embeddings == model.config.codebook_size == 512
     assert model.config.null_caption  # trained with caption dropout
     assert tokenizer("").input_ids == [tokenizer.bos_token_id]
     assert tokenizer("a red star <boi>").input_ids[-1] == model.config.boi_token_id  # one id, survives reload
@@ -97,8 +97,8 @@ def test_a_trained_tokenizer_skips_stage_vq_and_stays_frozen(run, tmp_path):
 
 def test_a_tokenizer_of_another_spec_is_refused_before_training(run, tmp_path):
     recipe = ARRecipe(**{**RECIPE.__dict__, "vq": str(run["out"] / "vq")})
-    with pytest.raises(ValueError, match=r"does not match the spec.*num_vq_embeddings.*\(128, 512\)"):
-        ARTrainer(tmp_path / "run", recipe, ShapesARSpec(codebook_size=512))
+    with pytest.raises(ValueError, match=r"does not match the spec.*num_vq_embeddings.*\(512, 128\)"):
+        ARTrainer(tmp_path / "run", recipe, ShapesARSpec(codebook_size=128))
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
 
 
@@ -128,13 +128,13 @@ def test_trainer_rows_hold_vq_codes_and_drop_captions(tmp_path):
     rows = trainer.rows(texts, images, step=0)
     offset = trainer.config.code_offset
     codes = rows["input_ids"][rows["labels"] != IGNORE]
-    assert ((codes >= offset) & (codes < offset + 128)).all() and codes.numel() == 3 * 64
+    assert ((codes >= offset) & (codes < offset + 512)).all() and codes.numel() == 3 * 64
     assert rows["input_ids"].shape[1] == 2 + 64  # every caption dropped: [bos, <boi>] + codes
     assert torch.equal(rows["input_ids"][:, 2:] - offset, vq_codes(trainer.vq, images))
 
 
 def test_dead_code_restart_replaces_unused_entries():
-    vq = build_vq(ShapesARSpec())
+    vq = build_vq(ShapesARSpec(codebook_size=128))
     weight = vq.quantize.embedding.weight
     with torch.no_grad():
         weight.fill_(100.0)
@@ -162,4 +162,4 @@ def test_trainer_restart_clears_adam_moments_of_reseeded_rows(tmp_path):
     trainer._restart(trainer.vq.encode(prompt_batch(0, 2, 0)[1]).latents, step=100)
     moments = trainer.optimizer.state[weight]
     assert (moments["exp_avg"][5:] == 0).all() and (moments["exp_avg"][:5] != 0).all()
-    assert trainer.restarted == 123 and trainer.usage.sum() == 0
+    assert trainer.restarted == 512 - 5 and trainer.usage.sum() == 0
