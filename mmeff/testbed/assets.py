@@ -12,7 +12,7 @@ SHAPES_AR = MODELS / "shapes-ar"
 SHAPES_MAR = MODELS / "shapes-mar"
 SHAPES_MAR_SMALL = MODELS / "shapes-mar-small"
 #: the call settings shapes-sd is measured with: few steps, with classifier-free guidance (its 4-step
-#: score is 0.47 at guidance 3 against 0.33 without; docs/testbed_notes.md)
+#: score is 0.47 at guidance 3, 0.33 without (8 prompts a category); docs/testbed_notes.md)
 SHAPES_SD_CALL = {"num_inference_steps": 4, "guidance_scale": 3.0}
 #: ReNO's settings for shapes-sd where they differ from the paper's. Its latent is 8x8x4 = 256 numbers,
 #: SD-Turbo's 64x64x4 = 16,384. With gradients clipped to norm 0.1 and momentum 0.9, one step of lr 5 moves
