@@ -93,6 +93,11 @@ class StagedTrainer:
             self.ema.load_state_dict(state["ema"])
         logger.info(f"resumed at stage {self.stage}, step {self.step}")
 
+    def _enter_second_stage(self) -> None:
+        """The first stage is over (trained here, or its module came trained): the second starts at step 0."""
+        self.stage, self.step = self.stages[1], 0
+        self.optimizer = self._optimizer()
+
     def _update(self, loss: torch.Tensor, step: int, total: int, base_lr: float, stage: str) -> None:
         """Warm-up + cosine learning rate, clipped gradient step, EMA in the second stage, loss log."""
         for group in self.optimizer.param_groups:

@@ -67,15 +67,16 @@ def load_vq(folder: str, spec: ShapesARSpec) -> VQModel:
     """A trained tokenizer, checked against the spec's codebook and grid before anything trains."""
     vq = VQModel.from_pretrained(folder)
     expected = build_vq(spec).config
-    differing = {k: (vq.config[k], expected[k]) for k in ("num_vq_embeddings", "latent_channels", "block_out_channels",
-                                                         "sample_size") if tuple_(vq.config[k]) != tuple_(expected[k])}
+    fields = ("num_vq_embeddings", "latent_channels", "block_out_channels", "sample_size")
+    differing = {k: (vq.config[k], expected[k]) for k in fields if _as_tuple(vq.config[k]) != _as_tuple(expected[k])}
     if differing:
         raise ValueError(f"recipe vq={folder} does not match the spec (field: its value, the spec's): {differing}; "
                          "pass the spec it was trained with, e.g. --spec codebook_size=...")
     return vq
 
 
-def tuple_(value: Any) -> Any:
+def _as_tuple(value: Any) -> Any:
+    """Config lists read back from JSON compare equal to the spec's tuples."""
     return tuple(value) if isinstance(value, list) else value
 
 
@@ -152,8 +153,7 @@ class ARTrainer(StagedTrainer):
         self._start()
         if recipe.vq and self.stage == "vq":  # a trained tokenizer: straight to the LM
             self._freeze_vq()
-            self.stage, self.step = "ar", 0
-            self.optimizer = self._optimizer()
+            self._enter_second_stage()
 
     def modules(self) -> dict[str, torch.nn.Module]:
         return {"vq": self.vq, "lm": self.lm}
@@ -213,8 +213,7 @@ class ARTrainer(StagedTrainer):
                 self._save()
         self._freeze_vq()
         logger.info(f"VQ on held-out scenes: {self.vq_report()}")
-        self.stage, self.step = "ar", 0
-        self.optimizer = self._optimizer()
+        self._enter_second_stage()
         self._save()
 
     @torch.no_grad()

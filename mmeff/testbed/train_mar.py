@@ -230,9 +230,8 @@ class MARTrainer(StagedTrainer):
         if which == self.stages[0]:
             if self.ema is not None:  # the target is final: keep its average as its weights
                 self.ema.copy_to(self.ema_parameters())
-            self.stage, self.step = self.stages[1], 0
-            self.ema = self._ema()
-            self.optimizer = self._optimizer()
+            self._enter_second_stage()
+            self.ema = self._ema()  # of the draft's parameters now
         else:
             self.stage = "done"
         self._save()

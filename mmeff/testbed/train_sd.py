@@ -93,8 +93,7 @@ class SDTrainer(StagedTrainer):
         self._start()
         if recipe.vae and self.stage == "vae":  # a trained autoencoder (and its scaling factor): straight to the UNet
             self.vae.eval()
-            self.stage, self.step = "unet", 0
-            self.optimizer = self._optimizer()
+            self._enter_second_stage()
 
     def modules(self) -> dict[str, torch.nn.Module]:
         return {"vae": self.vae, "unet": self.unet, "text_encoder": self.text_encoder}
@@ -134,8 +133,7 @@ class SDTrainer(StagedTrainer):
                 self._save()
         self.vae.eval()
         self.vae.register_to_config(scaling_factor=self._measure_scaling())
-        self.stage, self.step = "unet", 0
-        self.optimizer = self._optimizer()
+        self._enter_second_stage()
         self._save()
 
     @torch.no_grad()
