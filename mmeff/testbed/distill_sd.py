@@ -54,6 +54,7 @@ class LCMRecipe:
     timestep_scaling: float = 10.0  # of the boundary condition, as in LCMScheduler
     checkpoint_every: int = 250
     workers: int = 0  # DataLoader processes rendering batches
+    object_scale: float = 1.0  # size of the scenes' objects: match the teacher's (its training.json recipe)
 
 
 # -- the consistency step's tensor maths (checked against diffusers' schedulers in the tests) -----------
@@ -172,7 +173,7 @@ class LCMDistiller:
 
     def train(self) -> None:
         r = self.recipe
-        batches = step_batches(prompt_batch, self.step, r.steps, r.batch, r.seed + 2, workers=r.workers)
+        batches = step_batches(prompt_batch, self.step, r.steps, r.batch, r.seed + 2, r.object_scale, workers=r.workers)
         bar = tqdm(range(self.step, r.steps), desc="consistency distillation", initial=self.step, total=r.steps)
         for step, (texts, images) in zip(bar, batches):
             start = time.time()
