@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import VQModel
 from tqdm import tqdm
+from transformers import LlamaForCausalLM
 
 from ..ar.model import ARImageConfig, ARImageModel
 from .ar_model import ShapesARSpec, assemble, build_lm, build_tokenizer, build_vq, model_config
@@ -61,6 +62,9 @@ class ARRecipe:
     heldout_batch: int = 256  # held-out scenes for the VQ's reconstruction MSE and codebook usage
     object_scale: float = 1.4  # size of the training scenes' objects (scene_for_prompt)
     vq: str = ""  # a trained VQModel folder (e.g. a shapes-ar export's vq/): skip stage vq and train the LM on it
+    # a trained shapes-ar folder: its LM's weights start stage ar (a longer run spread over sessions, each
+    # extending the last export); its vq/ is the tokenizer unless ``vq`` names another
+    lm: str = ""
 
 
 def load_vq(folder: str, spec: ShapesARSpec) -> VQModel:
@@ -73,6 +77,18 @@ def load_vq(folder: str, spec: ShapesARSpec) -> VQModel:
         raise ValueError(f"recipe vq={folder} does not match the spec (field: its value, the spec's): {differing}; "
                          "pass the spec it was trained with, e.g. --spec codebook_size=...")
     return vq
+
+
+def load_lm_weights(lm: torch.nn.Module, folder: str) -> None:
+    """Start from an exported shapes-ar's LM, refusing one of another shape with the differing field."""
+    trained = LlamaForCausalLM.from_pretrained(Path(folder) / "lm")
+    fields = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+    differing = {k: (getattr(trained.config, k), getattr(lm.config, k)) for k in fields
+                 if getattr(trained.config, k) != getattr(lm.config, k)}
+    if differing:
+        raise ValueError(f"recipe lm={folder} does not match the spec (field: its value, the spec's): {differing}; "
+                         "pass the spec it was trained with, e.g. --spec codebook_size=...")
+    lm.load_state_dict(trained.state_dict())
 
 
 def _as_tuple(value: Any) -> Any:
@@ -146,12 +162,16 @@ class ARTrainer(StagedTrainer):
         self.spec = spec = spec or ShapesARSpec()
         self.tokenizer = build_tokenizer()
         self.config = model_config(spec, self.tokenizer, null_caption=recipe.caption_dropout > 0)
-        self.vq = (load_vq(recipe.vq, spec) if recipe.vq else build_vq(spec)).to(self.device)
-        self.lm = build_lm(spec, self.tokenizer).to(self.device)
+        vq_folder = recipe.vq or (str(Path(recipe.lm) / "vq") if recipe.lm else "")
+        self.vq = (load_vq(vq_folder, spec) if vq_folder else build_vq(spec)).to(self.device)
+        self.lm = build_lm(spec, self.tokenizer)
+        if recipe.lm:
+            load_lm_weights(self.lm, recipe.lm)
+        self.lm = self.lm.to(self.device)
         self.usage = torch.zeros(spec.codebook_size, dtype=torch.long)  # picks since the last restart
         self.restarted = 0  # codebook entries re-seeded after the initial one
         self._start()
-        if recipe.vq and self.stage == "vq":  # a trained tokenizer: straight to the LM
+        if vq_folder and self.stage == "vq":  # a trained tokenizer: straight to the LM
             self._freeze_vq()
             self._enter_second_stage()
 

@@ -163,3 +163,27 @@ def test_trainer_restart_clears_adam_moments_of_reseeded_rows(tmp_path):
     moments = trainer.optimizer.state[weight]
     assert (moments["exp_avg"][5:] == 0).all() and (moments["exp_avg"][:5] != 0).all()
     assert trainer.restarted == 512 - 5 and trainer.usage.sum() == 0
+
+
+def test_a_trained_lm_starts_stage_ar_from_its_weights_and_tokenizer(run, tmp_path):
+    """``lm=`` an exported shapes-ar: stage ar starts from its LM (step 0 equals it) on its own vq/."""
+    recipe = ARRecipe(**{**RECIPE.__dict__, "lm": str(run["out"]), "ar_steps": 2})
+    trainer = ARTrainer(tmp_path / "run", recipe)
+    assert (trainer.stage, trainer.step) == ("ar", 0)
+    exported = LlamaForCausalLM.from_pretrained(run["out"] / "lm").state_dict()
+    assert all(torch.equal(trainer.lm.state_dict()[k], v) for k, v in exported.items())
+    fresh = ARTrainer(tmp_path / "fresh", ARRecipe(**{**RECIPE.__dict__, "vq": str(run["out"] / "vq")}))
+    assert not all(torch.equal(fresh.lm.state_dict()[k], v) for k, v in exported.items())
+    out = train_ar(tmp_path / "out", tmp_path / "run", recipe, eval_prompts_per_category=0)
+    before = VQModel.from_pretrained(run["out"] / "vq").state_dict()
+    after = VQModel.from_pretrained(out / "vq").state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    moved = LlamaForCausalLM.from_pretrained(out / "lm").state_dict()
+    assert not all(torch.equal(moved[k], v) for k, v in exported.items())  # it trained on
+
+
+def test_an_lm_of_another_spec_is_refused_before_training(run, tmp_path):
+    recipe = ARRecipe(**{**RECIPE.__dict__, "lm": str(run["out"]), "vq": str(run["out"] / "vq")})
+    with pytest.raises(ValueError, match=r"recipe lm=.*does not match the spec.*hidden_size"):
+        ARTrainer(tmp_path / "run", recipe, ShapesARSpec(lm_hidden=64, lm_heads=2))
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
