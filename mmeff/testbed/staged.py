@@ -23,6 +23,17 @@ from .train import lr_factor
 logger = logging.getLogger(__name__)
 
 
+def load_first_stage(cls: type, folder: str | Path) -> Any:
+    """``cls.from_pretrained(folder)`` for a first stage trained elsewhere (``vae=``, ``vq=``), without the
+    ``_name_or_path`` diffusers records in its config: ``save_pretrained`` would otherwise write this
+    machine's path into the export built on it."""
+    from diffusers.configuration_utils import FrozenDict
+
+    model = cls.from_pretrained(folder)
+    model._internal_dict = FrozenDict({k: v for k, v in model.config.items() if k != "_name_or_path"})
+    return model
+
+
 class StagedTrainer:
     #: (first, second) stage names; "done" follows the second
     stages: ClassVar[tuple[str, str]]

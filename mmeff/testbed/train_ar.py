@@ -34,7 +34,7 @@ from transformers import LlamaForCausalLM
 from ..ar.model import ARImageConfig, ARImageModel
 from .ar_model import ShapesARSpec, assemble, build_lm, build_tokenizer, build_vq, model_config
 from .batches import step_batches
-from .staged import StagedTrainer
+from .staged import StagedTrainer, load_first_stage
 from .train import plot_losses
 from .train_sd import prompt_batch
 
@@ -69,7 +69,7 @@ class ARRecipe:
 
 def load_vq(folder: str, spec: ShapesARSpec) -> VQModel:
     """A trained tokenizer, checked against the spec's codebook and grid before anything trains."""
-    vq = VQModel.from_pretrained(folder)
+    vq = load_first_stage(VQModel, folder)
     expected = build_vq(spec).config
     fields = ("num_vq_embeddings", "latent_channels", "block_out_channels", "sample_size")
     differing = {k: (vq.config[k], expected[k]) for k in fields if _as_tuple(vq.config[k]) != _as_tuple(expected[k])}

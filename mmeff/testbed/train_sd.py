@@ -42,7 +42,7 @@ from .sd_model import (
     images_to_tensor,
     training_scheduler,
 )
-from .staged import StagedTrainer
+from .staged import StagedTrainer, load_first_stage
 from .t2i_prompts import sample_prompt, scene_for_prompt
 from .train import plot_losses
 
@@ -87,7 +87,7 @@ class SDTrainer(StagedTrainer):
         self.spec = spec = spec or ShapesSDSpec()
         self.tokenizer = build_tokenizer(spec)
         self.text_encoder = build_text_encoder(spec, self.tokenizer).to(self.device)
-        self.vae = (AutoencoderKL.from_pretrained(recipe.vae) if recipe.vae else build_vae(spec)).to(self.device)
+        self.vae = (load_first_stage(AutoencoderKL, recipe.vae) if recipe.vae else build_vae(spec)).to(self.device)
         self.unet = build_unet(spec).to(self.device)
         self.noise_scheduler = training_scheduler(spec)
         self._start()

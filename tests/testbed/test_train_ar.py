@@ -91,6 +91,7 @@ def test_a_trained_tokenizer_skips_stage_vq_and_stays_frozen(run, tmp_path):
     out = train_ar(tmp_path / "out", tmp_path / "run", recipe, eval_prompts_per_category=0)
     before, after = VQModel.from_pretrained(folder).state_dict(), VQModel.from_pretrained(out / "vq").state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
+    assert "_name_or_path" not in json.loads((out / "vq" / "config.json").read_text())  # no path of this machine
     losses = json.loads((out / "training.json").read_text())["final_loss"]
     assert losses["vq"] == 0.0 and losses["ar"] > 0  # no VQ step was taken
 

@@ -134,6 +134,7 @@ def test_sd_recipe_reuses_a_trained_autoencoder_and_can_weight_the_loss_by_min_s
     assert (reuse.stage, reuse.step) == ("unet", 0)  # no autoencoder stage
     assert reuse.vae.config.scaling_factor == first.vae.config.scaling_factor
     assert all(torch.equal(v, first.vae.state_dict()[k]) for k, v in reuse.vae.state_dict().items())
+    assert "_name_or_path" not in reuse.vae.config  # an export built on it names no path of this machine
 
     pred, target = torch.randn(3, 4, 8, 8), torch.randn(3, 4, 8, 8)
     t = torch.tensor([10, 500, 990])
