@@ -72,6 +72,14 @@ def sample_head(head, scheduler, z: torch.Tensor, steps: int, guidance_scale: fl
 
     ``per_step`` holds one noise per step; the last step's is drawn (so the random stream does not depend
     on this rule) but not used."""
+    return head_trajectory(head, scheduler, z, steps, guidance_scale, start, per_step, temperature,
+                           honour_clip_sample)
+
+
+def head_trajectory(head, scheduler, z: torch.Tensor, steps: int, guidance_scale: float | None,
+                    start: torch.Tensor, per_step: torch.Tensor, temperature: float = 1.0,
+                    honour_clip_sample: bool = False) -> HeadTrajectory:
+    """``sample_head`` with autograd left on: a draft can be trained through its own sampling steps."""
     alphas = scheduler.alphas_cumprod.to(z.device, torch.float32)
     bound = clip_bound(scheduler, honour_clip_sample)
     x = start.float()

@@ -15,6 +15,11 @@ samples (accepted tokens follow the target), not training scenes: a pool of targ
 training. Noisy tokens are the forward process applied to those tokens, the marginal the
 head's trajectory passes through.
 
+``objective="trajectory"`` trains on the quantity acceptance is decided by instead: for
+``trajectory_tokens`` positions per batch, both heads sample the token from the same start and
+per-step noise (guided, ``pool_head_steps`` steps), and the squared distance of the two tokens is
+back-propagated through the draft's sampling steps (``"both"`` adds the epsilon loss).
+
 A checkpoint (draft, optimiser, step, the pool) every ``checkpoint_every`` steps:
 rerunning resumes.
 """
@@ -36,6 +41,7 @@ from tqdm import tqdm
 
 from ..car.loop import ContinuousSession, ContinuousStats, HeadSettings, plain_decode
 from ..car.model import ContinuousARModel
+from ..car.sampler import draw_noise, head_trajectory
 from .assets import SHAPES_MAR, SHAPES_MAR_SMALL
 from .t2i_prompts import sample_prompt
 from .train import lr_factor, plot_losses
@@ -63,6 +69,19 @@ class DistillRecipe:
     target: str = ""  # "" = the bundled assets/models/shapes-mar
     draft: str = ""  # the draft to start from; "" = the bundled assets/models/shapes-mar-small
     keep_layers: str = ""  # e.g. "0,1": start instead from the target's decoder layers 0 and 1 and a copy of its head
+    # "epsilon": the heads' predictions on forward-noised tokens; "trajectory": the tokens the two heads sample
+    # from the same noise (what acceptance compares), through the draft's pool_head_steps guided steps; "both": sum
+    objective: str = "epsilon"
+    trajectory_tokens: int = 256  # tokens per step (of batch x grid) the trajectory objective samples
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {list(OBJECTIVES)}, got {self.objective!r}")
+        if self.trajectory_tokens < 1:
+            raise ValueError(f"trajectory_tokens must be >= 1, got {self.trajectory_tokens!r}")
+
+
+OBJECTIVES = ("epsilon", "trajectory", "both")
 
 
 def _folder(value: str, default: Path) -> Path:
@@ -143,6 +162,35 @@ def distill_loss(target: ContinuousARModel, draft: ContinuousARModel, texts: lis
     return F.mse_loss(got, want) + F.mse_loss(guided(got), guided(want)) / guidance_scale**2
 
 
+def trajectory_loss(target: ContinuousARModel, draft: ContinuousARModel, texts: list[str], tokens: torch.Tensor,
+                    generator: torch.Generator, n_tokens: int, guidance_scale: float, steps: int) -> torch.Tensor:
+    """Squared distance between the tokens the draft's and the target's heads sample from the same start
+    and per-step noise (guided, ``steps`` steps), for ``n_tokens`` positions of the batch, each with its
+    prefix of ``tokens``: the quantity continuous speculative decoding's acceptance ratio falls with."""
+    b, n, c = tokens.shape
+    both = list(texts) + [""] * b
+    tokens2 = torch.cat([tokens, tokens])
+    pick = torch.randperm(b * n, generator=generator)[:n_tokens]
+    start, per_step = draw_noise(len(pick), c, steps, generator, torch.device("cpu"))
+
+    def conditions(model: ContinuousARModel) -> torch.Tensor:
+        rows = {k: v.to(model.device) for k, v in training_rows(model.tokenizer, model.config.boi_token_id, both,
+                                                                   n).items()}
+        z = token_conditions(backbone_hidden(model.backbone, model.head, rows, tokens2),
+                             rows["input_ids"].shape[1], n).reshape(2, b * n, -1)
+        rows_picked = pick.to(z.device)
+        return torch.cat([z[0, rows_picked], z[1, rows_picked]])  # conditional rows, then null-caption rows
+
+    def sample(model: ContinuousARModel) -> torch.Tensor:
+        z = conditions(model)
+        return head_trajectory(model.head, model.scheduler, z, steps, guidance_scale, start.to(z.device),
+                               per_step.to(z.device)).sample
+
+    with torch.no_grad():
+        want = sample(target)
+    return F.mse_loss(sample(draft), want)
+
+
 class DraftDistiller:
     def __init__(self, run_dir: Path, recipe: DistillRecipe, device: str = "cpu") -> None:
         from ..adapters.continuous_ar import ContinuousARAdapter
@@ -199,6 +247,17 @@ class DraftDistiller:
             out_tokens.append(self.target.encode_images(images.to(self.device)))
         return out_texts, torch.cat(out_tokens)
 
+    def loss(self, texts: list[str], tokens: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        r = self.recipe
+        loss = torch.zeros((), device=self.device)
+        if r.objective in ("epsilon", "both"):
+            loss = loss + distill_loss(self.target, self.draft, texts, tokens, generator, r.diffusion_batch_mul,
+                                       r.guidance_scale)
+        if r.objective in ("trajectory", "both"):
+            loss = loss + trajectory_loss(self.target, self.draft, texts, tokens, generator, r.trajectory_tokens,
+                                          r.guidance_scale, r.pool_head_steps)
+        return loss
+
     def train(self) -> None:
         r = self.recipe
         start = time.time()
@@ -211,7 +270,7 @@ class DraftDistiller:
         for step in bar:
             texts, tokens = self.batch(step)
             g = torch.Generator().manual_seed(r.seed * 104723 + step)
-            loss = distill_loss(self.target, self.draft, texts, tokens, g, r.diffusion_batch_mul, r.guidance_scale)
+            loss = self.loss(texts, tokens, g)
             for group in self.optimizer.param_groups:
                 group["lr"] = r.lr * lr_factor(step, r.steps)
             self.optimizer.zero_grad(set_to_none=True)
@@ -237,7 +296,7 @@ class DraftDistiller:
         out_dir.mkdir(parents=True, exist_ok=True)
         model.save_pretrained(out_dir)
         plot_losses({"distil": self.losses}, out_dir / "distill_loss.png",
-                    titles={"distil": "draft vs target epsilon (MSE)"})
+                    titles={"distil": f"draft vs target ({self.recipe.objective} objective, MSE)"})
         previous = out_dir / "training.json"
         info = json.loads(previous.read_text()) if previous.is_file() else {}
         info["distillation"] = {"recipe": asdict(self.recipe), "target": os.path.relpath(self.target_dir, out_dir),

@@ -18,6 +18,7 @@ from mmeff.testbed.distill_mar import (
     distill_draft,
     distill_loss,
     target_pool,
+    trajectory_loss,
     truncated_copy,
 )
 from mmeff.testbed.mar_model import ShapesMARSpec
@@ -111,3 +112,55 @@ def test_truncated_copy_keeps_the_named_layers_and_the_head(models):
     for bad in ([], [0, 1], [2], [0, 0]):
         with pytest.raises(ValueError, match="keep_layers"):
             truncated_copy(target, bad)
+
+
+def test_trajectory_loss_is_zero_for_a_copy_and_is_the_distance_of_the_sampled_tokens(models):
+    """The trajectory objective compares the tokens both heads sample from the same noise, as acceptance does:
+    zero for a copy, and (for one token) the squared distance of what ``sample_head`` gives each model."""
+    from mmeff.car.sampler import draw_noise, sample_head
+    from mmeff.testbed.train_mar import backbone_hidden, token_conditions, training_rows
+
+    _, target_dir, draft_dir = models
+    target = ContinuousARModel.from_pretrained(target_dir)
+    draft = ContinuousARModel.from_pretrained(draft_dir)
+    texts, tokens = batch(target)
+    n = tokens.shape[1]
+    with torch.no_grad():
+        same = trajectory_loss(target, copy.deepcopy(target), texts, tokens, torch.Generator().manual_seed(0),
+                               5, 3.0, 4)
+        other = trajectory_loss(target, draft, texts, tokens, torch.Generator().manual_seed(0), 1, 3.0, 4)
+    assert float(same) == 0.0
+    g = torch.Generator().manual_seed(0)
+    position = int(torch.randperm(2 * n, generator=g)[0])
+    start, per_step = draw_noise(1, tokens.shape[-1], 4, g, torch.device("cpu"))
+
+    def token(model: ContinuousARModel) -> torch.Tensor:
+        rows = training_rows(model.tokenizer, model.config.boi_token_id, texts + ["", ""], n)
+        z = token_conditions(backbone_hidden(model.backbone, model.head, rows, torch.cat([tokens, tokens])),
+                             rows["input_ids"].shape[1], n).reshape(2, 2 * n, -1)
+        with torch.no_grad():
+            return sample_head(model.head, model.scheduler, z[:, position], 4, 3.0, start, per_step).sample
+
+    assert float(other) == pytest.approx(float(((token(draft) - token(target)) ** 2).mean()), rel=1e-5)
+
+
+def test_trajectory_objective_lowers_the_distance_of_sampled_tokens(models):
+    tmp, target_dir, draft_dir = models
+    recipe = recipe_for(target_dir, draft_dir, steps=30, lr=3e-3, objective="trajectory", trajectory_tokens=16)
+    distiller = DraftDistiller(tmp / "trajectory", recipe)
+    distiller.pool = target_pool(distiller.target, distiller.adapter, distiller.recipe)
+    texts, tokens = distiller.batch(0)
+
+    def gap() -> float:
+        with torch.no_grad():
+            return float(trajectory_loss(distiller.target, distiller.draft, texts, tokens,
+                                         torch.Generator().manual_seed(1), 32, 3.0, recipe.pool_head_steps))
+
+    first = gap()
+    distiller.train()
+    assert gap() < 0.7 * first
+
+
+def test_an_unknown_objective_is_refused():
+    with pytest.raises(ValueError, match=r"objective must be one of \['epsilon', 'trajectory', 'both'\]"):
+        DistillRecipe(objective="x0")
