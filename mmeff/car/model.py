@@ -85,6 +85,9 @@ class ContinuousARModel(nn.Module):
         self.backbone.save_pretrained(path / "backbone", safe_serialization=True)
         self.tokenizer.save_pretrained(path / "backbone")
         self.head.save_pretrained(path / "head", safe_serialization=True)
+        head_config = json.loads((path / "head" / "config.json").read_text())
+        if head_config.pop("_name_or_path", None) is not None:  # a loaded head's folder on this machine
+            (path / "head" / "config.json").write_text(json.dumps(head_config, indent=2, sort_keys=True) + "\n")
         self.scheduler.save_pretrained(path / "scheduler")
         target = (path / self.config.vae).resolve()
         if not (target / "config.json").is_file():

@@ -81,6 +81,7 @@ def test_distillation_trains_the_draft_only_resumes_and_exports(models):
     assert any(changed)
     info = json.loads((out / "training.json").read_text())["distillation"]
     assert info["recipe"]["steps"] == 3 and len(resumed.losses) == 2
+    assert "_name_or_path" not in json.loads((out / "head" / "config.json").read_text())  # no path of this machine
 
 
 def test_distillation_lowers_the_gap_on_a_fixed_batch(models):
