@@ -165,7 +165,7 @@ class ARTrainer(StagedTrainer):
         vq_folder = recipe.vq or (str(Path(recipe.lm) / "vq") if recipe.lm else "")
         self.vq = (load_vq(vq_folder, spec) if vq_folder else build_vq(spec)).to(self.device)
         self.lm = build_lm(spec, self.tokenizer)
-        if recipe.lm:
+        if recipe.lm and not self.ckpt.exists():  # a resumed run's checkpoint holds the LM already
             load_lm_weights(self.lm, recipe.lm)
         self.lm = self.lm.to(self.device)
         self.usage = torch.zeros(spec.codebook_size, dtype=torch.long)  # picks since the last restart
