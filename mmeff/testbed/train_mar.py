@@ -64,10 +64,32 @@ class MARRecipe:
     ema_decay: float = 0.0  # 0: export the raw weights
     vae: str = ""  # the shared AutoencoderKL's folder ("": the bundled assets/models/shapes-sd/vae)
     object_scale: float = 1.0  # size of the training scenes' objects (scene_for_prompt)
+    # a trained shapes-mar folder: its backbone and head start stage target (a longer run spread over sessions,
+    # each extending the last export, as train_ar's ``lm``); the draft stage starts fresh as always
+    target: str = ""
 
 
 def vae_folder(recipe: MARRecipe) -> Path:
     return Path(recipe.vae).resolve() if recipe.vae else BUNDLED_VAE
+
+
+def load_target_weights(model: ContinuousARModel, folder: str) -> None:
+    """Start from an exported shapes-mar's backbone and head, refusing one of another shape with what differs."""
+    trained = ContinuousARModel.from_pretrained(folder)
+    for part in ("backbone", "head"):
+        mine, theirs = getattr(model, part).state_dict(), getattr(trained, part).state_dict()
+        differing = {k: (_shape(theirs.get(k)), _shape(mine.get(k))) for k in sorted({*mine, *theirs})
+                     if _shape(theirs.get(k)) != _shape(mine.get(k))}
+        if differing:
+            shown = dict(list(differing.items())[:4])
+            raise ValueError(f"recipe target={folder} does not match the spec ({part} parameter: its shape, the "
+                             f"spec's): {shown}; pass the spec it was trained with")
+    for part in ("backbone", "head"):
+        getattr(model, part).load_state_dict(getattr(trained, part).state_dict())
+
+
+def _shape(tensor: torch.Tensor | None) -> tuple[int, ...] | None:
+    return None if tensor is None else tuple(tensor.shape)
 
 
 def draft_folder(out_dir: Path) -> Path:
@@ -146,6 +168,8 @@ class MARTrainer(StagedTrainer):
             head = build_head(spec, which).to(self.device)
             self.models[which] = assemble(spec, self.tokenizer, backbone, head, self.vae, self.scheduler,
                                           null_caption=recipe.caption_dropout > 0)
+        if recipe.target and not self.ckpt.exists():  # a resumed run's checkpoint holds the weights already
+            load_target_weights(self.models["target"], recipe.target)
         self.stage_seconds = {which: 0.0 for which in self.stages}
         self._mark = time.time()
         self._start()

@@ -138,6 +138,32 @@ def test_export_loads_with_standard_classes_and_shares_one_vae(run, vae_dir):
     assert images.shape == (1, 3, 32, 32)
 
 
+def _weights(model: ContinuousARModel) -> dict[str, torch.Tensor]:
+    return {f"{part}.{k}": v for part in ("backbone", "head") for k, v in getattr(model, part).state_dict().items()}
+
+
+def test_a_trained_target_starts_stage_target_from_its_weights(run, recipe, tmp_path):
+    """``target=`` an exported shapes-mar: stage target starts from its backbone and head (step 0 equals it)."""
+    exported = _weights(ContinuousARModel.from_pretrained(run["folders"]["target"]))
+    warm = replace(recipe, target=str(run["folders"]["target"]), target_steps=2, draft_steps=0, ema_decay=0.0)
+    trainer = MARTrainer(tmp_path / "run", warm, TINY)
+    assert (trainer.stage, trainer.step) == ("target", 0)
+    assert all(torch.equal(_weights(trainer.models["target"])[k], v) for k, v in exported.items())
+    fresh = MARTrainer(tmp_path / "fresh", replace(warm, target=""), TINY)
+    assert not all(torch.equal(_weights(fresh.models["target"])[k], v) for k, v in exported.items())
+    folders = train_mar(tmp_path / "out" / "shapes-mar", tmp_path / "run", warm, TINY, eval_prompts_per_category=0)
+    moved = _weights(ContinuousARModel.from_pretrained(folders["target"]))
+    assert not all(torch.equal(moved[k], v) for k, v in exported.items())  # it trained on
+    assert json.loads((folders["target"] / "training.json").read_text())["recipe"]["target"] == warm.target
+
+
+def test_a_target_of_another_spec_is_refused_before_training(run, recipe, tmp_path):
+    warm = replace(recipe, target=str(run["folders"]["target"]))
+    with pytest.raises(ValueError, match=r"recipe target=.*does not match the spec \(backbone parameter.*embed_tokens"):
+        MARTrainer(tmp_path / "run", warm, replace(TINY, target_hidden=32))
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
 def _tiny_model(vae=None) -> ContinuousARModel:
     torch.manual_seed(0)
     tokenizer = build_tokenizer()
