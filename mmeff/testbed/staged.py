@@ -34,6 +34,23 @@ def load_first_stage(cls: type, folder: str | Path) -> Any:
     return model
 
 
+def load_trained_weights(module: nn.Module, trained: nn.Module, option: str) -> None:
+    """Copy ``trained``'s weights into ``module`` (a warm start: ``lm=``, ``target=``, ``unet=``), refusing a
+    model of another shape with the parameters whose shapes differ (the export's, the spec's)."""
+    mine, theirs = module.state_dict(), trained.state_dict()
+    differing = {k: (_shape(theirs.get(k)), _shape(mine.get(k))) for k in sorted({*mine, *theirs})
+                 if _shape(theirs.get(k)) != _shape(mine.get(k))}
+    if differing:
+        shown = dict(list(differing.items())[:4])
+        raise ValueError(f"recipe {option} does not match the spec (parameter: its shape, the spec's): {shown}; "
+                         "pass the spec it was trained with")
+    module.load_state_dict(theirs)
+
+
+def _shape(tensor: torch.Tensor | None) -> tuple[int, ...] | None:
+    return None if tensor is None else tuple(tensor.shape)
+
+
 class StagedTrainer:
     #: (first, second) stage names; "done" follows the second
     stages: ClassVar[tuple[str, str]]

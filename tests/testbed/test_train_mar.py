@@ -159,7 +159,7 @@ def test_a_trained_target_starts_stage_target_from_its_weights(run, recipe, tmp_
 
 def test_a_target_of_another_spec_is_refused_before_training(run, recipe, tmp_path):
     warm = replace(recipe, target=str(run["folders"]["target"]))
-    with pytest.raises(ValueError, match=r"recipe target=.*does not match the spec \(backbone parameter.*embed_tokens"):
+    with pytest.raises(ValueError, match=r"recipe target=.*\(backbone\) does not match the spec.*embed_tokens"):
         MARTrainer(tmp_path / "run", warm, replace(TINY, target_hidden=32))
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
 

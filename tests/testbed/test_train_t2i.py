@@ -10,6 +10,7 @@ import torch
 from diffusers import StableDiffusionPipeline
 
 import mmeff
+from mmeff.testbed.sd_model import ShapesSDSpec
 from mmeff.testbed.train_clip import ClipRecipe, ClipTrainer, train_clip
 from mmeff.testbed.train_sd import SDRecipe, SDTrainer, train_sd
 
@@ -145,6 +146,27 @@ def test_sd_recipe_reuses_a_trained_autoencoder_and_can_weight_the_loss_by_min_s
     assert torch.allclose(reuse._weighted_mse(pred, target, t), expected)
     plain = SDTrainer(tmp_path / "plain", SDRecipe(vae=str(tmp_path / "vae"), snr_gamma=0.0))
     assert torch.equal(plain._weighted_mse(pred, target, t), torch.nn.functional.mse_loss(pred, target))
+
+
+def test_sd_recipe_starts_the_unet_stage_from_an_exported_pipeline(tmp_path):
+    """``unet=`` a shapes-sd export: its UNet and text encoder start stage unet on its autoencoder."""
+    first = train_sd(tmp_path / "first", tmp_path / "first_run",
+                     SDRecipe(vae_steps=1, vae_batch=2, unet_steps=1, unet_batch=2, ema_decay=0.0),
+                     eval_prompts_per_category=0)
+    exported = StableDiffusionPipeline.from_pretrained(first)
+    warm = SDRecipe(unet=str(first), unet_steps=2, unet_batch=2, ema_decay=0.0)
+    trainer = SDTrainer(tmp_path / "run", warm)
+    assert (trainer.stage, trainer.step) == ("unet", 0)  # its autoencoder came trained
+    for mine, theirs in ((trainer.unet, exported.unet), (trainer.text_encoder, exported.text_encoder),
+                         (trainer.vae, exported.vae)):
+        assert all(torch.equal(v, theirs.state_dict()[k]) for k, v in mine.state_dict().items())
+    fresh = SDTrainer(tmp_path / "fresh", SDRecipe(vae=str(first / "vae"), unet_steps=2, unet_batch=2))
+    assert not all(torch.equal(v, exported.unet.state_dict()[k]) for k, v in fresh.unet.state_dict().items())
+    trainer._timed(trainer.train_unet)
+    assert not all(torch.equal(v, exported.unet.state_dict()[k]) for k, v in trainer.unet.state_dict().items())
+    with pytest.raises(ValueError, match=r"recipe unet=.*\(unet\) does not match the spec.*conv_in"):
+        SDTrainer(tmp_path / "other", warm, ShapesSDSpec(unet_channels=(32, 64)))
+    assert not (tmp_path / "other" / "checkpoint.pt").exists()
 
 
 def test_clip_batches_render_at_the_generators_object_scale():
