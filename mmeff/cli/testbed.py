@@ -34,8 +34,8 @@ def add_testbed_parser(sub: Any) -> None:
                         "codebook_size=512 (resume with the same overrides)")
     p.add_argument("--recipe", action="append", default=[], metavar="NAME=VALUE",
                    help="train vlm|sd|sd-lcm|clip|ar|mar: override a field of the recipe, e.g. unet_steps=12000 "
-                        "(repeatable; ar: lm=DIR and mar: target=DIR continue an export; mar: vae=DIR trains on "
-                        "another AutoencoderKL)")
+                        "(repeatable; ar: lm=DIR, sd: unet=DIR and mar: target=DIR continue an export; mar: "
+                        "vae=DIR trains on another AutoencoderKL)")
     p.add_argument("--n-scenes", type=int, default=None,
                    help="oracle: held-out scenes to score (default 500); export-lmms-eval: scenes per suite "
                         "(default: mmeff eval's)")
