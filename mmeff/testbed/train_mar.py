@@ -74,10 +74,12 @@ def vae_folder(recipe: MARRecipe) -> Path:
 
 
 def load_target_weights(model: ContinuousARModel, folder: str) -> None:
-    """Start from an exported shapes-mar's backbone and head (a trainer that refuses one is not built)."""
-    trained = ContinuousARModel.from_pretrained(folder)
-    for part in ("backbone", "head"):
-        load_trained_weights(getattr(model, part), getattr(trained, part), f"target={folder} ({part})")
+    """Start from an exported shapes-mar's backbone and head (a trainer that refuses one is not built); the
+    export's VAE and scheduler are not read: the trainer has its own."""
+    trained = {"backbone": LlamaModel.from_pretrained(Path(folder) / "backbone"),
+               "head": DiffusionHead.from_pretrained(Path(folder) / "head")}
+    for part, module in trained.items():
+        load_trained_weights(getattr(model, part), module, f"target={folder} ({part})")
 
 
 def draft_folder(out_dir: Path) -> Path:

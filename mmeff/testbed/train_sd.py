@@ -221,8 +221,9 @@ def train_sd(out_dir: Path, run_dir: Path, recipe: SDRecipe | None = None, spec:
         trainer._timed(trainer.train_unet)
     from .t2i_eval import oracle_scores
 
-    pipe, metrics = trainer.pipeline(), {}
+    metrics = {}
     if eval_prompts_per_category > 0:  # 0: no oracle check (tests, or a run scored separately)
+        pipe = trainer.pipeline()
         metrics = {f"oracle_{n}_steps": oracle_scores(pipe, num_inference_steps=n,
                                                        per_category=eval_prompts_per_category)["overall"]
                    for n in (1, 2, 4)}
