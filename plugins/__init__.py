@@ -4,6 +4,7 @@ from . import (  # noqa: F401
     continuous_spec,
     damro,
     disa,
+    divprune,
     fastv,
     icd,
     lantern,

@@ -8,7 +8,7 @@ from typing import Any
 #: 192 / 128 / 64 of 576 image tokens
 BUDGETS: dict[str, float] = {"1/3": 1 / 3, "2/9": 2 / 9, "1/9": 1 / 9}
 VISION_SIDE = ("visionzip", "tome")
-METHODS = ("visionzip", "tome", "mustdrop", "pyramid_drop", "fastv", "random_drop")
+METHODS = ("visionzip", "tome", "mustdrop", "pyramid_drop", "fastv", "divprune", "random_drop")
 
 
 @dataclass(frozen=True)
