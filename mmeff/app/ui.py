@@ -18,7 +18,7 @@ from .runner import Stack, T2IRunner, VLMRunner, check_compatible, describe_stac
 
 DEFAULT_PROMPT = "describe the image."
 DEFAULT_OPTIONS = {"fastv": "budget=64", "pyramid_drop": "ratio=0.5", "visionzip": "budget=64",
-                   "random_drop": "budget=64", "mustdrop": "budget=64", "tome": "budget=64"}
+                   "random_drop": "budget=64", "mustdrop": "budget=64", "tome": "budget=64", "divprune": "budget=64"}
 
 
 def _error(error: Exception) -> gr.Error:

@@ -67,7 +67,7 @@ def write_combined(out_dir: Path, quality: list[dict[str, Any]] | None, speed: d
     if checks:
         md += ["## Targets", "", markdown_table(["target", "measured", "met"], checks), ""]
     if quality:
-        md += ["## Quality on shapes-llava", "",
+        md += [f"## Quality on {meta.get('model') or 'shapes-llava'}", "",
                f"Held-out testbed suites ({meta.get('quality_scenes')} scenes each, seed {meta.get('seed', 0)}); "
                "accuracy, with POPE-random relative to the unmodified model. *mean* = image tokens averaged over "
                "decoder layers, *final* = at the last layer (papers mix the two).", "",

@@ -113,3 +113,11 @@ def test_without_decoder_layers_restores_the_model():
     with without_decoder_layers(lm):
         assert len(lm.layers) == 0
     assert lm.layers is layers and time_other(model, lm, inputs) > 0 and lm.layers is layers
+
+
+def test_quality_report_names_the_model_it_ran_on(tmp_path):
+    (tmp_path / "quality").mkdir()
+    (tmp_path / "quality" / "quality_table.md").write_text("| method |\n|---|\n")
+    quality = [{**_row("random_drop", "1/9", 0.7, 0.8), "relative": {"pope_random": 0.8}}]
+    write_combined(tmp_path, quality, None, {"command": "test", "model": "shapes-qwen2vl"})
+    assert "## Quality on shapes-qwen2vl" in (tmp_path / "report.md").read_text()
