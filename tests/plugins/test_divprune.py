@@ -91,3 +91,28 @@ class TestDivPrune(VLMPluginTesterMixin):
         candidates = pipe.adapter.image_token_mask(inputs["input_ids"]) & mask
         want = [max_min_subset(h[c], int(k)).tolist() for h, c, k in zip(hidden, candidates, counts)]
         assert stats["kept_image_tokens_by_row"] == want
+
+
+def test_video_row_next_to_an_image_row_is_pruned_and_matches_solo_runs():
+    """Qwen2-VL: a 4-frame video's tokens are pruned like an image's, beside an image row of another size."""
+    import numpy as np
+
+    from mmeff.testing import tiny_qwen2_vl
+    from mmeff.testing.plugin_tests import PROMPTS, sample_images
+
+    pipe = mmeff.wrap(*tiny_qwen2_vl(layers=4, variant="qwen2_vl", attn_implementation="sdpa"))
+    pipe.add_plugin("divprune", budget=0.25)
+    rng = np.random.default_rng(3)
+    clip = [rng.integers(0, 255, (24, 24, 3), dtype=np.uint8) for _ in range(4)]
+    images, videos, prompts = [None, sample_images()[0]], [clip, None], ["describe the video", PROMPTS[0]]
+    inputs = pipe.to_model(pipe.adapter.build_inputs(images, prompts, videos=videos))
+    ids = inputs["input_ids"]
+    vision = (ids == pipe.adapter.video_token_id).sum(-1) + (ids == pipe.adapter.image_token_id).sum(-1)
+    batched = pipe.generate(images, prompts, videos=videos, max_new_tokens=4, return_ids=True).new_tokens
+    stats = pipe.last_stats["divprune"]
+    assert stats["image_tokens_before"] == vision.float().tolist() and vision[0] > vision[1] > 0
+    assert [row[-1] for row in stats["image_tokens_per_layer_by_row"]] == torch.round(vision * 0.25).long().tolist()
+    for row in range(2):
+        solo = pipe.generate([images[row]], [prompts[row]], videos=[videos[row]], max_new_tokens=4,
+                             return_ids=True).new_tokens[0]
+        assert torch.equal(solo, batched[row, : solo.shape[0]]), f"row {row} differs when batched"
