@@ -32,7 +32,7 @@ class DivPrunePlugin(DecoderDropPlugin):
 
     def __init__(self, config: DivPruneConfig) -> None:
         super().__init__(config)
-        self._scored: list[tuple[int, int]] = []  # (tokens, width) ranked in the last prefill
+        self._ranked: list[int] = []  # image tokens ranked per row in the last prefill
 
     def boundaries(self, adapter: VLMAdapter) -> tuple[int, ...]:
         return (0,)
@@ -41,16 +41,17 @@ class DivPrunePlugin(DecoderDropPlugin):
         candidates = inp.layout.image & inp.layout.valid
         counts = row_counts(inp.original_image_counts, self.config.kept)
         keep = torch.zeros_like(candidates)
-        self._scored = []
+        self._ranked = []
         for row in range(candidates.shape[0]):
             slots = candidates[row].nonzero().squeeze(-1)
             if slots.numel():
                 keep[row, slots[max_min_subset(inp.hidden[row, slots], int(counts[row]))]] = True
-                self._scored.append((slots.numel(), inp.hidden.shape[-1]))
+                self._ranked.append(slots.numel())
         return keep
 
     def scoring_flops(self) -> float:
         """The cosine-distance matrix of each row's image tokens, averaged over rows."""
-        if not self._scored:
+        if not self._ranked:
             return 0.0
-        return sum(2.0 * n * n * d for n, d in self._scored) / len(self._scored)
+        width = self.adapter.text_config.hidden_size
+        return sum(2.0 * n * n * width for n in self._ranked) / len(self._ranked)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 import mmeff
 from mmeff.errors import ConfigError
 from mmeff.plugins.divprune.ops import max_min_subset
-from mmeff.testing.plugin_tests import VLMPluginTesterMixin, cache_lengths, image_counts
+from mmeff.testing import tiny_qwen2_vl
+from mmeff.testing.plugin_tests import PROMPTS, VLMPluginTesterMixin, cache_lengths, image_counts, sample_images
 
 
 def released_divprune(visual_feature_vectors: torch.Tensor, threshold_terms: int) -> torch.Tensor:
@@ -95,11 +97,6 @@ class TestDivPrune(VLMPluginTesterMixin):
 
 def test_video_row_next_to_an_image_row_is_pruned_and_matches_solo_runs():
     """Qwen2-VL: a 4-frame video's tokens are pruned like an image's, beside an image row of another size."""
-    import numpy as np
-
-    from mmeff.testing import tiny_qwen2_vl
-    from mmeff.testing.plugin_tests import PROMPTS, sample_images
-
     pipe = mmeff.wrap(*tiny_qwen2_vl(layers=4, variant="qwen2_vl", attn_implementation="sdpa"))
     pipe.add_plugin("divprune", budget=0.25)
     rng = np.random.default_rng(3)
